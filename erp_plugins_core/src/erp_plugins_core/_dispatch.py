@@ -1,0 +1,359 @@
+"""Dispatch: one tenant's hook implementations, registered with pluggy and called concurrently, each isolated.
+
+pluggy holds the specs and validates every implementation against them (argument names, `specname` from
+the manifest). Calling is ours: raw pluggy runs implementations one after another and stops at the first
+exception; here every implementation runs concurrently under its plugin's `resources.timeout`, and each
+one's outcome becomes a `HookResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from ._context import current_usage, current_user_context
+from ._errors import HookTimeout, PermissionDenied, PluginError, ProviderError
+from ._hookspecs import ARG_TYPES, HOOKS, PROJECT, STR_LISTS, HookSpecs
+from ._redact import Redactor
+from ._services import allowed_files, current_call_files
+
+_perf = time.perf_counter
+
+
+@dataclass(slots=True)
+class HookResult:
+    """One plugin's outcome of one hook call."""
+
+    plugin: str
+    success: bool
+    result: Any = None
+    error: str | None = None
+    duration_s: float = 0.0
+    error_kind: str | None = None  # timeout, permission, provider kinds (rate_limit, ...), exception, sandbox
+    usage: dict[str, int] | None = None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape of the contract (`call --json`), with the extra keys."""
+        return {
+            "plugin": self.plugin,
+            "success": self.success,
+            "result": self.result,
+            "error": self.error,
+            "duration_s": round(self.duration_s, 6),
+            "error_kind": self.error_kind,
+            "usage": self.usage,
+        }
+
+
+@dataclass(slots=True)
+class Impl:
+    """One plugin's implementation of one hook for one tenant, with what dispatch needs to call it."""
+
+    plugin: str
+    function: Callable[..., Any]
+    argnames: tuple[str, ...]
+    timeout: float
+    priority: int
+    denied: str | None  # why the tenant may not call it (missing permission), else None
+    redactor: Redactor
+    retry_after: float = 0.0  # monotonic time before which the plugin is skipped (rate limited)
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short machine-readable name for what went wrong."""
+    if isinstance(exc, (HookTimeout, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, PermissionDenied):
+        return "permission"
+    if isinstance(exc, ProviderError):
+        return exc.kind
+    from ._errors import SandboxError
+
+    if isinstance(exc, SandboxError):
+        return "sandbox"
+    return "exception"
+
+
+def describe(exc: BaseException, redactor: Redactor) -> str:
+    """One line naming what went wrong, secrets redacted."""
+    if isinstance(exc, PluginError):
+        text = str(exc) or type(exc).__name__
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return redactor.text(" ".join(text.split()))
+
+
+def should_fall_back(exc: BaseException | None) -> bool:
+    """Whether `first`/`stream` try the next plugin after `exc`.
+
+    A provider's verdict on the request itself (bad key, bad request, unknown model) would be the same
+    elsewhere or needs the administrator; everything else (unavailable, timeout, rate limit, a crash, a
+    missing permission) moves on to the next plugin.
+    """
+    if isinstance(exc, ProviderError):
+        return exc.fallback
+    return True
+
+
+class _Manager(pluggy.PluginManager):
+    """A PluginManager that takes hook implementations from manifest entries instead of decorators."""
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:
+        specnames: Mapping[str, str] = getattr(plugin, "_erp_specnames", {})
+        if name not in specnames:
+            return None
+        method = getattr(plugin, name)
+        opts: dict[str, Any] = dict(getattr(method, f"{PROJECT}_impl", None) or {})
+        opts["specname"] = specnames[name]
+        return opts  # type: ignore[return-value]
+
+
+class _Adapter:
+    """The object registered with pluggy for one plugin instance: one attribute per manifest hook."""
+
+    def __init__(self, functions: Mapping[str, Callable[..., Any]]) -> None:
+        self._erp_specnames = {f"impl_{hook}": hook for hook in functions}
+        for hook, fn in functions.items():
+            setattr(self, f"impl_{hook}", fn)
+
+
+class TenantDispatcher:
+    """The hooks of one tenant's active plugins."""
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+        self._pm = _Manager(PROJECT)
+        self._pm.add_hookspecs(HookSpecs)
+        self._meta: dict[str, tuple[int, float, frozenset[str], Redactor]] = {}
+        self._tables: dict[str, list[Impl]] = {}
+
+    def register(
+        self,
+        plugin: str,
+        functions: Mapping[str, Callable[..., Any]],
+        *,
+        priority: int,
+        timeout: float,
+        granted: frozenset[str],
+        redactor: Redactor,
+    ) -> None:
+        """Add a plugin's hook functions (hook name → callable); pluggy validates them against the specs."""
+        self.unregister(plugin)
+        try:
+            self._pm.register(_Adapter(functions), name=plugin)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {plugin!r}: {exc}") from None
+        self._meta[plugin] = (priority, timeout, granted, redactor)
+        self._tables.clear()
+
+    def unregister(self, plugin: str) -> None:
+        """Remove a plugin's hooks (no-op when absent)."""
+        if self._pm.get_plugin(plugin) is not None:
+            self._pm.unregister(name=plugin)
+        self._meta.pop(plugin, None)
+        self._tables.clear()
+
+    def plugins(self) -> list[str]:
+        return list(self._meta)
+
+    def table(self, hook: str) -> list[Impl]:
+        """The implementations of `hook`, in priority order (lower first), built once per registration change."""
+        table = self._tables.get(hook)
+        if table is not None:
+            return table
+        caller = getattr(self._pm.hook, hook)
+        permission = HOOKS[hook].permission
+        impls = []
+        # pluggy calls the last registered first; keep that order among equal priorities
+        for order, hi in enumerate(reversed(caller.get_hookimpls())):
+            priority, timeout, granted, redactor = self._meta[hi.plugin_name]
+            denied = None
+            if permission is not None and permission not in granted:
+                denied = (
+                    f"permission {permission!r} is not granted to {hi.plugin_name} for tenant {self.tenant!r}; "
+                    f"grant it with: erp-plugins enable {hi.plugin_name} --tenant {self.tenant} --grant {permission}"
+                )
+            impls.append(
+                (priority, order, Impl(hi.plugin_name, hi.function, tuple(hi.argnames) + tuple(hi.kwargnames),
+                                       timeout, priority, denied, redactor))
+            )
+        table = [i for _, _, i in sorted(impls, key=lambda t: (t[0], t[1]))]
+        self._tables[hook] = table
+        return table
+
+
+# --- Calling --------------------------------------------------------------------------------------------
+
+
+def _failure(impl: Impl, exc: BaseException, start: float) -> HookResult:
+    return HookResult(impl.plugin, False, None, describe(exc, impl.redactor), _perf() - start, error_kind(exc),
+                      None, exc)
+
+
+def _denied(impl: Impl) -> HookResult:
+    return HookResult(impl.plugin, False, None, impl.denied, 0.0, "permission", None,
+                      PermissionDenied(impl.denied or ""))
+
+
+def _timeout_error(impl: Impl, hook: str) -> HookTimeout:
+    return HookTimeout(
+        f"{impl.plugin} did not answer {hook} within {impl.timeout:g}s (its resources.timeout); the call was cancelled"
+    )
+
+
+def _kwargs(impl: Impl, kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: kwargs[k] for k in impl.argnames if k in kwargs}
+
+
+async def _finish(impl: Impl, hook: str, awaitable: Any, usage: dict[str, int], files: frozenset[str],
+                  start: float) -> HookResult:
+    """Await an async implementation under its plugin's timeout (in its own task when several run)."""
+    current_usage.set(usage)
+    current_call_files.set(files)
+    try:
+        async with asyncio.timeout(impl.timeout):
+            out = await awaitable
+    except TimeoutError:
+        return _failure(impl, _timeout_error(impl, hook), start)
+    except Exception as exc:
+        return _failure(impl, exc, start)
+    return HookResult(impl.plugin, True, impl.redactor.redact(out), None, _perf() - start, None, usage or None)
+
+
+async def _drain(stream: Any) -> Any:
+    """All chunks of a stream: joined when they are strings, else as a list."""
+    chunks = [chunk async for chunk in stream]
+    return "".join(chunks) if all(isinstance(c, str) for c in chunks) else chunks
+
+
+def _start(impl: Impl, kwargs: dict[str, Any], usage: dict[str, int]) -> tuple[HookResult | None, Any, float]:
+    """Call the implementation: a finished result for a plain function, or the awaitable of an async one.
+
+    Plain functions of trusted in-process plugins run to completion here (a timeout cannot interrupt them);
+    sandboxed plugins' functions are always async proxies, so their timeout always holds.
+    """
+    start = _perf()
+    try:
+        out = impl.function(**_kwargs(impl, kwargs))
+    except Exception as exc:
+        return _failure(impl, exc, start), None, start
+    if inspect.isawaitable(out):
+        return None, out, start
+    if hasattr(out, "__aiter__"):  # a streaming hook called through call(): its chunks joined
+        return None, _drain(out), start
+    return HookResult(impl.plugin, True, impl.redactor.redact(out), None, _perf() - start, None, usage or None), None, start
+
+
+def _call_files(hook: str, kwargs: dict[str, Any]) -> frozenset[str]:
+    args = HOOKS[hook].file_args
+    if not args:
+        return frozenset()
+    out: frozenset[str] = frozenset()
+    for a in args:
+        out |= allowed_files(kwargs.get(a))
+    return out
+
+
+async def call_all(impls: list[Impl], hook: str, kwargs: dict[str, Any]) -> list[HookResult]:
+    """Every implementation concurrently; one HookResult each, in `impls` order."""
+    files = _call_files(hook, kwargs)
+    results: list[HookResult | None] = []
+    waiting: list[tuple[int, Impl, Any, dict[str, int], float]] = []
+    t_usage = current_usage.set(None)
+    t_files = current_call_files.set(files)
+    try:
+        for impl in impls:
+            if impl.denied is not None:
+                results.append(_denied(impl))
+                continue
+            usage: dict[str, int] = {}
+            current_usage.set(usage)
+            done, awaitable, start = _start(impl, kwargs, usage)
+            if awaitable is not None:
+                waiting.append((len(results), impl, awaitable, usage, start))
+            results.append(done)
+        if len(waiting) == 1:
+            i, impl, awaitable, usage, start = waiting[0]
+            results[i] = await _finish(impl, hook, awaitable, usage, files, start)
+        elif waiting:
+            tasks = [asyncio.ensure_future(_finish(impl, hook, aw, usage, files, start))
+                     for _, impl, aw, usage, start in waiting]
+            await asyncio.wait(tasks)
+            for (i, *_), task in zip(waiting, tasks, strict=True):
+                results[i] = task.result()
+    finally:
+        current_usage.reset(t_usage)
+        current_call_files.reset(t_files)
+    return results  # type: ignore[return-value]
+
+
+async def call_one(impl: Impl, hook: str, kwargs: dict[str, Any]) -> HookResult:
+    """One implementation (used by `first`), in the caller's task."""
+    return (await call_all([impl], hook, kwargs))[0]
+
+
+async def open_stream(impl: Impl, hook: str, kwargs: dict[str, Any]) -> tuple[AsyncIterator[Any], Any]:
+    """Start a streaming implementation and wait for its first chunk (under its timeout).
+
+    Returns the iterator and the first chunk; raises what the plugin raised, or HookTimeout.
+    StopAsyncIteration means the stream ended without any chunk.
+    """
+    try:
+        async with asyncio.timeout(impl.timeout):
+            out = impl.function(**_kwargs(impl, kwargs))
+            if inspect.isawaitable(out):
+                out = await out
+            if not hasattr(out, "__anext__"):
+                if hasattr(out, "__aiter__"):
+                    out = out.__aiter__()
+                else:
+                    raise PluginError(
+                        f"{impl.plugin} returned {type(out).__name__} for {hook}; a streaming hook must return "
+                        "an async iterator (write it as an async generator)"
+                    )
+            first = await out.__anext__()
+    except TimeoutError:
+        raise _timeout_error(impl, hook) from None
+    return out, first
+
+
+async def next_chunk(impl: Impl, hook: str, iterator: AsyncIterator[Any]) -> Any:
+    """The next chunk of a stream, within the plugin's timeout (an idle stream is a timeout)."""
+    try:
+        async with asyncio.timeout(impl.timeout):
+            return await iterator.__anext__()
+    except TimeoutError:
+        raise _timeout_error(impl, hook) from None
+
+
+def bind_arguments(hook: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The hook's keyword arguments with defaults applied; PluginError naming unknown or missing ones."""
+    info = HOOKS[hook]
+    unknown = sorted(set(kwargs) - set(info.argnames))
+    if unknown:
+        raise TypeError(f"hook {hook} takes {', '.join(info.argnames)}; unknown argument(s): {', '.join(unknown)}")
+    out = {k: (v.copy() if isinstance(v, (dict, list)) else v) for k, v in info.defaults}
+    out.update(kwargs)
+    missing = [a for a in info.argnames if a not in out]
+    if missing:
+        raise TypeError(f"hook {hook} needs argument(s): {', '.join(missing)}")
+    for name in info.argnames:
+        value, types = out[name], ARG_TYPES[name]
+        if not isinstance(value, types) or (
+            name in STR_LISTS and not all(isinstance(v, str) for v in value)
+        ):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            if name in STR_LISTS:
+                want = "list of strings"
+            raise TypeError(f"hook {hook} argument {name} must be {want}, got {type(value).__name__}")
+    return out
+
+
+__all__ = ["HookResult", "TenantDispatcher", "call_all", "call_one", "current_user_context"]

@@ -1,0 +1,748 @@
+"""PluginHost: the Python API ERP code uses, tying the catalog, the state store, lifecycles and dispatch together.
+
+One instance of a plugin runs per tenant that enabled it (each tenant has its own config). Where its code
+runs is decided in `_make_runner`: sandboxed plugins in a bubblewrap worker, trusted ones in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._catalog import Catalog
+from ._config import redacted, resolve, to_stored, validate_config
+from ._context import PluginContext, current_user_context
+from ._discovery import PluginRecord
+from ._dispatch import (
+    HookResult,
+    Impl,
+    TenantDispatcher,
+    bind_arguments,
+    call_all,
+    call_one,
+    describe,
+    next_chunk,
+    open_stream,
+    should_fall_back,
+)
+from ._errors import (
+    AllPluginsFailed,
+    ConfigError,
+    DependencyError,
+    LifecycleError,
+    PermissionDenied,
+    PluginError,
+    SandboxError,
+    StreamInterrupted,
+    UnknownHookError,
+    UnknownPluginError,
+)
+from ._hookspecs import HOOKS
+from ._lifecycle import Lifecycle, PluginState
+from ._redact import Redactor
+from ._runner import InProcessRunner, PluginRunner
+from ._secrets import SecretBox
+from ._services import FilesService
+from ._state import AuditEntry, SQLiteStateStore, StateStore, TenantPlugin, default_state_path, validate_tenant
+
+log = logging.getLogger("erp_plugins.host")
+
+DEFAULT_PRIORITY = 100
+MAX_EVENT_DEPTH = 8
+UNSAFE_NO_SANDBOX_ENV = "ERP_PLUGINS_UNSAFE_NO_SANDBOX"
+_RETRY_BASE_S = 5.0
+_RETRY_MAX_S = 300.0
+
+#: How deep the current chain of events is (an on_event that emits again adds one).
+_event_depth: contextvars.ContextVar[int] = contextvars.ContextVar("erp_plugins_event_depth", default=0)
+#: Progress callback of the current `call` (the CLI shows a progress bar with it).
+_progress_cb: contextvars.ContextVar[Callable[[str, int, int | None, str], None] | None] = contextvars.ContextVar(
+    "erp_plugins_progress", default=None
+)
+
+
+def unsafe_no_sandbox() -> bool:
+    """True when the development-only opt-out runs sandboxed plugins in the host's process."""
+    return os.environ.get(UNSAFE_NO_SANDBOX_ENV, "") == "1"
+
+
+@dataclass
+class HealthReport:
+    """One enabled plugin's health for one tenant."""
+
+    plugin: str
+    tenant: str
+    healthy: bool
+    detail: str = ""
+    error: str | None = None
+    state: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"plugin": self.plugin, "tenant": self.tenant, "healthy": self.healthy, "detail": self.detail,
+                "error": self.error, "state": self.state}
+
+
+@dataclass
+class Instance:
+    """One plugin running (or trying to) for one tenant."""
+
+    record: PluginRecord
+    tenant: str
+    row: TenantPlugin
+    runner: PluginRunner
+    life: Lifecycle
+    redactor: Redactor = field(default_factory=Redactor)
+    context: PluginContext | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    next_health: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+
+class _HostBridge:
+    """What a plugin's context reaches in the host: the files service, events and progress."""
+
+    def __init__(self, host: PluginHost, plugin: str, tenant: str) -> None:
+        self._host, self._plugin, self._tenant = host, plugin, tenant
+
+    def get_service(self, name: str) -> Any:
+        if name == "files":
+            return FilesService()
+        raise KeyError(name)
+
+    async def emit_event(self, event_type: str, data: dict[str, Any]) -> None:
+        await self._host.emit(self._tenant, event_type, data, source=self._plugin)
+
+    def progress(self, done: int, total: int | None, message: str) -> None:
+        cb = _progress_cb.get()
+        if cb is not None:
+            cb(self._plugin, done, total, message)
+
+
+class PluginHost:
+    """Runs the enabled plugins of every tenant and dispatches hooks to them.
+
+    `state` is a path to the state file (default: ERP_PLUGINS_STATE or the user's data dir) or a StateStore.
+    `tenants` limits which tenants' plugins are brought back up when the host opens (None: all of them);
+    another tenant's plugins start on its first call.
+    """
+
+    def __init__(
+        self,
+        state: str | os.PathLike[str] | StateStore | None = None,
+        *,
+        catalog: Catalog | None = None,
+        tenants: list[str] | None = None,
+        health_loop: bool = True,
+    ) -> None:
+        self._state_arg = state
+        self._catalog = catalog
+        self._restore = tenants
+        self._health_loop_enabled = health_loop
+        self.store: StateStore | None = None
+        self._box: SecretBox | None = None
+        self._instances: dict[tuple[str, str], Instance] = {}
+        self._dispatchers: dict[str, TenantDispatcher] = {}
+        self._started_tenants: set[str] = set()
+        self._tenant_locks: dict[str, asyncio.Lock] = {}
+        self._health_task: asyncio.Task[None] | None = None
+
+    # --- opening and closing ----------------------------------------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog.load()
+        return self._catalog
+
+    @property
+    def state_path(self) -> Path | None:
+        if isinstance(self._state_arg, StateStore):
+            return None
+        if self._state_arg is not None:
+            return Path(self._state_arg)
+        env = os.environ.get("ERP_PLUGINS_STATE")
+        return Path(env) if env else default_state_path()
+
+    async def open(self) -> PluginHost:
+        """Open the state store and bring back the enabled plugins of the tenants to restore."""
+        if self.store is None:
+            if isinstance(self._state_arg, StateStore):
+                self.store = self._state_arg
+            else:
+                self.store = SQLiteStateStore(self.state_path)  # type: ignore[arg-type]
+        tenants = self._restore if self._restore is not None else self.store.tenants()
+        for tenant in tenants:
+            await self._ensure_tenant(tenant)
+        if self._health_loop_enabled and self._health_task is None:
+            self._health_task = asyncio.create_task(self._health_loop(), name="erp-plugins-health")
+        return self
+
+    async def close(self) -> None:
+        """Deactivate and clean up every running plugin, stop workers, close the store."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            try:
+                await self._health_task
+            except asyncio.CancelledError:
+                pass
+            self._health_task = None
+        for inst in list(self._instances.values()):
+            await self._stop(inst, persist=False)
+        self._instances.clear()
+        if self.store is not None and not isinstance(self._state_arg, StateStore):
+            self.store.close()
+        self.store = None
+
+    async def __aenter__(self) -> PluginHost:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _require_store(self) -> StateStore:
+        if self.store is None:
+            raise PluginError("the PluginHost is not open; use `async with PluginHost(...) as host:`")
+        return self.store
+
+    @property
+    def box(self) -> SecretBox:
+        if self._box is None:
+            self._box = SecretBox.from_environment(self.state_path)
+        return self._box
+
+    def _dispatcher(self, tenant: str) -> TenantDispatcher:
+        disp = self._dispatchers.get(tenant)
+        if disp is None:
+            disp = self._dispatchers[tenant] = TenantDispatcher(tenant)
+        return disp
+
+    def _lock(self, tenant: str) -> asyncio.Lock:
+        lock = self._tenant_locks.get(tenant)
+        if lock is None:
+            lock = self._tenant_locks[tenant] = asyncio.Lock()
+        return lock
+
+    async def _ensure_tenant(self, tenant: str) -> None:
+        """Start the tenant's enabled plugins (dependencies first) the first time the tenant is used."""
+        if tenant in self._started_tenants:
+            return
+        async with self._lock(tenant):
+            if tenant in self._started_tenants:
+                return
+            self._started_tenants.add(tenant)
+            rows = {r.plugin: r for r in self._require_store().list(tenant) if r.enabled}
+            for name in self.catalog.activation_order(list(rows)):
+                inst = self._new_instance(name, tenant, rows[name])
+                if inst is not None:
+                    await self._start(inst)
+
+    # --- instances ----------------------------------------------------------------------------------------
+
+    def _make_runner(self, record: PluginRecord, tenant: str, trusted: bool) -> PluginRunner:
+        """The one place that decides where a plugin's code runs."""
+        assert record.manifest is not None
+        if not record.manifest.security.sandbox or unsafe_no_sandbox():
+            return InProcessRunner(record, tenant)
+        from ._sandbox import SandboxRunner
+
+        return SandboxRunner(record, tenant, data_root=self._data_root())
+
+    def _data_root(self) -> Path:
+        path = self.state_path
+        return (path.parent if path else Path(default_state_path()).parent) / "plugin-data"
+
+    def _new_instance(self, name: str, tenant: str, row: TenantPlugin) -> Instance | None:
+        record = self.catalog.get(name)
+        if record is None or record.errors or record.manifest is None:
+            reason = (
+                f"plugin {name!r} is enabled for tenant {tenant!r} but no longer installed"
+                if record is None
+                else f"plugin {name!r} is invalid: {'; '.join(record.errors)}"
+            )
+            log.error(reason)
+            self._require_store().set_runtime_state(tenant, name, PluginState.ERROR.value, reason)
+            return None
+        inst = Instance(record, tenant, row, self._make_runner(record, tenant, row.trusted), Lifecycle(name, tenant))
+        self._instances[(tenant, name)] = inst
+        return inst
+
+    async def _start(self, inst: Instance, *, raise_errors: bool = False, persist: bool = True) -> bool:
+        """Take an instance from discovered (or error) to active; on failure record the reason."""
+        manifest = inst.record.manifest
+        assert manifest is not None
+        try:
+            if inst.life.state in (PluginState.ERROR, PluginState.UNLOADED, PluginState.DISCOVERED):
+                self._check_lock(inst.record)
+                runtime, secrets = resolve(inst.row.config, manifest, self.box)
+                inst.redactor = Redactor(secrets)
+                timeout = manifest.resources.timeout
+                async with asyncio.timeout(timeout):
+                    await inst.runner.load()
+                inst.life.to(PluginState.LOADED)
+                granted = frozenset(inst.row.granted)
+                inst.context = PluginContext(
+                    tenant_id=inst.tenant,
+                    plugin=inst.name,
+                    config=runtime,
+                    granted=granted,
+                    bridge=_HostBridge(self, inst.name, inst.tenant),
+                    redactor=inst.redactor,
+                )
+                async with asyncio.timeout(timeout):
+                    ok = await inst.runner.initialize(runtime, inst.context)
+                if ok is False:
+                    raise PluginError(f"plugin {inst.name!r}: initialize() returned False")
+                inst.life.to(PluginState.INITIALIZED)
+            async with asyncio.timeout(manifest.resources.timeout):
+                ok = await inst.runner.lifecycle("activate")
+            if ok is False:
+                raise PluginError(f"plugin {inst.name!r}: activate() returned False")
+            functions = {h.name: inst.runner.hook_function(h.name, h.method) for h in manifest.hooks}
+            self._dispatcher(inst.tenant).register(
+                inst.name,
+                functions,
+                priority=inst.row.priority,
+                timeout=manifest.resources.timeout,
+                granted=frozenset(inst.row.granted),
+                redactor=inst.redactor,
+            )
+            inst.life.to(PluginState.ACTIVE)
+        except Exception as exc:
+            reason = describe(exc if not isinstance(exc, TimeoutError) else PluginError(
+                f"plugin {inst.name!r} did not start within {manifest.resources.timeout:g}s (resources.timeout)"
+            ), inst.redactor)
+            inst.failures += 1
+            inst.retry_at = time.monotonic() + min(_RETRY_MAX_S, _RETRY_BASE_S * 2 ** (inst.failures - 1))
+            inst.life.fail(reason)
+            self._dispatcher(inst.tenant).unregister(inst.name)
+            try:
+                await inst.runner.close()
+            except Exception:  # closing a broken runner must not hide why it broke
+                log.debug("closing %s failed", inst.runner, exc_info=True)
+            if persist:
+                self._persist_state(inst)
+            log.warning("plugin %s for tenant %s failed to start: %s", inst.name, inst.tenant, reason)
+            if raise_errors:
+                raise PluginError(reason) from None
+            return False
+        inst.failures = 0
+        inst.next_health = time.monotonic() + manifest.health_check.interval
+        if persist:
+            self._persist_state(inst)
+        return True
+
+    def _persist_state(self, inst: Instance) -> None:
+        if self.store is not None:
+            self.store.set_runtime_state(inst.tenant, inst.name, inst.life.state.value, inst.life.reason)
+
+    async def _stop(self, inst: Instance, *, persist: bool = True) -> None:
+        """Deactivate and clean up an instance; errors are logged, never raised (the plugin is going away)."""
+        self._dispatcher(inst.tenant).unregister(inst.name)
+        timeout = inst.record.manifest.resources.timeout if inst.record.manifest else 30.0
+        if inst.life.state is PluginState.ACTIVE:
+            for method in ("deactivate", "cleanup"):
+                try:
+                    async with asyncio.timeout(timeout):
+                        await inst.runner.lifecycle(method)
+                except Exception as exc:
+                    log.warning("plugin %s %s() failed: %s", inst.name, method, describe(exc, inst.redactor))
+            inst.life.to(PluginState.INACTIVE)
+            inst.life.to(PluginState.UNLOADED)
+        try:
+            await inst.runner.close()
+        except Exception:
+            log.debug("closing %s failed", inst.runner, exc_info=True)
+        self._instances.pop((inst.tenant, inst.name), None)
+        if persist and self.store is not None:
+            self.store.set_runtime_state(inst.tenant, inst.name, PluginState.INACTIVE.value, None)
+
+    def _check_lock(self, record: PluginRecord) -> None:
+        """While a lock exists, refuse a distribution that drifted from it."""
+        text = self.store.get_setting("lock") if self.store is not None else None
+        if not text:
+            return
+        from ._integrity import check_lock, lock_from_json
+
+        dist = record.distribution_object()
+        problems = check_lock(dist, lock_from_json(text)) if dist is not None else ["not locatable"]
+        if problems:
+            raise PluginError(f"plugin {record.name!r} refused by the lock: {'; '.join(problems)}")
+
+    # --- administration -----------------------------------------------------------------------------------
+
+    def record(self, name: str) -> PluginRecord:
+        """The discovered plugin `name`; UnknownPluginError listing the installed ones otherwise."""
+        rec = self.catalog.get(name)
+        if rec is None:
+            known = ", ".join(self.catalog.names()) or "none"
+            raise UnknownPluginError(f"no plugin named {name!r} is installed (installed: {known})")
+        return rec
+
+    async def enable(
+        self,
+        name: str,
+        *,
+        tenant: str,
+        config: Mapping[str, Any] | None = None,
+        grant: list[str] | None = None,
+        trust: bool = False,
+        priority: int | None = None,
+    ) -> TenantPlugin:
+        """Validate config, load, initialize and activate `name` for `tenant`, then persist it.
+
+        Refused while a plugin dependency is not enabled for the tenant, for a plugin that asks to run
+        unsandboxed without `trust`, and for a sandboxed plugin when bubblewrap is missing.
+        """
+        validate_tenant(tenant)
+        store = self._require_store()
+        rec = self.record(name)
+        if rec.errors or rec.manifest is None:
+            raise PluginError(f"plugin {name!r} is invalid: {'; '.join(rec.errors)}")
+        manifest = rec.manifest
+        if not manifest.security.sandbox and not trust:
+            raise PermissionDenied(
+                f"plugin {name!r} asks to run unsandboxed in the host's process (security.sandbox: false in its "
+                f"plugin.yaml); review it and pass --trust to allow it for tenant {tenant!r}"
+            )
+        if manifest.security.sandbox and not unsafe_no_sandbox():
+            from ._sandbox import sandbox_available
+
+            why = sandbox_available()
+            if why is not None:
+                raise SandboxError(
+                    f"plugin {name!r} must run sandboxed, but the sandbox is unavailable: {why} "
+                    f"(development only: {UNSAFE_NO_SANDBOX_ENV}=1 runs it unconfined)"
+                )
+        granted = list(manifest.permissions) if grant is None else list(dict.fromkeys(grant))
+        undeclared = [p for p in granted if p not in manifest.permissions]
+        if undeclared:
+            raise PermissionDenied(
+                f"cannot grant {', '.join(undeclared)} to {name!r}: its plugin.yaml does not declare "
+                f"{'it' if len(undeclared) == 1 else 'them'} (declared: {', '.join(manifest.permissions) or 'none'})"
+            )
+        self._require_dependencies(name, tenant, store.list(tenant))
+        await self._ensure_tenant(tenant)
+        validated = validate_config(dict(config or {}), manifest)
+        stored = to_stored(validated, manifest, self.box)
+        previous = store.get(tenant, name)
+        row = TenantPlugin(
+            tenant=tenant,
+            plugin=name,
+            enabled=True,
+            trusted=bool(trust),
+            granted=granted,
+            priority=DEFAULT_PRIORITY if priority is None else priority,
+            config=stored,
+            state=PluginState.DISCOVERED.value,
+        )
+        async with self._lock(tenant):
+            old = self._instances.get((tenant, name))
+            if old is not None:
+                await self._stop(old, persist=False)
+            inst = Instance(rec, tenant, row, self._make_runner(rec, tenant, trust), Lifecycle(name, tenant))
+            self._instances[(tenant, name)] = inst
+            try:
+                # persisted below, in one transaction with the dependency re-check and the audit entry
+                await self._start(inst, raise_errors=True, persist=False)
+            except Exception:
+                self._instances.pop((tenant, name), None)
+                if old is not None and previous is not None and previous.enabled:
+                    restored = self._new_instance(name, tenant, previous)  # keep serving the old config
+                    if restored is not None:
+                        await self._start(restored)
+                raise
+            with store.transaction() as tx:
+                self._require_dependencies(name, tenant, tx.list(tenant))
+                row.state = inst.life.state.value
+                tx.put(row)
+                tx.add_audit(AuditEntry.now(tenant, name, "enable", self._audit_detail(row, previous, manifest)))
+        return row
+
+    @staticmethod
+    def _audit_detail(row: TenantPlugin, previous: TenantPlugin | None, manifest: Any) -> dict[str, Any]:
+        detail: dict[str, Any] = {
+            "granted": row.granted,
+            "trusted": row.trusted,
+            "priority": row.priority,
+            "config": redacted(row.config, manifest),
+        }
+        if previous is not None:
+            detail["previous_granted"] = previous.granted
+            detail["config_changed"] = sorted(
+                k for k in set(row.config) | set(previous.config) if row.config.get(k) != previous.config.get(k)
+            )
+        return detail
+
+    def _require_dependencies(self, name: str, tenant: str, rows: list[TenantPlugin]) -> None:
+        enabled = {r.plugin for r in rows if r.enabled}
+        for dep in self.catalog.dependencies(name):
+            if dep not in enabled:
+                raise DependencyError(
+                    f"plugin {name!r} depends on plugin {dep!r}, which is not enabled for tenant {tenant!r}; "
+                    f"run first: erp-plugins enable {dep} --tenant {tenant}"
+                )
+
+    async def disable(self, name: str, *, tenant: str) -> None:
+        """Deactivate `name` for `tenant` and persist; refused while an enabled plugin depends on it."""
+        validate_tenant(tenant)
+        store = self._require_store()
+        self.record(name)
+        async with self._lock(tenant):
+            with store.transaction() as tx:
+                row = tx.get(tenant, name)
+                if row is None or not row.enabled:
+                    raise LifecycleError(f"plugin {name!r} is not enabled for tenant {tenant!r}")
+                enabled = {r.plugin for r in tx.list(tenant) if r.enabled}
+                users = [d for d in self.catalog.dependents(name) if d in enabled]
+                if users:
+                    raise DependencyError(
+                        f"cannot disable {name!r} for tenant {tenant!r}: {', '.join(users)} depend(s) on it; "
+                        f"disable {'them' if len(users) > 1 else 'it'} first: erp-plugins disable {users[0]} "
+                        f"--tenant {tenant}"
+                    )
+                row.enabled = False
+                row.state = PluginState.INACTIVE.value
+                row.reason = None
+                tx.put(row)
+                tx.add_audit(AuditEntry.now(tenant, name, "disable", {}))
+            inst = self._instances.get((tenant, name))
+            if inst is not None:
+                await self._stop(inst, persist=False)
+
+    def config_of(self, name: str, *, tenant: str) -> dict[str, Any]:
+        """The stored config of `name` for `tenant`, sensitive values redacted."""
+        validate_tenant(tenant)
+        rec = self.record(name)
+        row = self._require_store().get(tenant, name)
+        if row is None:
+            raise LifecycleError(
+                f"plugin {name!r} has no config for tenant {tenant!r}; enable it first: "
+                f"erp-plugins enable {name} --tenant {tenant}"
+            )
+        assert rec.manifest is not None
+        return redacted(row.config, rec.manifest)
+
+    def status(self, tenant: str) -> dict[str, dict[str, Any]]:
+        """Per plugin name: enabled, state (live when this host runs it), trusted, granted, priority, reason."""
+        out: dict[str, dict[str, Any]] = {}
+        for row in self._require_store().list(tenant):
+            inst = self._instances.get((tenant, row.plugin))
+            out[row.plugin] = {
+                "enabled": row.enabled,
+                "state": inst.life.state.value if inst else row.state,
+                "trusted": row.trusted,
+                "granted": list(row.granted),
+                "priority": row.priority,
+                "reason": inst.life.reason if inst else row.reason,
+            }
+        return out
+
+    # --- hooks ----------------------------------------------------------------------------------------------
+
+    async def _impls(self, hook: str, tenant: str) -> list[Impl]:
+        if hook not in HOOKS:
+            raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(HOOKS)}")
+        if tenant not in self._started_tenants:
+            validate_tenant(tenant)
+            self._require_store()
+            await self._ensure_tenant(tenant)
+        disp = self._dispatchers.get(tenant)
+        return disp.table(hook) if disp is not None else []
+
+    async def call(
+        self,
+        hook: str,
+        *,
+        tenant: str,
+        user_context: Mapping[str, Any] | None = None,
+        progress: Callable[[str, int, int | None, str], None] | None = None,
+        **kwargs: Any,
+    ) -> list[HookResult]:
+        """Call `hook` on every plugin active for `tenant` that implements it, concurrently.
+
+        One HookResult per plugin; a plugin's exception, timeout or missing permission is its own result.
+        """
+        impls = await self._impls(hook, tenant)
+        args = bind_arguments(hook, kwargs)
+        if not impls:
+            return []
+        t_user = current_user_context.set(dict(user_context or {}))
+        t_prog = _progress_cb.set(progress)
+        try:
+            return await call_all(impls, hook, args)
+        finally:
+            current_user_context.reset(t_user)
+            _progress_cb.reset(t_prog)
+
+    async def first(
+        self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
+        """The first successful result, trying plugins in priority order (lower `--priority` first).
+
+        Falls back to the next plugin on unavailable, timeout, rate limit, crash or missing permission;
+        raises AllPluginsFailed naming every plugin's error otherwise or when all fail.
+        """
+        impls = await self._impls(hook, tenant)
+        args = bind_arguments(hook, kwargs)
+        failures: list[HookResult] = []
+        t_user = current_user_context.set(dict(user_context or {}))
+        try:
+            for impl in impls:
+                result = await call_one(impl, hook, args)
+                if result.success:
+                    return result.result
+                failures.append(result)
+                if not should_fall_back(result.exception):
+                    break
+        finally:
+            current_user_context.reset(t_user)
+        raise self._all_failed(hook, tenant, failures)
+
+    @staticmethod
+    def _all_failed(hook: str, tenant: str, failures: list[HookResult]) -> AllPluginsFailed:
+        if not failures:
+            err = AllPluginsFailed(f"no plugin active for tenant {tenant!r} implements {hook}")
+        else:
+            err = AllPluginsFailed(
+                f"{hook} failed for tenant {tenant!r}: " + "; ".join(f"{r.plugin}: {r.error}" for r in failures)
+            )
+        err.results = failures  # type: ignore[attr-defined]
+        return err
+
+    async def stream(
+        self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        """Chunks from the first plugin (in priority order) that starts streaming.
+
+        A plugin that fails before its first chunk is skipped for the next; one that fails after it raises
+        StreamInterrupted: its partial output is never continued with another plugin's text.
+        """
+        if hook in HOOKS and not HOOKS[hook].streaming:
+            raise UnknownHookError(f"{hook} is not a streaming hook; use call() or first()")
+        impls = await self._impls(hook, tenant)
+        args = bind_arguments(hook, kwargs)
+        failures: list[HookResult] = []
+        t_user = current_user_context.set(dict(user_context or {}))
+        try:
+            for impl in impls:
+                if impl.denied is not None:
+                    failures.append(HookResult(impl.plugin, False, error=impl.denied, error_kind="permission"))
+                    continue
+                start = time.perf_counter()
+                try:
+                    iterator, chunk = await open_stream(impl, hook, args)
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    failures.append(HookResult(impl.plugin, False, None, describe(exc, impl.redactor),
+                                               time.perf_counter() - start, exception=exc))
+                    if not should_fall_back(exc):
+                        break
+                    continue
+                count = 0
+                while True:
+                    yield impl.redactor.redact(chunk)
+                    count += 1
+                    try:
+                        chunk = await next_chunk(impl, hook, iterator)
+                    except StopAsyncIteration:
+                        return
+                    except Exception as exc:
+                        raise StreamInterrupted(
+                            f"{impl.plugin} failed after {count} chunk(s) of {hook}: {describe(exc, impl.redactor)}; "
+                            "the partial answer is not continued by another plugin"
+                        ) from exc
+        finally:
+            current_user_context.reset(t_user)
+        raise self._all_failed(hook, tenant, failures)
+
+    # --- events ---------------------------------------------------------------------------------------------
+
+    async def emit(self, tenant: str, event_type: str, data: dict[str, Any], *, source: str | None = None) -> list[HookResult]:
+        """Deliver an event to `on_event` of the tenant's active plugins (not the source), concurrently.
+
+        Chains are bounded: an event emitted while handling an event more than MAX_EVENT_DEPTH deep is refused.
+        """
+        depth = _event_depth.get()
+        if depth >= MAX_EVENT_DEPTH:
+            raise PluginError(
+                f"event {event_type!r} from {source or 'the host'} refused: event chain deeper than "
+                f"{MAX_EVENT_DEPTH} for tenant {tenant!r} (plugins emitting events in a loop?)"
+            )
+        impls = [i for i in await self._impls("on_event", tenant) if i.plugin != source]
+        if not impls:
+            return []
+        token = _event_depth.set(depth + 1)
+        try:
+            return await call_all(impls, "on_event", bind_arguments("on_event", {"event_type": event_type, "data": data}))
+        finally:
+            _event_depth.reset(token)
+
+    # --- health ---------------------------------------------------------------------------------------------
+
+    async def health(self, tenant: str | None = None) -> list[HealthReport]:
+        """Every enabled plugin's health check (with the manifest's timeout), for one tenant or all."""
+        store = self._require_store()
+        tenants = [tenant] if tenant is not None else store.tenants()
+        reports: list[HealthReport] = []
+        for t in tenants:
+            validate_tenant(t)
+            await self._ensure_tenant(t)
+            rows = [r for r in store.list(t) if r.enabled]
+            checks = [self._health_one(t, r) for r in rows]
+            reports.extend(await asyncio.gather(*checks))
+        return reports
+
+    async def _health_one(self, tenant: str, row: TenantPlugin) -> HealthReport:
+        inst = self._instances.get((tenant, row.plugin))
+        if inst is None:
+            return HealthReport(row.plugin, tenant, False, "", row.reason or "not running", row.state)
+        if inst.life.state is not PluginState.ACTIVE:
+            return HealthReport(row.plugin, tenant, False, "", inst.life.reason or inst.life.state.value,
+                                inst.life.state.value)
+        assert inst.record.manifest is not None
+        timeout = inst.record.manifest.health_check.timeout
+        try:
+            async with asyncio.timeout(timeout):
+                report = await inst.runner.health_check()
+        except TimeoutError:
+            return HealthReport(row.plugin, tenant, False, "", f"health check did not answer within {timeout:g}s",
+                                inst.life.state.value)
+        except Exception as exc:
+            return HealthReport(row.plugin, tenant, False, "", describe(exc, inst.redactor), inst.life.state.value)
+        if not isinstance(report, dict) or not isinstance(report.get("healthy"), bool):
+            return HealthReport(row.plugin, tenant, False, "",
+                                f"health_check() must return a dict with healthy: bool, got {type(report).__name__}",
+                                inst.life.state.value)
+        detail = inst.redactor.text(str(report.get("detail", "")))
+        error = None if report["healthy"] else inst.redactor.text(str(report.get("error") or detail or "unhealthy"))
+        return HealthReport(row.plugin, tenant, report["healthy"], detail, error, inst.life.state.value)
+
+    async def _health_loop(self) -> None:
+        """While open: re-check health on each manifest's interval; retry failed plugins with backoff."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for inst in list(self._instances.values()):
+                try:
+                    if inst.life.state is PluginState.ERROR and now >= inst.retry_at:
+                        await self._start(inst)
+                    elif inst.life.state is PluginState.ACTIVE and now >= inst.next_health:
+                        assert inst.record.manifest is not None
+                        inst.next_health = now + inst.record.manifest.health_check.interval
+                        report = await self._health_one(inst.tenant, inst.row)
+                        if not report.healthy:
+                            log.warning("plugin %s for tenant %s unhealthy: %s", inst.name, inst.tenant, report.error)
+                except Exception:  # the loop must survive any one plugin
+                    log.exception("health loop: plugin %s", inst.name)

@@ -1,0 +1,348 @@
+"""The manifest (plugin.yaml): a strict pydantic model of every contract field, and a bounded safe YAML loader.
+
+Every problem becomes a ManifestError whose lines name the file, the field path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import jsonschema
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ._errors import ManifestError
+from ._hookspecs import HOOKS
+from ._interface import PluginType
+from ._permissions import PERMISSIONS
+
+MAX_MANIFEST_BYTES = 1024 * 1024
+#: Bound on YAML nodes after alias expansion: far above any real manifest, far below a billion laughs.
+MAX_EXPANDED_NODES = 100_000
+MAX_DEPTH = 64
+SUPPORTED_API_MAJOR = 1
+
+_NAME_RE = r"^[a-z][a-z0-9_]{1,62}$"
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG])i?B?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3}
+
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class HookEntry(_Strict):
+    """One manifest `hooks` entry: the plugin method that implements a contract hook."""
+
+    name: str = Field(description="a contract hook name (see the hook reference)")
+    method: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="the plugin class's method")]
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _known_hook(cls, value: str) -> str:
+        if value not in HOOKS:
+            raise ValueError(f"unknown hook {value!r}; allowed: {', '.join(HOOKS)}")
+        return value
+
+
+class HealthCheck(_Strict):
+    """How often the host checks the plugin's health, and how long one check may take (seconds)."""
+
+    interval: Seconds = 60.0
+    timeout: Seconds = 10.0
+
+
+class Resources(_Strict):
+    """Limits the plugin runs under when sandboxed."""
+
+    memory_limit: str = Field("512MB", description='memory cap such as "256MB" or "1GB"')
+    cpu_limit: Annotated[float, Field(gt=0, le=64)] = 1.0
+    network_access: bool = False
+    file_system_access: bool = False
+    timeout: Seconds = Field(30.0, description="seconds one hook call may take")
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
+        return value
+
+    @property
+    def memory_bytes(self) -> int:
+        """`memory_limit` in bytes."""
+        return parse_size(self.memory_limit)
+
+
+class Security(_Strict):
+    """Whether the plugin is sandboxed, and what its sandbox allows."""
+
+    sandbox: bool = True
+    network_isolation: bool = True
+    file_permissions: Literal["none", "read-only", "read-write"] = "none"
+
+
+class Manifest(_Strict):
+    """A validated plugin.yaml."""
+
+    name: Annotated[str, Field(pattern=_NAME_RE, description="plugin name = entry point name")]
+    version: str = Field(description="equal to the distribution's version")
+    description: str = ""
+    author: str = ""
+    license: str = ""
+    plugin_type: PluginType
+    api_version: str = Field(description=f"plugin API version; this core accepts {SUPPORTED_API_MAJOR}.x")
+    dependencies: list[str] = Field(default_factory=list, description="PEP 508 requirement strings")
+    permissions: list[str] = Field(default_factory=list)
+    config_schema: dict[str, Any] = Field(default_factory=dict, description="JSON Schema of the config")
+    hooks: list[HookEntry] = Field(default_factory=list)
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
+    resources: Resources = Field(default_factory=Resources)
+    security: Security = Field(default_factory=Security)
+
+    @field_validator("plugin_type", mode="before")
+    @classmethod
+    def _plugin_type(cls, value: Any) -> Any:
+        # strict mode would refuse the plain string YAML gives; accept exactly the enum's values
+        if isinstance(value, str) and value in PluginType._value2member_map_:
+            return PluginType(value)
+        raise ValueError(f"unknown plugin_type {value!r}; allowed: {', '.join(t.value for t in PluginType)}")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        try:
+            Version(value)
+        except InvalidVersion:
+            raise ValueError(f"{value!r} is not a PEP 440 version (e.g. \"1.2.0\")") from None
+        return value
+
+    @field_validator("api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+(\.\d+)?", value):
+            raise ValueError(f"{value!r} is not MAJOR.MINOR (e.g. \"1.0\")")
+        if int(value.split(".")[0]) != SUPPORTED_API_MAJOR:
+            raise ValueError(f"api_version {value} is not supported; this core accepts {SUPPORTED_API_MAJOR}.x")
+        return value
+
+    @field_validator("dependencies")
+    @classmethod
+    def _dependencies(cls, value: list[str]) -> list[str]:
+        for i, text in enumerate(value):
+            try:
+                Requirement(text)
+            except InvalidRequirement as exc:
+                raise ValueError(f"[{i}] {text!r} is not a PEP 508 requirement: {exc}") from None
+        return value
+
+    @field_validator("permissions")
+    @classmethod
+    def _permissions(cls, value: list[str]) -> list[str]:
+        for perm in value:
+            if perm not in PERMISSIONS:
+                raise ValueError(f"unknown permission {perm!r}; allowed: {', '.join(PERMISSIONS)}")
+        return value
+
+    @field_validator("config_schema")
+    @classmethod
+    def _config_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        schema = normalize_schema(value)
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            where = "/".join(str(p) for p in exc.path) or "(top)"
+            raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+        return value
+
+    @classmethod
+    def from_validated(cls, data: dict[str, Any]) -> Manifest:
+        """Rebuild a manifest dumped by `model_dump(mode="json")` after validation, without re-validating.
+
+        Used by the discovery cache, whose content this process validated when it wrote it.
+        """
+        return cls.model_construct(
+            **{
+                **data,
+                "plugin_type": PluginType(data["plugin_type"]),
+                "hooks": [HookEntry.model_construct(**h) for h in data["hooks"]],
+                "health_check": HealthCheck.model_construct(**data["health_check"]),
+                "resources": Resources.model_construct(**data["resources"]),
+                "security": Security.model_construct(**data["security"]),
+            }
+        )
+
+    @property
+    def requirements(self) -> list[Requirement]:
+        """`dependencies` parsed."""
+        return [Requirement(d) for d in self.dependencies]
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """`config_schema` as standard JSON Schema (property-level `required`/`sensitive` folded out)."""
+        return normalize_schema(self.config_schema)
+
+    @property
+    def sensitive_keys(self) -> frozenset[str]:
+        """Config keys marked `sensitive: true`."""
+        props = self.config_schema.get("properties", {})
+        return frozenset(k for k, p in props.items() if isinstance(p, dict) and p.get("sensitive") is True)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as "256MB", "1.5GB" or "512M"; ValueError naming the allowed form otherwise."""
+    match = _SIZE_RE.match(text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f'{text!r} is not a size; use a number with KB, MB or GB, e.g. "256MB"')
+    value = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    if value < 16 * 1024**2:
+        raise ValueError(f"{text!r} is below the 16MB a Python worker needs")
+    return value
+
+
+def normalize_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The original design's schema dialect as standard JSON Schema.
+
+    A property may carry `required: true` (moved into the object's `required` list) and `sensitive: true`
+    (an annotation the host uses for redaction; JSON Schema ignores it).
+    """
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return schema
+    required = list(schema.get("required", [])) if isinstance(schema.get("required", []), list) else schema["required"]
+    new_props: dict[str, Any] = {}
+    for key, prop in props.items():
+        if isinstance(prop, dict) and isinstance(prop.get("required"), bool):
+            prop = dict(prop)
+            if prop.pop("required") and isinstance(required, list) and key not in required:
+                required.append(key)
+        new_props[key] = prop
+    out = {**schema, "properties": new_props}
+    if required:
+        out["required"] = required
+    return out
+
+
+# --- Loading --------------------------------------------------------------------------------------------
+
+
+#: libyaml's parser when PyYAML was built with it (several times faster), else the pure-Python one.
+_SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _check_nodes(root: yaml.Node) -> None:
+    """Raise ValueError if the node graph is recursive, too deep, has duplicate keys, or expands too far.
+
+    Aliases share nodes, so the expanded size is counted with memoization per node: a billion-laughs
+    document is measured in time proportional to its text, and rejected without building anything.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ValueError("recursive YAML alias")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            for child in node.value:
+                total += size(child, depth + 1)
+        elif isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    if k.value in seen:
+                        raise ValueError(f"duplicate key {k.value!r} (line {k.start_mark.line + 1})")
+                    seen.add(k.value)
+                total += size(k, depth + 1) + size(v, depth + 1)
+        if total > MAX_EXPANDED_NODES:
+            raise ValueError(f"expands past {MAX_EXPANDED_NODES} nodes (YAML alias bomb?)")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root, 0)
+
+
+def load_yaml(data: bytes | str, source: str) -> Any:
+    """Parse one YAML document safely, within the size and expansion bounds; ManifestError otherwise."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{source}: manifest is {len(raw)} bytes, larger than the 1 MiB allowed")
+    try:
+        text = raw.decode("utf-8")
+        loader = _SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise ManifestError(f"{source}: manifest is empty; it needs at least name, version, plugin_type, api_version")
+            _check_nodes(node)
+            return loader.construct_document(node)
+        finally:
+            getattr(loader, "dispose", lambda: None)()
+    except ManifestError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ManifestError(f"{source}: invalid YAML{where}: {' '.join(str(exc.problem or exc).split())}") from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise ManifestError(f"{source}: invalid YAML: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model found at `loc` inside a Manifest (for "unknown field" messages)."""
+    model: Any = Manifest
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        model = next((a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)), annotation)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
+def _describe(err: Any) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top)"
+    msg = err["msg"].removeprefix("Value error, ")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown field; allowed here: {', '.join(_allowed_fields(err['loc'][:-1]))}"
+    if kind == "string_pattern_mismatch" and loc == "name":
+        return f"name: {err['input']!r} must be lowercase letters, digits and underscores, starting with a letter"
+    if kind == "missing":
+        return f"{loc}: required field is missing"
+    if kind == "string_type":
+        return f"{loc}: {msg}, got {type(err['input']).__name__} {err['input']!r} (quote it in YAML, e.g. \"1.0\")"
+    if kind in {"int_type", "float_type", "bool_type", "list_type", "dict_type", "model_type"}:
+        return f"{loc}: {msg}, got {type(err['input']).__name__}"
+    return f"{loc}: {msg}"
+
+
+def parse_manifest(data: Any, source: str) -> Manifest:
+    """Validate already-parsed YAML as a Manifest; ManifestError listing every problem otherwise."""
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: manifest must be a mapping of fields, got {type(data).__name__}")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors(include_url=False))
+        raise ManifestError(f"{source}: {problems}") from None
+
+
+def load_manifest(data: bytes | str, source: str) -> Manifest:
+    """Read plugin.yaml text into a Manifest; every problem is a ManifestError naming `source` and the field."""
+    return parse_manifest(load_yaml(data, source), source)

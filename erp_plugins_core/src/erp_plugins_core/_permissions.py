@@ -1,0 +1,40 @@
+"""Permission names, which hook and service each one unlocks, and the per-tenant grant check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ._errors import PermissionDenied
+from ._hookspecs import HOOKS
+
+EVENTS_EMIT = "events.emit"
+FILES_READ = "files.read"
+
+#: Every permission a manifest may declare, with what it allows.
+PERMISSIONS: dict[str, str] = {
+    "ai.generate": "answer ai_request and ai_stream",
+    "ai.embeddings": "answer ai_embedding",
+    "email.send": "answer send_email",
+    "files.upload": "answer upload_file",
+    "calendar.read": "answer list_calendar_events",
+    "calendar.write": "answer create_calendar_event",
+    EVENTS_EMIT: "emit events to the tenant's other plugins (PluginContext.emit_event)",
+    FILES_READ: "read the host files named in the current call (PluginContext.get_service('files'))",
+}
+
+#: Host services available through PluginContext.get_service, and the permission each needs.
+SERVICE_PERMISSIONS: dict[str, str] = {"files": FILES_READ}
+
+
+def hook_permission(hook: str) -> str | None:
+    """The permission a plugin needs to receive `hook`, or None when it needs none."""
+    return HOOKS[hook].permission
+
+
+def require(granted: Iterable[str], permission: str | None, *, plugin: str, tenant: str, action: str) -> None:
+    """Raise PermissionDenied naming the permission when `granted` lacks it."""
+    if permission is not None and permission not in granted:
+        raise PermissionDenied(
+            f"plugin {plugin!r} lacks permission {permission!r} for tenant {tenant!r} ({action}); "
+            f"grant it with: erp-plugins enable {plugin} --tenant {tenant} --grant {permission}"
+        )
