@@ -138,7 +138,7 @@ class Manifest(_Strict):
             try:
                 Requirement(text)
             except InvalidRequirement as exc:
-                raise ValueError(f"[{i}] {text!r} is not a PEP 508 requirement: {exc}") from None
+                raise ValueError(f"[{i}] {text!r} is not a PEP 508 requirement: {str(exc).splitlines()[0]}") from None
         return value
 
     @field_validator("permissions")
@@ -317,7 +317,7 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
 
 def _describe(err: Any) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "(top)"
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = " ".join(err["msg"].removeprefix("Value error, ").split())
     kind = err["type"]
     if kind == "extra_forbidden":
         return f"{loc}: unknown field; allowed here: {', '.join(_allowed_fields(err['loc'][:-1]))}"

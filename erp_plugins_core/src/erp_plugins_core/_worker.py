@@ -1,0 +1,457 @@
+"""The sandboxed worker: runs one plugin instance inside bubblewrap and answers the host over its pipe.
+
+Started as `python -I -S -B <this file> <boot json>` (the boot argument holds only paths and limits, never
+config or secrets). Before anything of the plugin is imported it sets its resource limits, moves the pipe to
+private descriptors (so the plugin's `print()` goes to stderr, not into the protocol) and closes every other
+inherited descriptor. It imports only the standard library and msgpack until the host asks it to load the
+plugin. Config, permissions and secret values arrive over the pipe with `initialize`.
+
+Threads: a reader thread decodes the host's frames; calls run as tasks on the asyncio loop of the main
+thread. Bridge requests (files, events) wait on the reader thread's answer, so even a plugin blocking the
+loop in synchronous code (googleapiclient reading an upload) can read host files.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import json
+import os
+import resource
+import sys
+import threading
+from typing import Any
+
+_RPC_IN = _RPC_OUT = -1
+_write_lock = threading.Lock()
+
+
+def _setup(boot: dict[str, Any]) -> None:
+    """Limits, private pipe descriptors and the import path; runs before any import of plugin code."""
+    global _RPC_IN, _RPC_OUT
+    os.closerange(3, 1 << 16)
+    limits = boot["limits"]
+    for name, value in limits.items():
+        which = getattr(resource, f"RLIMIT_{name}")
+        soft, hard = (value, value) if isinstance(value, int) else value
+        resource.setrlimit(which, (soft, hard))
+    _RPC_IN = os.dup(0)
+    _RPC_OUT = os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    sys.path[:0] = boot["path"]
+
+
+def _load_rpc() -> Any:
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("_erp_plugins_worker_rpc", os.path.join(here, "_rpc.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+rpc: Any = None
+
+
+def send(msg: dict[str, Any]) -> None:
+    """Send one message to the host (any thread)."""
+    data = rpc.encode(msg)
+    with _write_lock:
+        rpc.write_all(_RPC_OUT, data)
+
+
+def describe(exc: BaseException, redact: Any = None) -> dict[str, Any]:
+    """The `error` map for an exception raised by plugin code."""
+    message = str(exc)
+    if redact is not None:
+        message = redact(message)
+    kind = "exception"
+    if isinstance(exc, MemoryError):
+        kind = "memory"
+    elif isinstance(exc, PermissionError) or (
+        isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.EACCES, errno.EROFS)
+    ):
+        kind = "access"
+    else:
+        errors = sys.modules.get("erp_plugins_core._errors")
+        if errors is not None and isinstance(exc, errors.PluginError) and type(exc).__module__ == errors.__name__:
+            kind = "plugin"
+    retry = getattr(exc, "retry_after", None)
+    return {
+        "type": type(exc).__name__,
+        "message": message[:4000],
+        "kind": kind,
+        "retry_after": retry if isinstance(retry, (int, float)) and not isinstance(retry, bool) else None,
+    }
+
+
+class Worker:
+    """The plugin instance and the calls in flight."""
+
+    def __init__(self, loop: Any) -> None:
+        import asyncio
+        import concurrent.futures
+        import contextvars
+
+        self.asyncio = asyncio
+        self.futures = concurrent.futures
+        self.loop = loop
+        self.instance: Any = None
+        self.hooks: dict[str, str] = {}
+        self.context: Any = None
+        self.redactor: Any = None
+        self.tasks: dict[int, Any] = {}
+        self.credit: dict[int, Any] = {}  # call id -> [credit, asyncio.Event]
+        self.bridge_waiters: dict[int, Any] = {}
+        self.bridge_ids = 0
+        self.bridge_lock = threading.Lock()
+        self.call_id: contextvars.ContextVar[int] = contextvars.ContextVar("erp_plugins_worker_call", default=0)
+        self.call_usage: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar(
+            "erp_plugins_worker_usage", default=None
+        )
+
+    # --- messages from the host (reader thread) ----------------------------------------------------------
+
+    def on_message(self, msg: dict[str, Any]) -> None:
+        kind = msg["t"]
+        if kind == "bres":
+            with self.bridge_lock:
+                fut = self.bridge_waiters.pop(msg["id"], None)
+            if fut is not None:
+                fut.set_result(msg)
+        elif kind == "req":
+            self.loop.call_soon_threadsafe(self.start_call, msg)
+        elif kind == "credit":
+            self.loop.call_soon_threadsafe(self.add_credit, msg["id"], msg["n"])
+        elif kind == "cancel":
+            self.loop.call_soon_threadsafe(self.cancel_call, msg["id"])
+
+    def add_credit(self, call: int, n: int) -> None:
+        entry = self.credit.get(call)
+        if entry is not None:
+            entry[0] += n
+            entry[1].set()
+
+    def cancel_call(self, call: int) -> None:
+        task = self.tasks.get(call)
+        if task is not None:
+            task.cancel()
+
+    def start_call(self, msg: dict[str, Any]) -> None:
+        self.tasks[msg["id"]] = self.loop.create_task(self.run_call(msg))
+
+    # --- bridge to the host -------------------------------------------------------------------------------
+
+    def bridge_future(self, op: str, args: dict[str, Any]) -> Any:
+        """Send a bridge request for the current call; a concurrent Future of the host's `bres`."""
+        fut = self.futures.Future()
+        with self.bridge_lock:
+            self.bridge_ids += 1
+            bid = self.bridge_ids
+            self.bridge_waiters[bid] = fut
+        send({"t": "breq", "id": bid, "call": self.call_id.get(), "op": op, "args": args})
+        return fut
+
+    def bridge_result(self, reply: dict[str, Any]) -> Any:
+        if reply["ok"]:
+            return reply["value"]
+        err = reply["error"] or {"type": "SandboxError", "message": "bridge request failed"}
+        from erp_plugins_core import _errors
+
+        cls = getattr(_errors, err["type"], None)
+        if isinstance(cls, type) and issubclass(cls, _errors.PluginError):
+            raise cls(err["message"])
+        if err["type"] == "FileNotFoundError":
+            raise FileNotFoundError(err["message"])
+        raise _errors.SandboxError(err["message"])
+
+    def bridge_sync(self, op: str, args: dict[str, Any]) -> Any:
+        return self.bridge_result(self.bridge_future(op, args).result())
+
+    async def bridge_async(self, op: str, args: dict[str, Any]) -> Any:
+        return self.bridge_result(await self.asyncio.wrap_future(self.bridge_future(op, args)))
+
+    def note(self, op: str, args: dict[str, Any]) -> None:
+        send({"t": "note", "call": self.call_id.get(), "op": op, "args": args})
+
+    # --- calls --------------------------------------------------------------------------------------------
+
+    async def run_call(self, msg: dict[str, Any]) -> None:
+        call, op, args = msg["id"], msg["op"], msg["args"]
+        self.call_id.set(call)
+        usage: dict[str, int] = {}
+        if self.instance is not None:
+            from erp_plugins_core._context import current_usage, current_user_context
+            from erp_plugins_core._services import current_call_files
+
+            current_user_context.set(msg["user"])
+            current_call_files.set(frozenset(p for p in msg["files"] if isinstance(p, str)))
+            current_usage.set(usage)
+        try:
+            value = await self.dispatch(call, op, args)
+        except BaseException as exc:  # everything the plugin raises goes back to the host
+            if isinstance(exc, self.asyncio.CancelledError):
+                reply = {"t": "res", "id": call, "ok": False, "value": None, "usage": usage,
+                         "error": {"type": "CancelledError", "message": "cancelled", "kind": "cancelled",
+                                   "retry_after": None}}
+            else:
+                redact = self.redactor.redact if self.redactor is not None else None
+                reply = {"t": "res", "id": call, "ok": False, "value": None, "usage": usage,
+                         "error": describe(exc, redact)}
+        else:
+            reply = {"t": "res", "id": call, "ok": True, "value": value, "usage": usage, "error": None}
+        finally:
+            self.tasks.pop(call, None)
+            self.credit.pop(call, None)
+        try:
+            send(reply)
+        except (TypeError, ValueError) as exc:  # a result msgpack cannot carry, or one past the frame limit
+            send({"t": "res", "id": call, "ok": False, "value": None, "usage": usage,
+                  "error": {"type": "TypeError", "message": f"result cannot be sent to the host: {exc}",
+                            "kind": "exception", "retry_after": None}})
+
+    async def dispatch(self, call: int, op: str, args: dict[str, Any]) -> Any:
+        if op == "ping":
+            return None
+        if op == "load":
+            return self.load(args["module"], args["attr"], args["hooks"])
+        instance = self.instance
+        if instance is None:
+            raise RuntimeError("plugin is not loaded")
+        if op == "initialize":
+            return await self.initialize(args)
+        if op == "lifecycle":
+            return await getattr(instance, args["method"])()
+        if op == "health":
+            return await instance.health_check()
+        if op == "hook":
+            result = getattr(instance, args["method"])(**args["kwargs"])
+            if self.asyncio.iscoroutine(result) or isinstance(result, self.asyncio.Future):
+                result = await result
+            return result
+        if op == "stream":
+            return await self.stream(call, getattr(instance, args["method"])(**args["kwargs"]), args["window"])
+        raise RuntimeError(f"unknown operation {op!r}")
+
+    def load(self, module_name: str, attr: str, hooks: list[list[str]]) -> None:
+        import importlib
+
+        from erp_plugins_core._hookspecs import PROJECT
+        from erp_plugins_core._interface import PluginInterface
+
+        module = importlib.import_module(module_name)
+        cls = getattr(module, attr)
+        if not (isinstance(cls, type) and issubclass(cls, PluginInterface)):
+            raise TypeError(f"{module_name}:{attr} is not a subclass of erp_plugins_core.PluginInterface")
+        instance = cls()
+        declared = {method for _, method in hooks}
+        for name, method in hooks:
+            if not callable(getattr(instance, method, None)):
+                raise TypeError(f"plugin.yaml hooks: {name} names method {method!r}, which {attr} does not have")
+        for name in dir(type(instance)):
+            member = getattr(type(instance), name, None)
+            if callable(member) and hasattr(member, f"{PROJECT}_impl") and name not in declared:
+                raise TypeError(f"method {name} is marked @hookimpl but plugin.yaml does not list it under hooks")
+        self.instance = instance
+        self.hooks = {name: method for name, method in hooks}
+
+    async def initialize(self, args: dict[str, Any]) -> Any:
+        import logging
+
+        from erp_plugins_core._context import PluginContext
+        from erp_plugins_core._redact import Redactor
+
+        self.redactor = Redactor(args["secrets"])
+        logger = logging.getLogger(f"erp_plugins.plugin.{args['plugin']}")
+        logger.handlers[:] = [_ForwardHandler(self)]
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        self.context = PluginContext(
+            tenant_id=args["tenant"],
+            plugin=args["plugin"],
+            config=args["config"],
+            granted=frozenset(args["granted"]),
+            bridge=_Bridge(self),
+            redactor=self.redactor,
+            logger=logger,
+        )
+        return await self.instance.initialize(dict(args["config"]), self.context)
+
+    async def stream(self, call: int, iterator: Any, window: int) -> None:
+        entry = [window, self.asyncio.Event()]
+        self.credit[call] = entry
+        if hasattr(iterator, "__aiter__"):
+            agen = iterator.__aiter__()
+            try:
+                async for chunk in agen:
+                    await self._send_chunk(call, chunk, entry)
+            finally:
+                aclose = getattr(agen, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        else:
+            for chunk in iterator:
+                await self._send_chunk(call, chunk, entry)
+        return None
+
+    async def _send_chunk(self, call: int, chunk: Any, entry: list[Any]) -> None:
+        while entry[0] <= 0:
+            entry[1].clear()
+            await entry[1].wait()
+        entry[0] -= 1
+        send({"t": "chunk", "id": call, "value": chunk})
+
+
+class _ForwardHandler:
+    """A logging handler that sends the plugin's (already redacted) records to the host."""
+
+    level = 0
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.filters: list[Any] = []
+
+    def handle(self, record: Any) -> bool:
+        fields = getattr(record, "fields", {})
+        try:
+            self.worker.note("log", {"level": int(record.levelno), "message": record.getMessage()[:16000],
+                                     "fields": fields if isinstance(fields, dict) else {}})
+        except (TypeError, ValueError):
+            self.worker.note("log", {"level": int(record.levelno), "message": record.getMessage()[:16000],
+                                     "fields": {}})
+        return True
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the Handler interface logging may touch
+        if name in {"acquire", "release", "flush", "close", "setFormatter", "addFilter", "removeFilter"}:
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+
+class _Bridge:
+    """The worker side of PluginContext's bridge: services, events and progress over the pipe."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def get_service(self, name: str) -> Any:
+        if name == "files":
+            return _RemoteFiles(self.worker)
+        raise KeyError(f"no host service named {name!r}")
+
+    async def emit_event(self, event_type: str, data: dict[str, Any]) -> None:
+        await self.worker.bridge_async("emit", {"event_type": event_type, "data": data})
+
+    def progress(self, done: int, total: int | None, message: str) -> None:
+        self.worker.note("progress", {"done": done, "total": total, "message": str(message)})
+
+
+class _RemoteFiles:
+    """FilesService over the pipe: the host checks every path against the call's files and serves chunks."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def open(self, path: str) -> Any:
+        import io
+
+        from erp_plugins_core._errors import PermissionDenied
+        from erp_plugins_core._services import current_call_files
+
+        if os.path.normpath(path) not in current_call_files.get() and path not in current_call_files.get():
+            raise PermissionDenied(f"file {path!r} was not passed to this hook call; a plugin may only read those")
+        size = self.worker.bridge_sync("files.size", {"path": path})
+        return io.BufferedReader(_RemoteRaw(self.worker, path, size), buffer_size=1024 * 1024)
+
+    def size(self, path: str) -> int:
+        with self.open(path) as fh:
+            return fh.raw.size
+
+
+def _remote_raw_base() -> type:
+    import io
+
+    class RemoteRaw(io.RawIOBase):
+        """A seekable read-only file whose bytes the host reads on request."""
+
+        def __init__(self, worker: Worker, path: str, size: int) -> None:
+            super().__init__()
+            self.worker, self.path, self.size, self.pos = worker, path, size, 0
+            self.name = path
+
+        def readable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return True
+
+        def tell(self) -> int:
+            return self.pos
+
+        def seek(self, offset: int, whence: int = 0) -> int:
+            base = {0: 0, 1: self.pos, 2: self.size}[whence]
+            if base + offset < 0:
+                raise OSError(errno.EINVAL, "negative seek position")
+            self.pos = base + offset
+            return self.pos
+
+        def readinto(self, buffer: Any) -> int:
+            want = min(len(buffer), self.worker_max, max(0, self.size - self.pos))
+            if want <= 0:
+                return 0
+            data = self.worker.bridge_sync("files.read", {"path": self.path, "offset": self.pos, "size": want})
+            n = len(data)
+            buffer[:n] = data
+            self.pos += n
+            return n
+
+        worker_max = 4 * 1024 * 1024
+
+    return RemoteRaw
+
+
+class _LazyRaw:
+    cls: type | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        if self.cls is None:
+            self.cls = _remote_raw_base()
+        return self.cls(*args)
+
+
+_RemoteRaw = _LazyRaw()
+
+
+def _reader(worker: Worker) -> None:
+    """Read the host's frames until the pipe closes; then stop the worker."""
+    try:
+        while True:
+            payload = rpc.read_frame_blocking(_RPC_IN)
+            if payload is None:
+                break
+            worker.on_message(rpc.decode(payload, rpc.TO_WORKER))
+    except Exception as exc:  # the host broke the protocol or went away: nothing sensible is left to do
+        print(f"erp-plugins worker: {type(exc).__name__}: {exc}", file=sys.stderr)
+    os._exit(0)
+
+
+def main() -> None:
+    """Set up, greet the host, and serve calls until the host closes the pipe."""
+    global rpc
+    boot = json.loads(sys.argv[1])
+    _setup(boot)
+    rpc = _load_rpc()
+    send({"t": "hello", "pid": os.getpid()})
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    worker = Worker(loop)
+    threading.Thread(target=_reader, args=(worker,), name="erp-plugins-rpc", daemon=True).start()
+    loop.run_forever()
+
+
+if __name__ == "__main__":
+    main()

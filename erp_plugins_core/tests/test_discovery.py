@@ -1,0 +1,160 @@
+"""Discovery from installed distributions' files (no import), its cache, and catalog validation."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+
+from erp_plugins_core._catalog import Catalog
+from erp_plugins_core._discovery import discover, scan
+
+CODE = """
+from erp_plugins_core import PluginInterface
+raise RuntimeError("plugin code must not be imported by discovery")
+class Plugin(PluginInterface):
+    pass
+"""
+
+
+def names(found) -> set[str]:
+    return {r.name for r in found.records}
+
+
+def ours(catalog: Catalog, name: str):
+    rec = catalog.get(name)
+    assert rec is not None, f"{name} not discovered"
+    return rec
+
+
+def test_discovers_manifest_without_importing_plugin_code(site, manifest_text) -> None:
+    site.install("erp-sample", plugins={"sample_one": (manifest_text("sample_one"), CODE)})
+    found = scan()
+    rec = next(r for r in found.records if r.name == "sample_one")
+    assert rec.errors == ()
+    assert rec.manifest is not None and rec.manifest.name == "sample_one"
+    assert rec.distribution == "erp-sample" and rec.dist_version == "1.0.0"
+    assert rec.entry_point == "erp_sample.sample_one.plugin:Plugin"
+    assert rec.manifest_path.endswith("erp_sample/sample_one/plugin.yaml")
+    assert not any(m.startswith("erp_sample") for m in sys.modules)
+
+
+def test_name_and_version_mismatches_are_errors(site, manifest_text) -> None:
+    site.install("erp-mis", version="2.0.0", plugins={"mis_match": (manifest_text("other_name", "1.0.0"), CODE)})
+    rec = ours(Catalog.load(use_cache=False), "mis_match")
+    text = " ".join(rec.errors)
+    assert "name: 'other_name' differs from the entry point name 'mis_match'" in text
+    assert "version: '1.0.0' differs from distribution erp-mis 2.0.0" in text
+
+
+def test_broken_manifest_does_not_stop_the_others(site, manifest_text) -> None:
+    site.install("erp-bad", plugins={"bad_one": ("name: [unclosed\n", CODE)})
+    site.install("erp-good", plugins={"good_one": (manifest_text("good_one"), CODE)})
+    catalog = Catalog.load(use_cache=False)
+    assert "invalid YAML" in ours(catalog, "bad_one").errors[0]
+    assert "plugin.yaml" in ours(catalog, "bad_one").errors[0]
+    assert ours(catalog, "good_one").errors == ()
+
+
+def test_missing_manifest_is_named(site, manifest_text) -> None:
+    info = site.install("erp-nomani", plugins={"no_mani": (manifest_text("no_mani"), CODE)})
+    (info.parent / "erp_nomani" / "no_mani" / "plugin.yaml").unlink()
+    rec = ours(Catalog.load(use_cache=False), "no_mani")
+    assert rec.errors[0].endswith("erp_nomani/no_mani/plugin.yaml: cannot read: No such file or directory")
+    # a distribution that never shipped one
+    record = info / "RECORD"
+    record.write_text("".join(l for l in record.read_text().splitlines(True) if "plugin.yaml" not in l))
+    rec = ours(Catalog.load(use_cache=False), "no_mani")
+    assert "erp-nomani: no plugin.yaml next to module erp_nomani.no_mani.plugin" in rec.errors[0]
+
+
+def test_two_distributions_claiming_one_name_are_both_reported(site, manifest_text) -> None:
+    site.install("erp-first", plugins={"twin": (manifest_text("twin"), CODE)})
+    site.install("erp-second", plugins={"twin": (manifest_text("twin"), CODE)})
+    twins = [r for r in Catalog.load(use_cache=False).records if r.name == "twin"]
+    assert {r.distribution for r in twins} == {"erp-first", "erp-second"}
+    for r in twins:
+        assert any("claimed by erp-first and erp-second" in e for e in r.errors)
+
+
+def test_dependencies_missing_mismatched_and_cycles(site, manifest_text) -> None:
+    site.install("erp-a", plugins={"dep_a": (manifest_text("dep_a", extra="dependencies: [dep_b]\n"), CODE)})
+    site.install("erp-b", plugins={"dep_b": (manifest_text("dep_b", extra="dependencies: [dep_c]\n"), CODE)})
+    site.install("erp-c", plugins={"dep_c": (manifest_text("dep_c", extra="dependencies: [dep_a]\n"), CODE)})
+    site.install("erp-d", plugins={"dep_d": (manifest_text("dep_d", extra="dependencies: ['dep_e>=2']\n"), CODE)})
+    site.install("erp-e", plugins={"dep_e": (manifest_text("dep_e", "1.0.0"), CODE)})
+    site.install("erp-f", plugins={"dep_f": (manifest_text("dep_f", extra="dependencies: ['no-such-dist>=1']\n"), CODE)})
+    site.install("erp-g", plugins={"dep_g": (manifest_text("dep_g", extra="dependencies: ['pluggy>=999']\n"), CODE)})
+    site.install("erp-h", plugins={"dep_h": (manifest_text("dep_h", extra="dependencies: [dep_d, 'pluggy>=1']\n"), CODE)})
+    catalog = Catalog.load(use_cache=False)
+    for member in ("dep_a", "dep_b", "dep_c"):
+        assert any("dependency cycle among plugins: dep_a -> dep_b -> dep_c -> dep_a" in e
+                   for e in ours(catalog, member).errors)
+    assert "needs plugin dep_e>=2, but dep_e 1.0.0 is installed" in ours(catalog, "dep_d").errors[0]
+    assert "pip install 'no-such-dist>=1'" in ours(catalog, "dep_f").errors[0]
+    assert "but pluggy" in ours(catalog, "dep_g").errors[0]
+    assert ours(catalog, "dep_h").errors == ("depends on plugin dep_d, which is invalid (see its errors)",)
+    assert ours(catalog, "dep_e").errors == ()
+
+
+def test_activation_order_puts_dependencies_first(site, manifest_text) -> None:
+    site.install("erp-top", plugins={"top": (manifest_text("top", extra="dependencies: [mid]\n"), CODE)})
+    site.install("erp-mid", plugins={"mid": (manifest_text("mid", extra="dependencies: [base]\n"), CODE)})
+    site.install("erp-base", plugins={"base": (manifest_text("base"), CODE)})
+    catalog = Catalog.load(use_cache=False)
+    assert catalog.activation_order(["top", "base", "mid"]) == ["base", "mid", "top"]
+    assert catalog.dependents("base") == ["mid"]
+
+
+def test_hook_without_declared_permission_is_invalid(site, manifest_text) -> None:
+    extra = "hooks: [{name: ai_request, method: answer}]\n"
+    site.install("erp-perm", plugins={"perm_less": (manifest_text("perm_less", extra=extra), CODE)})
+    rec = ours(Catalog.load(use_cache=False), "perm_less")
+    assert "ai_request needs permission 'ai.generate', which permissions does not declare" in rec.errors[0]
+
+
+def test_cache_hit_and_invalidation_on_install_upgrade_and_removal(site, manifest_text, monkeypatch) -> None:
+    import erp_plugins_core._discovery as discovery
+
+    monkeypatch.setattr(discovery, "_RACY_SECONDS", 0.0)  # the racy-clean window is tested below
+    site.install("erp-cached", plugins={"cached_one": (manifest_text("cached_one"), CODE)})
+    first = discover()
+    assert not first.from_cache and "cached_one" in names(first)
+    second = discover()
+    assert second.from_cache and names(second) == names(first)
+    # install: a new .dist-info appears within the same second
+    site.install("erp-new", plugins={"new_one": (manifest_text("new_one"), CODE)})
+    third = discover()
+    assert not third.from_cache and "new_one" in names(third)
+    # upgrade: version folder replaced
+    info = next(site.root.glob("erp_cached-1.0.0.dist-info"))
+    shutil.rmtree(info)
+    shutil.rmtree(site.root / "erp_cached")
+    site.install("erp-cached", "1.1.0", plugins={"cached_one": (manifest_text("cached_one", "1.1.0"), CODE)})
+    fourth = discover()
+    assert not fourth.from_cache
+    assert next(r for r in fourth.records if r.name == "cached_one").dist_version == "1.1.0"
+    # removal
+    shutil.rmtree(next(site.root.glob("erp_new-*.dist-info")))
+    fifth = discover()
+    assert "new_one" not in names(fifth)
+
+
+def test_cache_is_not_trusted_within_the_racy_window(site, manifest_text) -> None:
+    site.install("erp-racy", plugins={"racy_one": (manifest_text("racy_one"), CODE)})
+    discover()
+    assert not discover().from_cache  # the site dir changed less than 2 s before the cache was written
+
+
+def test_edited_manifest_invalidates_cache(site, manifest_text, monkeypatch) -> None:
+    import erp_plugins_core._discovery as discovery
+
+    monkeypatch.setattr(discovery, "_RACY_SECONDS", 0.0)
+    site.install("erp-edit", plugins={"edit_one": (manifest_text("edit_one"), CODE)})
+    discover()
+    path = site.root / "erp_edit" / "edit_one" / "plugin.yaml"
+    time.sleep(0.01)
+    path.write_text(manifest_text("edit_one", extra="description: edited\n"))
+    found = discover()
+    assert not found.from_cache
+    assert next(r for r in found.records if r.name == "edit_one").manifest.description == "edited"
