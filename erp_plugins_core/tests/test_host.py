@@ -279,8 +279,7 @@ async def test_event_chain_between_two_plugins_is_cut(host, plugins, site, manif
 
     # the host's ping starts one chain per plugin; each bounces between the two until the bound cuts it
     assert len(one.SEEN) + len(two.SEEN) == 2 * MAX_EVENT_DEPTH
-    assert not any(r.success for r in results)  # the innermost emit was refused, failing the handlers above it
-    assert "event chain deeper than 8" in results[0].error
+    assert len(results) == 2  # the refusal fails only the innermost handler; the host carries on
     assert max(d["n"] for _, _, d in one.SEEN + two.SEEN) == MAX_EVENT_DEPTH - 1
     assert await host.emit("acme", "hello", {}) and two.SEEN[-1][1] == "hello"
 
@@ -325,3 +324,17 @@ async def test_concurrent_calls_do_not_mix_usage(host) -> None:
     results = await asyncio.gather(*(host.call("ai_request", tenant="acme", prompt="w " * n, context={})
                                      for n in range(1, 20)))
     assert [r[0].usage["prompt_tokens"] for r in results] == list(range(1, 20))
+
+
+async def test_tampered_file_is_refused_at_load_and_lock_catches_drift(host, plugins) -> None:
+    plugin_py = plugins.root / "erp_echo" / "echo" / "plugin.py"
+    original = plugin_py.read_text()
+    plugin_py.write_text(original + "\n# tampered\n")
+    with pytest.raises(PluginError, match=r"installed files differ from RECORD: erp_echo/echo/plugin.py: changed"):
+        await host.enable("echo", tenant="acme", config={"api_key": SECRET}, trust=True)
+    plugin_py.write_text(original)
+    from erp_plugins_core._integrity import LockEntry, lock_to_json
+
+    host.store.set_setting("lock", lock_to_json({"erp-echo": LockEntry("erp-echo", "0.9.0", "0" * 64)}))
+    with pytest.raises(PluginError, match="refused by the lock"):
+        await host.enable("echo", tenant="acme", config={"api_key": SECRET}, trust=True)

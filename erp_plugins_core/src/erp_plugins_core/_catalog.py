@@ -84,7 +84,7 @@ def deep_check(rec: PluginRecord, *, lock: Any = None, accepted_findings: bool =
 
     Findings fail a plugin only when it would run unsandboxed; the sandbox is the boundary, the scan advice.
     """
-    from ._integrity import check_lock, verify_distribution
+    from ._integrity import check_lock, editable_location, verify_distribution
     from ._scan import scan_distribution
 
     errors = list(rec.errors)
@@ -94,8 +94,10 @@ def deep_check(rec: PluginRecord, *, lock: Any = None, accepted_findings: bool =
     if dist is None:
         errors.append(f"{rec.distribution}: installed files cannot be located for verification")
     else:
+        editable = editable_location(dist) is not None
         for problem in verify_distribution(dist):
-            (warnings if problem.problem == "editable" else errors).append(str(problem))
+            # an editable (development) install has no RECORD of its sources: said, but not a failure
+            (warnings if editable else errors).append(str(problem))
         if lock is not None:
             errors.extend(check_lock(dist, lock))
         for f in scan_distribution(dist):

@@ -489,3 +489,7 @@ def main(argv: list[str] | None = None) -> None:
                    "traceback)", err=True)
         sys.exit(1)
 
+
+
+if __name__ == "__main__":
+    main()

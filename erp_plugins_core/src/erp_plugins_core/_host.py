@@ -36,6 +36,7 @@ from ._errors import (
     AllPluginsFailed,
     ConfigError,
     DependencyError,
+    IntegrityError,
     LifecycleError,
     PermissionDenied,
     PluginError,
@@ -283,7 +284,7 @@ class PluginHost:
         assert manifest is not None
         try:
             if inst.life.state in (PluginState.ERROR, PluginState.UNLOADED, PluginState.DISCOVERED):
-                self._check_lock(inst.record)
+                self._verify_files(inst.record)
                 runtime, secrets = resolve(inst.row.config, manifest, self.box)
                 inst.redactor = Redactor(secrets)
                 timeout = manifest.resources.timeout
@@ -367,17 +368,28 @@ class PluginHost:
         if persist and self.store is not None:
             self.store.set_runtime_state(inst.tenant, inst.name, PluginState.INACTIVE.value, None)
 
-    def _check_lock(self, record: PluginRecord) -> None:
-        """While a lock exists, refuse a distribution that drifted from it."""
-        text = self.store.get_setting("lock") if self.store is not None else None
-        if not text:
-            return
-        from ._integrity import check_lock, lock_from_json
+    def _verify_files(self, record: PluginRecord) -> None:
+        """Refuse a plugin whose installed files differ from its RECORD, or (while a lock exists) from the lock.
+
+        Editable (development) installs have no RECORD of their sources; they load, and `check` warns.
+        """
+        from ._integrity import check_lock, editable_location, lock_from_json, verify_distribution
 
         dist = record.distribution_object()
-        problems = check_lock(dist, lock_from_json(text)) if dist is not None else ["not locatable"]
-        if problems:
-            raise PluginError(f"plugin {record.name!r} refused by the lock: {'; '.join(problems)}")
+        if dist is None:
+            raise IntegrityError(f"plugin {record.name!r}: its installed files cannot be located for verification")
+        if editable_location(dist) is None:
+            problems = [str(p) for p in verify_distribution(dist)]
+            if problems:
+                raise IntegrityError(
+                    f"plugin {record.name!r} refused: installed files differ from RECORD: {'; '.join(problems[:5])}"
+                    f"; reinstall {record.distribution}"
+                )
+        text = self.store.get_setting("lock") if self.store is not None else None
+        if text:
+            drift = check_lock(dist, lock_from_json(text))
+            if drift:
+                raise IntegrityError(f"plugin {record.name!r} refused by the lock: {'; '.join(drift)}")
 
     # --- administration -----------------------------------------------------------------------------------
 
