@@ -95,13 +95,13 @@ def signature_problems(hook: HookInfo, method_name: str, function: Callable[...,
     return problems
 
 
-async def _step(report: ConformanceReport, what: str, timeout: float, call: Callable[[], Any]) -> Any:
-    """Await `call()` within `timeout`; a raise or timeout becomes a problem and returns the marker _FAILED."""
+async def _step(report: ConformanceReport, what: str, limit: float, call: Callable[[], Any]) -> Any:
+    """Await `call()` within `limit` seconds; a raise or timeout becomes a problem and returns the marker _FAILED."""
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             result = await call()
     except TimeoutError:
-        report.problems.append(f"{what} did not return within {timeout:g}s")
+        report.problems.append(f"{what} did not return within {limit:g}s")
         return _FAILED
     except Exception as exc:  # the plugin's failure is the finding
         report.problems.append(f"{what} raised {type(exc).__name__}: {exc}")
@@ -146,7 +146,9 @@ async def check_conformance(
     report.problems.extend(deep.errors)
     report.warnings.extend(deep.warnings)
     if deep.findings and record.manifest is not None and record.manifest.security.sandbox:
-        report.warnings.extend(f"code scan: {f['file']}:{f['line']}: {f['rule']}: {f['message']}" for f in deep.findings)
+        report.warnings.extend(
+            f"code scan: {f['file']}:{f['line']}: {f['rule']}: {f['message']}" for f in deep.findings
+        )
     manifest = record.manifest
     if manifest is None:
         return report
@@ -166,7 +168,8 @@ async def check_conformance(
 
     try:
         box = SecretBox(_fresh_key(), source="a fresh key of the conformance check")
-        runtime, secrets = resolve(to_stored(validate_config(dict(config or {}), manifest), manifest, box), manifest, box)
+        stored = to_stored(validate_config(dict(config or {}), manifest), manifest, box)
+        runtime, secrets = resolve(stored, manifest, box)
     except PluginError as exc:
         report.problems.append(f"config: {exc} (pass config= with the values the plugin needs)")
         return report

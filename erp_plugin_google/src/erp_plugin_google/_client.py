@@ -1,0 +1,64 @@
+"""The official client, built offline from its packaged discovery documents, with an endpoint override.
+
+`client_options.api_endpoint` moves ordinary calls but not media uploads (they keep Google's https URL), so
+an override rewrites the document's rootUrl/baseUrl before `build_from_document`: then calls, uploads and
+the upload session URLs all go to `root_url`.
+
+httplib2 connections are not thread-safe, so each worker thread has its own authorized connection (over
+the one shared credentials object); connections stay open between calls.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+from urllib.parse import urljoin
+
+import google_auth_httplib2
+from google.auth.credentials import Credentials
+from googleapiclient import discovery
+from googleapiclient.discovery_cache import get_static_doc
+from googleapiclient.http import build_http
+
+APIS = {"gmail": "v1", "drive": "v3", "calendar": "v3"}
+
+
+def discovery_document(api: str, version: str, root_url: str | None) -> dict[str, Any]:
+    """The packaged discovery document of `api`, pointed at `root_url` when given."""
+    text = get_static_doc(api, version)
+    if text is None:
+        raise RuntimeError(f"google-api-python-client ships no discovery document for {api} {version}")
+    doc: dict[str, Any] = json.loads(text)
+    if root_url:
+        doc["rootUrl"] = root_url
+        doc["mtlsRootUrl"] = root_url
+        doc["baseUrl"] = urljoin(root_url, doc.get("servicePath", ""))
+    return doc
+
+
+class GoogleClient:
+    """The three API services and a per-thread authorized HTTP connection."""
+
+    def __init__(self, credentials: Credentials, root_url: str | None, timeout: float = 60.0) -> None:
+        self.credentials = credentials
+        self._timeout = timeout
+        self._local = threading.local()
+        self.services: dict[str, Any] = {
+            api: discovery.build_from_document(discovery_document(api, version, root_url), http=self.http())
+            for api, version in APIS.items()
+        }
+
+    def http(self) -> google_auth_httplib2.AuthorizedHttp:
+        """This thread's authorized connection (created on first use)."""
+        conn = getattr(self._local, "http", None)
+        if conn is None:
+            raw = build_http()  # googleapiclient's Http: 308 is not a redirect (resumable uploads need it)
+            raw.timeout = self._timeout
+            conn = google_auth_httplib2.AuthorizedHttp(self.credentials, http=raw)
+            self._local.http = conn
+        return conn
+
+    def refresh(self) -> None:
+        """Refresh the access token now (blocking), e.g. for a health check of expired credentials."""
+        self.credentials.refresh(google_auth_httplib2.Request(self.http().http))

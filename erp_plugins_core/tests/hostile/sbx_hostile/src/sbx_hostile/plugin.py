@@ -1,0 +1,106 @@
+"""A hostile plugin for the sandbox tests. Every attack is bounded so that it stops by itself even unconfined.
+
+It must only ever be run through the sandbox (the tests fail rather than run it in process).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import time
+
+from erp_plugins_core._interface import PluginInterface
+
+
+def _fork_bomb() -> str:
+    started, refused = 0, 0
+    for _ in range(200):  # bounded: at most 200 forks
+        try:
+            pid = os.fork()
+        except OSError:
+            refused += 1
+            continue
+        if pid == 0:
+            time.sleep(3)
+            os._exit(0)
+        started += 1
+    return f"started={started} refused={refused}"
+
+
+def _memory_bomb() -> str:
+    blocks = []
+    for _ in range(64):  # bounded: 64 x 32 MB = 2 GB
+        blocks.append(bytearray(32 * 1024 * 1024))
+    return f"allocated {len(blocks) * 32} MB"
+
+
+class Plugin(PluginInterface):
+    async def attack(self, prompt: str, context: dict) -> str:
+        kind, _, arg = prompt.partition(":")
+        if kind == "raise":
+            raise ValueError("hostile failure")
+        if kind == "hang":
+            time.sleep(120)  # blocks the worker's loop; the host's timeout must kill it
+            return "woke up"
+        if kind == "exit":
+            os._exit(3)
+        if kind == "segfault":
+            ctypes.string_at(0)
+        if kind == "memory":
+            return _memory_bomb()
+        if kind == "fork":
+            return _fork_bomb()
+        if kind == "connect":
+            with socket.create_connection(("127.0.0.1", int(arg)), timeout=2) as s:
+                s.sendall(b"leak")
+            return "connected"
+        if kind == "write":
+            with open(arg, "w") as fh:
+                fh.write("escaped")
+            return "written"
+        if kind == "remount":
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.mount(None, b"/", None, 32 | 0x20, None) != 0:  # MS_REMOUNT | MS_BIND? any remount
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), "/")
+            with open("/escaped-remount", "w") as fh:
+                fh.write("x")
+            return "remounted"
+        if kind == "ptrace":
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.ptrace(16, int(arg), None, None) != 0:  # PTRACE_ATTACH
+                err = ctypes.get_errno()
+                raise OSError(err, f"ptrace: {os.strerror(err)}")
+            return "attached"
+        if kind == "kill":
+            os.kill(int(arg), 9)
+            return "killed"
+        if kind == "flood":
+            for fd in range(3, 16):  # the pipe to the host is one of these
+                try:
+                    os.write(fd, (0x7FFFFFFF).to_bytes(4, "big") + b"\x00" * 1024)
+                except OSError:
+                    continue
+            time.sleep(5)
+            return "flooded"
+        if kind == "garbage":
+            for fd in range(3, 16):
+                try:
+                    os.write(fd, (5).to_bytes(4, "big") + b"\xc1\xc1\xc1\xc1\xc1")
+                except OSError:
+                    continue
+            time.sleep(5)
+            return "garbage sent"
+        if kind == "print":
+            print("not a frame " * 1000)
+            return "printed"
+        return "harmless"
+
+    async def stream(self, prompt: str, context: dict):
+        for i in range(3):
+            yield f"h{i}"
+
+    async def read_path(self, file_path: str, folder_id: str | None) -> str:
+        with open(file_path, "rb") as fh:  # the host's state store: must not be reachable
+            return fh.read(64).hex()

