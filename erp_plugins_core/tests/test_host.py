@@ -338,3 +338,13 @@ async def test_tampered_file_is_refused_at_load_and_lock_catches_drift(host, plu
     host.store.set_setting("lock", lock_to_json({"erp-echo": LockEntry("erp-echo", "0.9.0", "0" * 64)}))
     with pytest.raises(PluginError, match="refused by the lock"):
         await host.enable("echo", tenant="acme", config={"api_key": SECRET}, trust=True)
+
+
+async def test_unsandboxed_plugin_with_findings_needs_accepted_findings(host, plugins, site, manifest_text) -> None:
+    code = ECHO + "\nimport subprocess\n"
+    site.install("erp-risky", plugins={"risky": (manifest_text("risky", extra=ECHO_MANIFEST), code)})
+    host.catalog.__init__(__import__("erp_plugins_core._discovery", fromlist=["scan"]).scan())
+    with pytest.raises(PermissionDenied, match=r"code-scan finding.*erp-plugins check --accept-findings risky"):
+        await host.enable("risky", tenant="acme", config={"api_key": SECRET}, trust=True)
+    host.store.set_setting("accepted_findings", json.dumps({"risky": "erp-risky==1.0.0"}))
+    await host.enable("risky", tenant="acme", config={"api_key": SECRET}, trust=True)

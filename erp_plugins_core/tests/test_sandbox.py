@@ -246,9 +246,9 @@ async def test_config_and_secrets_never_in_argv_or_environment(good: SandboxRunn
         for blob in (cmdline, environ):
             assert SECRET.encode() not in blob and b"greeting" not in blob
     worker_env = Path(f"/proc/{pids[-1]}/environ").read_bytes().split(b"\0")
-    assert {e.split(b"=")[0] for e in worker_env if e} <= {b"HOME", b"PATH", b"MALLOC_ARENA_MAX", b"LANG"}
+    assert {e.split(b"=")[0] for e in worker_env if e} <= {b"HOME", b"PATH", b"PWD", b"MALLOC_ARENA_MAX", b"LANG"}
     assert await good.hook_function("ai_request", "answer")("env", {}) == repr(
-        sorted(["HOME", "PATH", "MALLOC_ARENA_MAX", "LANG"])
+        sorted(["HOME", "PATH", "PWD", "MALLOC_ARENA_MAX", "LANG"])
     )
     status = Path(f"/proc/{pids[-1]}/status").read_text()
     uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
@@ -343,7 +343,7 @@ async def test_remount_root_read_write(hostile: SandboxRunner, good: SandboxRunn
 
 
 async def test_ptrace_and_kill_the_host(hostile: SandboxRunner, good: SandboxRunner) -> None:
-    with pytest.raises(SandboxError, match="refused access by the sandbox: OSError: .*ptrace: Operation not permitted"):
+    with pytest.raises(SandboxError, match="refused access by the sandbox: PermissionError: .*ptrace: Operation not permitted"):
         await attack(hostile, f"ptrace:{os.getpid()}")
     with pytest.raises((PluginRaised, SandboxError), match="ProcessLookupError|Operation not permitted"):
         await attack(hostile, f"kill:{os.getpid()}")

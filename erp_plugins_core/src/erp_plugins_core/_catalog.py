@@ -64,6 +64,14 @@ class Catalog:
         return activation_order(names, self._by_name)
 
 
+ACCEPTED_FINDINGS = "accepted_findings"  # state-store setting: plugin name -> "distribution==version"
+
+
+def acceptance_key(rec: PluginRecord) -> str:
+    """What an administrator's acceptance of a plugin's findings is tied to: this exact distribution version."""
+    return f"{rec.distribution}=={rec.dist_version}"
+
+
 @dataclass
 class CheckReport:
     """`erp-plugins check` for one plugin."""

@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ._catalog import Catalog, deep_check
+from ._catalog import ACCEPTED_FINDINGS, Catalog, acceptance_key, deep_check
 from ._errors import (
     ConfigError,
     IntegrityError,
@@ -192,11 +192,11 @@ def check(ctx: click.Context, names: tuple[str, ...], as_json: bool, accept_find
     if store is not None:
         text = store.get_setting("lock")
         lock = lock_from_json(text) if text else None
-        accepted = json.loads(store.get_setting("accepted_findings") or "{}")
+        accepted = json.loads(store.get_setting(ACCEPTED_FINDINGS) or "{}")
     selected = [r for r in catalog.records if not names or r.name in names]
     reports = []
     for rec in selected:
-        key = f"{rec.distribution}=={rec.dist_version}"
+        key = acceptance_key(rec)
         report = deep_check(rec, lock=lock, accepted_findings=accepted.get(rec.name) == key)
         if accept_findings and names and report.findings:
             accepted[rec.name] = key
@@ -204,7 +204,7 @@ def check(ctx: click.Context, names: tuple[str, ...], as_json: bool, accept_find
         reports.append(report)
     if store is not None:
         if accept_findings:
-            store.set_setting("accepted_findings", json.dumps(accepted))
+            store.set_setting(ACCEPTED_FINDINGS, json.dumps(accepted))
         store.close()
     if as_json:
         _emit_json([r.to_json() for r in reports])

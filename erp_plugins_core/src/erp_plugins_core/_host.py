@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import os
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._catalog import Catalog
+from ._catalog import ACCEPTED_FINDINGS, Catalog, acceptance_key
 from ._config import redacted, resolve, to_stored, validate_config
 from ._context import PluginContext, current_user_context
 from ._discovery import PluginRecord
@@ -253,7 +254,13 @@ class PluginHost:
     def _make_runner(self, record: PluginRecord, tenant: str, trusted: bool) -> PluginRunner:
         """The one place that decides where a plugin's code runs."""
         assert record.manifest is not None
-        if not record.manifest.security.sandbox or unsafe_no_sandbox():
+        if not record.manifest.security.sandbox:
+            return InProcessRunner(record, tenant)
+        if unsafe_no_sandbox():
+            log.warning(
+                "%s=1: running sandboxed plugin %r for tenant %r UNCONFINED in the host's process "
+                "(development only; never in production)", UNSAFE_NO_SANDBOX_ENV, record.name, tenant,
+            )
             return InProcessRunner(record, tenant)
         from ._sandbox import SandboxRunner
 
@@ -422,11 +429,13 @@ class PluginHost:
         if rec.errors or rec.manifest is None:
             raise PluginError(f"plugin {name!r} is invalid: {'; '.join(rec.errors)}")
         manifest = rec.manifest
-        if not manifest.security.sandbox and not trust:
-            raise PermissionDenied(
-                f"plugin {name!r} asks to run unsandboxed in the host's process (security.sandbox: false in its "
-                f"plugin.yaml); review it and pass --trust to allow it for tenant {tenant!r}"
-            )
+        if not manifest.security.sandbox:
+            if not trust:
+                raise PermissionDenied(
+                    f"plugin {name!r} asks to run unsandboxed in the host's process (security.sandbox: false in its "
+                    f"plugin.yaml); review it and pass --trust to allow it for tenant {tenant!r}"
+                )
+            self._require_accepted_findings(rec)
         if manifest.security.sandbox and not unsafe_no_sandbox():
             from ._sandbox import sandbox_available
 
@@ -495,6 +504,23 @@ class PluginHost:
                 k for k in set(row.config) | set(previous.config) if row.config.get(k) != previous.config.get(k)
             )
         return detail
+
+    def _require_accepted_findings(self, rec: PluginRecord) -> None:
+        """An unsandboxed plugin with code-scan findings runs only once an administrator accepted them."""
+        from ._scan import scan_distribution
+
+        dist = rec.distribution_object()
+        findings = scan_distribution(dist) if dist is not None else []
+        if not findings:
+            return
+        accepted = json.loads(self._require_store().get_setting(ACCEPTED_FINDINGS) or "{}")
+        if accepted.get(rec.name) != acceptance_key(rec):
+            first = findings[0]
+            raise PermissionDenied(
+                f"plugin {rec.name!r} would run unsandboxed with {len(findings)} code-scan finding(s) "
+                f"(first: {first.file}:{first.line} {first.rule} {first.message}); review them with "
+                f"erp-plugins check {rec.name}, then accept with: erp-plugins check --accept-findings {rec.name}"
+            )
 
     def _require_dependencies(self, name: str, tenant: str, rows: list[TenantPlugin]) -> None:
         enabled = {r.plugin for r in rows if r.enabled}
