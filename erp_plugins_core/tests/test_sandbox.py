@@ -1,3 +1,4 @@
+# ruff: noqa: ASYNC240 - tests read /proc and small files inline
 """The sandbox: plugins in bubblewrap workers behind SandboxRunner, attacked by a hostile plugin corpus.
 
 The corpus (tests/hostile/) is built into real wheels and installed with `pip install --target` into a
@@ -343,7 +344,8 @@ async def test_remount_root_read_write(hostile: SandboxRunner, good: SandboxRunn
 
 
 async def test_ptrace_and_kill_the_host(hostile: SandboxRunner, good: SandboxRunner) -> None:
-    with pytest.raises(SandboxError, match="refused access by the sandbox: PermissionError: .*ptrace: Operation not permitted"):
+    refused = "refused access by the sandbox: PermissionError: .*ptrace: Operation not permitted"
+    with pytest.raises(SandboxError, match=refused):
         await attack(hostile, f"ptrace:{os.getpid()}")
     with pytest.raises((PluginRaised, SandboxError), match="ProcessLookupError|Operation not permitted"):
         await attack(hostile, f"kill:{os.getpid()}")
@@ -357,7 +359,7 @@ async def test_state_store_unreachable(hostile: SandboxRunner, good: SandboxRunn
     os.chmod(state, 0o644)
     with pytest.raises((PluginRaised, SandboxError), match="FileNotFoundError|refused access") as info:
         await hostile.hook_function("upload_file", "read_path")(str(state), None)
-    assert "SQLite".encode().hex() not in str(info.value)
+    assert b"SQLite".hex() not in str(info.value)
     await still_answers(good)
 
 

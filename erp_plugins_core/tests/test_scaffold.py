@@ -72,7 +72,9 @@ def test_every_type_is_consistent(plugin_type):
     assert manifest.version == project["project"]["version"]
     assert manifest.security.sandbox is True
     assert project["project"]["name"] == "erp-plugin-invoice-ocr"
-    assert project["project"]["entry-points"]["erp_plugins"] == {"invoice_ocr": "erp_plugin_invoice_ocr.plugin:InvoiceOcrPlugin"}
+    assert project["project"]["entry-points"]["erp_plugins"] == {
+        "invoice_ocr": "erp_plugin_invoice_ocr.plugin:InvoiceOcrPlugin"
+    }
     assert project["tool"]["setuptools"]["package-data"] == {"erp_plugin_invoice_ocr": ["plugin.yaml"]}
     assert project["tool"]["pytest"]["ini_options"]["asyncio_mode"] == "auto"
     assert any(r.startswith("pytest-asyncio") for r in project["project"]["optional-dependencies"]["test"])

@@ -253,8 +253,6 @@ class GoogleServicesPlugin(PluginInterface):
     def _granted_permissions(self) -> frozenset[str] | None:
         """The tenant's grants for this plugin, when the context tells them (None: assume all)."""
         granted = getattr(self.context, "granted", None)
-        if granted is None:
-            granted = getattr(self.context, "_granted", None)
         return frozenset(granted) if granted is not None else None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -134,7 +134,7 @@ async def check_conformance(
     `config` is validated against the manifest's config_schema (defaults applied), as `enable` does.
     """
     report = ConformanceReport(name)
-    catalog = catalog if catalog is not None else Catalog.load(use_cache=False)
+    catalog = catalog if catalog is not None else Catalog.load()
     record = catalog.get(name)
     if record is None:
         report.problems.append(

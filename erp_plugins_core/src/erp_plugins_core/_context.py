@@ -63,6 +63,11 @@ class PluginContext:
         return f"PluginContext(plugin={self.plugin!r}, tenant_id={self.tenant_id!r})"
 
     @property
+    def granted(self) -> frozenset[str]:
+        """The permissions this tenant granted the plugin."""
+        return self._granted
+
+    @property
     def user_context(self) -> Mapping[str, Any]:
         """Who the current hook call runs for, as ERP code passed it (`{}` when it passed nothing)."""
         return current_user_context.get()

@@ -435,6 +435,7 @@ class PluginHost:
                     f"plugin {name!r} asks to run unsandboxed in the host's process (security.sandbox: false in its "
                     f"plugin.yaml); review it and pass --trust to allow it for tenant {tenant!r}"
                 )
+            self._verify_files(rec)  # a tampered file is named as such, before any scan finding
             self._require_accepted_findings(rec)
         if manifest.security.sandbox and not unsafe_no_sandbox():
             from ._sandbox import sandbox_available

@@ -318,7 +318,7 @@ def build_runtime(record: PluginRecord, runtime_dir: str | os.PathLike[str] | No
 def _materialize(root: Path, target: Path, files: dict[str, str]) -> None:
     build = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
     try:
-        os.chmod(build, 0o755)
+        os.chmod(build, 0o755)  # noqa: S103 - the unprivileged worker must read the runtime site
         for rel, src in files.items():
             dst = build / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -336,7 +336,7 @@ def _materialize(root: Path, target: Path, files: dict[str, str]) -> None:
                 shutil.copy2(src, dst)
                 os.chmod(dst, 0o755 if st.st_mode & stat.S_IXUSR else 0o644)
         for dirpath, _dirs, _files in os.walk(build):
-            os.chmod(dirpath, 0o755)
+            os.chmod(dirpath, 0o755)  # noqa: S103 - as above
         (build / ".complete").write_text("ok\n")
         os.chmod(build / ".complete", 0o644)
         try:
@@ -507,13 +507,13 @@ class SandboxRunner(PluginRunner):
         self._context = context
         self._init = (dict(config), context)
         return bool(await self._request("initialize", self._init_args(), what="initialize",
-                                        timeout=self.manifest.resources.timeout))
+                                        seconds=self.manifest.resources.timeout))
 
     async def lifecycle(self, method: str) -> bool:
         if method not in LIFECYCLE_METHODS:
             raise ValueError(f"unknown lifecycle method {method!r}")
         result = await self._request("lifecycle", {"method": method}, what=method,
-                                     timeout=self.manifest.resources.timeout)
+                                     seconds=self.manifest.resources.timeout)
         if method == "activate":
             self._active = bool(result)
         elif method == "deactivate":
@@ -521,7 +521,7 @@ class SandboxRunner(PluginRunner):
         return bool(result)
 
     async def health_check(self) -> dict[str, Any]:
-        result = await self._request("health", {}, what="health_check", timeout=self.manifest.health_check.timeout)
+        result = await self._request("health", {}, what="health_check", seconds=self.manifest.health_check.timeout)
         if not isinstance(result, dict):
             raise SandboxError(f"plugin {self.record.name!r}: health_check returned {type(result).__name__}, not dict")
         return result
@@ -545,7 +545,7 @@ class SandboxRunner(PluginRunner):
                 bound = sig.bind(*args, **kwargs)
                 return await runner._request(
                     "hook", {"method": method, "kwargs": dict(bound.arguments)}, what=f"hook {hook}",
-                    timeout=runner.manifest.resources.timeout, ctx=contextvars.copy_context(),
+                    seconds=runner.manifest.resources.timeout, ctx=contextvars.copy_context(),
                 )
 
             proxy = call_proxy
@@ -616,12 +616,12 @@ class SandboxRunner(PluginRunner):
         for src, dst in self._runtime.binds:
             argv += ["--ro-bind", src, dst]
         argv += ["--ro-bind", self._runtime.site, SANDBOX_SITE,
-                 "--proc", "/proc", "--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+                 "--proc", "/proc", "--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]  # noqa: S108
         data = self._data_dir()
         if data is not None:
             rw = self.manifest.security.file_permissions == "read-write"
             argv += ["--bind" if rw else "--ro-bind", str(data), "/data"]
-        argv += ["--disable-userns", "--chdir", "/tmp", "--clearenv", "--setenv", "HOME", "/tmp",
+        argv += ["--disable-userns", "--chdir", "/tmp", "--clearenv", "--setenv", "HOME", "/tmp",  # noqa: S108
                  "--setenv", "PATH", "/usr/bin", "--setenv", "MALLOC_ARENA_MAX", "2", "--setenv", "LANG", "C.UTF-8",
                  "--hostname", "sandbox", "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd),
                  "--remount-ro", "/", "--",
@@ -681,7 +681,7 @@ class SandboxRunner(PluginRunner):
         entries = [[h.name, h.method] for h in self.manifest.hooks]
         try:
             await self._call(w, "load", {"module": self.record.module, "attr": self.record.attr, "hooks": entries},
-                             what="load", timeout=max(self.manifest.resources.timeout, 30.0))
+                             what="load", seconds=max(self.manifest.resources.timeout, 30.0))
         except PluginRaised as exc:
             await self._stop(w, "plugin failed to load")
             raise PluginLoadError(
@@ -698,10 +698,15 @@ class SandboxRunner(PluginRunner):
             w.kill_reason = reason
             w.count_crash = crash  # type: ignore[attr-defined]
         if w.pidfd is not None:
-            try:
+            try:  # bwrap reaps its PID 1 only after the kernel has killed every process of the namespace
                 signal.pidfd_send_signal(w.pidfd, signal.SIGKILL)
+                return
             except OSError:
                 pass
+        self._kill_group(w)
+
+    @staticmethod
+    def _kill_group(w: _Worker) -> None:
         if w.proc.returncode is None:
             try:
                 os.killpg(w.pid, signal.SIGKILL)
@@ -734,12 +739,12 @@ class SandboxRunner(PluginRunner):
                 await self._start()
                 if self._init is not None:
                     ok = await self._call(self._worker, "initialize", self._init_args(), what="initialize",
-                                          timeout=self.manifest.resources.timeout)
+                                          seconds=self.manifest.resources.timeout)
                     if not ok:
                         raise SandboxError(f"plugin {self.record.name!r}: initialize returned False on restart")
                 if self._active:
                     await self._call(self._worker, "lifecycle", {"method": "activate"}, what="activate",
-                                     timeout=self.manifest.resources.timeout)
+                                     seconds=self.manifest.resources.timeout)
             except SandboxError as exc:
                 if self._worker is not None and not self._worker.dead:
                     self._kill(self._worker, f"restart failed: {exc}")
@@ -749,12 +754,12 @@ class SandboxRunner(PluginRunner):
 
     # --- calls --------------------------------------------------------------------------------------------
 
-    async def _request(self, op: str, args: dict[str, Any], *, what: str, timeout: float,
+    async def _request(self, op: str, args: dict[str, Any], *, what: str, seconds: float,
                        ctx: contextvars.Context | None = None) -> Any:
         w = await self._ensure_worker()
-        return await self._call(w, op, args, what=what, timeout=timeout, ctx=ctx)
+        return await self._call(w, op, args, what=what, seconds=seconds, ctx=ctx)
 
-    async def _call(self, w: _Worker | None, op: str, args: dict[str, Any], *, what: str, timeout: float,
+    async def _call(self, w: _Worker | None, op: str, args: dict[str, Any], *, what: str, seconds: float,
                     ctx: contextvars.Context | None = None) -> Any:
         assert w is not None
         user, files = self._call_scope(ctx)
@@ -765,12 +770,12 @@ class SandboxRunner(PluginRunner):
             w.calls.pop(call.id, None)
             raise SandboxError(f"plugin {self.record.name!r}: {what}: arguments cannot be sent: {exc}") from None
         try:
-            msg = await asyncio.wait_for(call.future, timeout)
+            msg = await asyncio.wait_for(call.future, seconds)
         except TimeoutError:
-            self._kill(w, f"{what} timed out after {timeout:g} s")
+            self._kill(w, f"{what} timed out after {seconds:g} s")
             await self._reap(w)
             raise HookTimeout(
-                f"plugin {self.record.name!r}: {what} timed out after {timeout:g} s; its worker was killed and "
+                f"plugin {self.record.name!r}: {what} timed out after {seconds:g} s; its worker was killed and "
                 "restarts on the next call"
             ) from None
         except asyncio.CancelledError:
@@ -892,7 +897,11 @@ class SandboxRunner(PluginRunner):
             await asyncio.wait_for(w.proc.wait(), 3.0)
         except TimeoutError:
             self._kill(w, w.kill_reason or "closed its pipe but did not exit")
-            await w.proc.wait()
+            try:
+                await asyncio.wait_for(w.proc.wait(), 2.0)
+            except TimeoutError:
+                self._kill_group(w)
+                await w.proc.wait()
         for task in w.tasks[1:]:
             try:
                 await asyncio.wait_for(asyncio.shield(task), 1.0)

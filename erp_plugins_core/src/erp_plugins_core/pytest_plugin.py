@@ -69,11 +69,11 @@ if _HAVE_ASYNCIO:
 
     @_async_fixture
     async def erp_host(erp_state: Path) -> AsyncIterator[PluginHost]:
-        """An opened PluginHost on `erp_state` (installed plugins discovered afresh, no health loop)."""
+        """An opened PluginHost on `erp_state` (no health loop), closed after the test."""
         from ._catalog import Catalog
         from ._host import PluginHost
 
-        host = PluginHost(erp_state, catalog=Catalog.load(use_cache=False), tenants=[], health_loop=False)
+        host = PluginHost(erp_state, catalog=Catalog.load(), tenants=[], health_loop=False)
         await host.open()
         try:
             yield host

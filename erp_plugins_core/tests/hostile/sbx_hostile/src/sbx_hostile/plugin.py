@@ -1,3 +1,4 @@
+# ruff: noqa: ASYNC230, ASYNC251 - hostile on purpose
 """A hostile plugin for the sandbox tests. Every attack is bounded so that it stops by itself even unconfined.
 
 It must only ever be run through the sandbox (the tests fail rather than run it in process).

@@ -17,9 +17,9 @@ import time
 import tracemalloc
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the loopback fake servers
+sys.path.insert(0, str(ROOT / "erp_plugin_google" / "tests"))  # google_testkit
 
 import google_auth_httplib2  # noqa: E402
 from google.oauth2.credentials import Credentials  # noqa: E402

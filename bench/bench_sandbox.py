@@ -1,0 +1,179 @@
+"""Sandboxed workers: cold start, warm hook round trip, and 100 concurrent calls.
+
+Cold start: `SandboxRunner` spawning a worker until its hello (limits set, pipe moved, msgpack imported)
+against the same bwrap command line running `python -I -S -B -c pass`. Target ≤ 1.5×.
+
+Warm round trip: a hook call through the proxy (`hook_function("ai_request")`: frame, worker task, plugin
+method, reply, usage merge) against a raw length-prefixed msgpack echo over the pipe to the same kind of worker
+(same bwrap flags, same interpreter, a blocking read/write loop), driven by the same asyncio client.
+Target ≤ 2× at p50 and p99.
+
+Run as root: `python bench/bench_sandbox.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+
+from erp_plugins_core import _rpc, _seccomp
+from erp_plugins_core._context import PluginContext
+from erp_plugins_core._discovery import PluginRecord
+from erp_plugins_core._manifest import load_manifest
+from erp_plugins_core._redact import Redactor
+from erp_plugins_core._sandbox import SandboxRunner, sandbox_available
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "erp_plugins_core" / "tests" / "hostile" / "sbx_good"
+ECHO = (
+    "import os,struct\n"
+    "i,o=0,1\n"
+    "def rd(n):\n"
+    "    b=b''\n"
+    "    while len(b)<n:\n"
+    "        c=os.read(i,n-len(b))\n"
+    "        if not c: raise SystemExit\n"
+    "        b+=c\n"
+    "    return b\n"
+    "while True:\n"
+    "    h=rd(4); p=rd(struct.unpack('>I',h)[0]); os.write(o,h+p)\n"
+)
+
+
+def build_site(work: Path) -> Path:
+    shutil.copytree(CORPUS, work / "src", ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(work / "wheels"), str(work / "src")], check=True)
+    site = work / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+                    *map(str, (work / "wheels").glob("*.whl"))], check=True)
+    return site
+
+
+def record(site: Path) -> PluginRecord:
+    path = site / "sbx_good" / "plugin.yaml"
+    return PluginRecord(name="sbx_good", entry_point="sbx_good.plugin:Plugin", distribution="sbx-good",
+                        dist_version="0.1.0", dist_path=str(site / "sbx_good-0.1.0.dist-info"),
+                        manifest_path=str(path), manifest=load_manifest(path.read_bytes(), str(path)))
+
+
+class _Bridge:
+    def get_service(self, name):  # noqa: ANN001, ANN201
+        raise KeyError(name)
+
+    async def emit_event(self, event_type, data):  # noqa: ANN001, ANN201
+        return None
+
+    def progress(self, done, total, message):  # noqa: ANN001, ANN201
+        return None
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def plain_argv_run(runner: SandboxRunner, code_args: list[str], *, stdin: bool = False):
+    fd = _seccomp.filter_fd(False)
+    r, w = os.pipe()
+    try:
+        argv = runner.argv(w, fd)
+        argv = argv[: argv.index("-B") + 1] + code_args
+        kwargs = {"user": runner.uid, "group": runner.uid, "extra_groups": []} if runner.uid is not None else {}
+        proc = await asyncio.create_subprocess_exec(
+            *argv, pass_fds=(fd, w), cwd="/", env={}, start_new_session=True,
+            stdin=asyncio.subprocess.PIPE if stdin else None, stdout=asyncio.subprocess.PIPE if stdin else None,
+            **kwargs)
+    finally:
+        os.close(fd)
+        os.close(w)
+        os.close(r)
+    return proc
+
+
+async def main() -> None:
+    reason = sandbox_available()
+    if reason:
+        raise SystemExit(f"cannot benchmark: {reason}")
+    work = Path(tempfile.mkdtemp(prefix="erp-bench-sbx-", dir="/tmp"))
+    os.chmod(work, 0o755)
+    try:
+        site = build_site(work)
+        (work / "rt").mkdir(mode=0o755)
+        runner = SandboxRunner(record(site), "bench", runtime_dir=work / "rt")
+        await runner.load()
+        config = {"greeting": "hi", "api_key": "sk-bench-secret"}
+        ctx = PluginContext(tenant_id="bench", plugin="sbx_good", config=config, granted=frozenset(),
+                            bridge=_Bridge(), redactor=Redactor())
+        await runner.initialize(config, ctx)
+
+        # cold start, alternating
+        ours, base = [], []
+        for _ in range(15):
+            t = time.perf_counter()
+            w = await runner._spawn()
+            ours.append(time.perf_counter() - t)
+            await runner._stop(w, "bench")
+            t = time.perf_counter()
+            proc = await plain_argv_run(runner, ["-c", "pass"])
+            await proc.wait()
+            base.append(time.perf_counter() - t)
+        o, b = statistics.median(ours), statistics.median(base)
+        print(f"cold start: worker to hello {o * 1e3:.1f} ms, bwrap python -c pass {b * 1e3:.1f} ms, "
+              f"ratio {o / b:.2f}x (target <= 1.5x)")
+
+        # warm round trip through the proxy
+        fn = runner.hook_function("ai_request", "answer")
+        for _ in range(200):
+            await fn("x", {})
+        proxy = []
+        for _ in range(2000):
+            t = time.perf_counter()
+            await fn("x", {})
+            proxy.append(time.perf_counter() - t)
+
+        # raw echo worker with the same flags and interpreter, same asyncio client
+        proc = await plain_argv_run(runner, ["-c", ECHO], stdin=True)
+        frame = _rpc.encode({"t": "req", "id": 1, "op": "hook", "user": {}, "files": [],
+                             "args": {"method": "answer", "kwargs": {"prompt": "x", "context": {}}}})
+        raw = []
+        for i in range(2200):
+            t = time.perf_counter()
+            proc.stdin.write(frame)
+            head = await proc.stdout.readexactly(4)
+            msgpack.unpackb(await proc.stdout.readexactly(int.from_bytes(head, "big")))
+            if i >= 200:
+                raw.append(time.perf_counter() - t)
+        proc.kill()
+        await proc.wait()
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            a, c = pct(proxy, q), pct(raw, q)
+            print(f"warm round trip {name}: proxy {a * 1e6:.0f} us, raw pipe {c * 1e6:.0f} us, "
+                  f"ratio {a / c:.2f}x (target <= 2x)")
+
+        # 100 concurrent calls
+        t = time.perf_counter()
+        results = await asyncio.gather(*(fn(f"c{i}", {}) for i in range(100)))
+        took = time.perf_counter() - t
+        assert results == [f"hi c{i}" for i in range(100)]
+        t = time.perf_counter()
+        results = await asyncio.gather(*(fn("sleep:0.2", {}) for i in range(100)))
+        slept = time.perf_counter() - t
+        print(f"100 concurrent calls: {took * 1e3:.1f} ms total ({took * 1e4:.0f} us/call); "
+              f"100 concurrent 200 ms calls: {slept * 1e3:.0f} ms total")
+        await runner.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
