@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -24,7 +25,13 @@ sys.path.insert(0, str(ROOT / "tests"))  # the loopback fake servers: `from serv
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Wheels of the four distributions and the sample plugins, built once per test session."""
     out = tmp_path_factory.mktemp("wheels")
-    sources = [str(ROOT / d) for d in DISTRIBUTIONS] + [str(SAMPLES)]
+    # build from clean copies: an in-tree build/ folder left by an earlier build could ship deleted modules
+    copies = tmp_path_factory.mktemp("sources")
+    ignore = shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", "tests")
+    sources = []
+    for src in [ROOT / d for d in DISTRIBUTIONS] + [SAMPLES]:
+        shutil.copytree(src, copies / src.name, ignore=ignore)
+        sources.append(str(copies / src.name))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
                     "-w", str(out), *sources], check=True, timeout=600)
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -47,9 +48,13 @@ def test_scaffold_build_install_test_enable_call(tmp_path: Path) -> None:
     wheels, venv = tmp_path / "wheels", tmp_path / "venv"
     py, cli = venv / "bin" / "python", venv / "bin" / "erp-plugins"
 
-    # The core's wheel and the venv, concurrently.
+    # The core's wheel and the venv, concurrently. The wheel is built from a clean copy of the source: setuptools
+    # never empties an in-tree build/ folder, so a module deleted from src/ could still ship from there.
+    source = tmp_path / "core-src"
+    shutil.copytree(CORE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "tests"))
     with ThreadPoolExecutor(2) as pool:
-        core_build = pool.submit(run, [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, CORE], env)
+        core_build = pool.submit(run, [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, source],
+                                 env)
         pool.submit(run, [sys.executable, "-m", "venv", venv], env).result()
         core_build.result()
     [core_wheel] = wheels.glob("erp_plugins_core-*.whl")
@@ -88,7 +93,8 @@ def test_scaffold_build_install_test_enable_call(tmp_path: Path) -> None:
 
     state = tmp_path / "state.db"
     checked = json.loads(run([cli, "--state", state, "check", "invoice_ocr", "echo_ai", "--json"], env).stdout)
-    assert [(c["name"], c["valid"], c["errors"]) for c in checked] == [("invoice_ocr", True, []), ("echo_ai", True, [])]
+    assert sorted((c["name"], c["valid"], c["errors"]) for c in checked) == [("echo_ai", True, []),
+                                                                            ("invoice_ocr", True, [])]
 
     listed = {p["name"]: p for p in json.loads(run([cli, "--state", state, "list", "--json"], env).stdout)}
     assert set(listed) == {"invoice_ocr", "echo_ai"}  # a fresh venv: only these

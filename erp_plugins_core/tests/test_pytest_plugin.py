@@ -195,8 +195,14 @@ def test_signature_problems():
     def extra(prompt, context, needed): ...
 
     assert signature_problems(ai, "ok", ok) == []
-    assert signature_problems(ai, "kw_only", kw_only) == []
-    assert signature_problems(ai, "var_kw", var_kw) == []
+    assert signature_problems(ai, "kw_only", kw_only) == [
+        "hooks: ai_request -> method kw_only: parameter 'prompt' is keyword-only, which the host does not fill; "
+        "make it an ordinary parameter",
+        "hooks: ai_request -> method kw_only: parameter 'context' is keyword-only, which the host does not fill; "
+        "make it an ordinary parameter",
+    ]
+    assert signature_problems(ai, "var_kw", var_kw) == [
+        "hooks: ai_request -> method var_kw: has no parameter 'context'; the hook passes prompt, context"]
     assert signature_problems(ai, "missing", missing) == [
         "hooks: ai_request -> method missing: has no parameter 'context'; the hook passes prompt, context"]
     assert len(signature_problems(ai, "positional", positional)) == 2

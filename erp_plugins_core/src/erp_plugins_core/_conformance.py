@@ -66,21 +66,28 @@ class _RecordingBridge:
 
 
 def signature_problems(hook: HookInfo, method_name: str, function: Callable[..., Any]) -> list[str]:
-    """Why `function` cannot implement `hook` (called with the hook's arguments by keyword); [] when it can."""
+    """Why `function` cannot implement `hook`; [] when it can.
+
+    The host fills an implementation's ordinary (positional-or-keyword) parameters by name, as pluggy does; it
+    never fills keyword-only parameters or `**kwargs`, so every hook argument must be an ordinary parameter.
+    """
     where = f"hooks: {hook.name} -> method {method_name}"
     try:
         sig = inspect.signature(function)
     except (TypeError, ValueError):
         return [f"{where}: its signature cannot be inspected"]
     params = sig.parameters
-    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     problems = []
     for arg in hook.argnames:
         p = params.get(arg)
-        if p is None and not var_kw:
+        if p is None:
             problems.append(f"{where}: has no parameter {arg!r}; the hook passes {', '.join(hook.argnames)}")
-        elif p is not None and p.kind is p.POSITIONAL_ONLY:
+        elif p.kind is p.POSITIONAL_ONLY:
             problems.append(f"{where}: parameter {arg!r} is positional-only; the hook passes it by keyword")
+        elif p.kind is p.KEYWORD_ONLY:
+            # pluggy hands an implementation only the arguments it names as ordinary parameters
+            problems.append(f"{where}: parameter {arg!r} is keyword-only, which the host does not fill; "
+                            "make it an ordinary parameter")
     for p in params.values():
         needs_value = p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)
         if needs_value and p.name not in hook.argnames:

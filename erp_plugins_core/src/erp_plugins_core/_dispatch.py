@@ -124,6 +124,19 @@ class _Adapter:
             setattr(self, f"impl_{hook}", fn)
 
 
+def _call_names(function: Callable[..., Any], hook: str) -> tuple[str, ...]:
+    """The hook arguments `function` takes by name (all of them when it takes **kwargs).
+
+    Read with `inspect.signature`, which honours a proxy's `__signature__` (pluggy 1.7 no longer does).
+    """
+    spec = HOOKS[hook].argnames
+    params = inspect.signature(function).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return spec
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return tuple(a for a in spec if a in named)
+
+
 class TenantDispatcher:
     """The hooks of one tenant's active plugins."""
 
@@ -181,7 +194,7 @@ class TenantDispatcher:
                     f"grant it with: erp-plugins enable {hi.plugin_name} --tenant {self.tenant} --grant {permission}"
                 )
             impls.append(
-                (priority, order, Impl(hi.plugin_name, hi.function, tuple(hi.argnames) + tuple(hi.kwargnames),
+                (priority, order, Impl(hi.plugin_name, hi.function, _call_names(hi.function, hook),
                                        timeout, priority, denied, redactor))
             )
         table = [i for _, _, i in sorted(impls, key=lambda t: (t[0], t[1]))]

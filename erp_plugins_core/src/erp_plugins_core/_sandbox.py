@@ -626,14 +626,15 @@ class SandboxRunner(PluginRunner):
                  "--hostname", "sandbox", "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd),
                  "--remount-ro", "/", "--",
                  self._runtime.python, "-I", "-S", "-B", f"{SANDBOX_SITE}/erp_plugins_core/_worker.py",
-                 json.dumps({"path": [SANDBOX_SITE], "limits": self._limits()}, separators=(",", ":"))]
+                 SANDBOX_SITE, ",".join(f"{k}={v}" for k, v in self._limits().items())]
         return argv
 
-    def _limits(self) -> dict[str, Any]:
+    def _limits(self) -> dict[str, str]:
+        """rlimits as `soft[:hard]`; CPU is a lifetime budget (an hour at `cpu_limit`), SIGXCPU past it."""
         res = self.manifest.resources
         cpu = int(max(60, res.cpu_limit * 3600))
-        return {"CORE": 0, "NOFILE": 256, "NPROC": 32, "FSIZE": FSIZE_BYTES, "AS": res.memory_bytes,
-                "CPU": [cpu, cpu + 5]}
+        return {"CORE": "0", "NOFILE": "256", "NPROC": "32", "FSIZE": str(FSIZE_BYTES), "AS": str(res.memory_bytes),
+                "CPU": f"{cpu}:{cpu + 5}"}
 
     async def _spawn(self) -> _Worker:
         seccomp_fd = _seccomp.filter_fd(self.manifest.resources.network_access)

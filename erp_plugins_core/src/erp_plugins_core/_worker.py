@@ -1,6 +1,6 @@
 """The sandboxed worker: runs one plugin instance inside bubblewrap and answers the host over its pipe.
 
-Started as `python -I -S -B <this file> <boot json>` (the boot argument holds only paths and limits, never
+Started as `python -I -S -B <this file> <site dir> <NAME=soft:hard,...>` (only a path and limits, never
 config or secrets). Before anything of the plugin is imported it sets its resource limits, moves the pipe to
 private descriptors (so the plugin's `print()` goes to stderr, not into the protocol) and closes every other
 inherited descriptor. It imports only the standard library and msgpack until the host asks it to load the
@@ -14,42 +14,43 @@ loop in synchronous code (googleapiclient reading an upload) can read host files
 from __future__ import annotations
 
 import errno
-import importlib.util
-import json
 import os
 import resource
 import sys
-import threading
 from typing import Any
 
 _RPC_IN = _RPC_OUT = -1
-_write_lock = threading.Lock()
+_write_lock: Any = None
 
 
-def _setup(boot: dict[str, Any]) -> None:
+def _setup(site: str, limits: str) -> None:
     """Limits, private pipe descriptors and the import path; runs before any import of plugin code."""
     global _RPC_IN, _RPC_OUT
     os.closerange(3, 1 << 16)
-    limits = boot["limits"]
-    for name, value in limits.items():
-        which = getattr(resource, f"RLIMIT_{name}")
-        soft, hard = (value, value) if isinstance(value, int) else value
-        resource.setrlimit(which, (soft, hard))
+    for item in limits.split(","):
+        name, _, value = item.partition("=")
+        soft, _, hard = value.partition(":")
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (int(soft), int(hard or soft)))
     _RPC_IN = os.dup(0)
     _RPC_OUT = os.dup(1)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     os.dup2(2, 1)
-    sys.path[:0] = boot["path"]
+    sys.path.insert(0, site)
 
 
 def _load_rpc() -> Any:
-    here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location("_erp_plugins_worker_rpc", os.path.join(here, "_rpc.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """Load _rpc.py beside this file without importing the erp_plugins_core package (which is heavier)."""
+    from importlib import _bootstrap  # type: ignore[attr-defined]
+    from importlib.machinery import ModuleSpec, SourceFileLoader
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_rpc.py")
+    loader = SourceFileLoader("_erp_plugins_worker_rpc", path)
+    spec = ModuleSpec(loader.name, loader, origin=path)
+    spec.has_location = True
+    module = _bootstrap.module_from_spec(spec)
+    loader.exec_module(module)
     return module
 
 
@@ -107,7 +108,7 @@ class Worker:
         self.credit: dict[int, Any] = {}  # call id -> [credit, asyncio.Event]
         self.bridge_waiters: dict[int, Any] = {}
         self.bridge_ids = 0
-        self.bridge_lock = threading.Lock()
+        self.bridge_lock = _threading().Lock()
         self.call_id: contextvars.ContextVar[int] = contextvars.ContextVar("erp_plugins_worker_call", default=0)
         self.call_usage: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar(
             "erp_plugins_worker_usage", default=None
@@ -437,12 +438,19 @@ def _reader(worker: Worker) -> None:
     os._exit(0)
 
 
+def _threading() -> Any:
+    import threading
+
+    return threading
+
+
 def main() -> None:
     """Set up, greet the host, and serve calls until the host closes the pipe."""
-    global rpc
-    boot = json.loads(sys.argv[1])
-    _setup(boot)
+    global rpc, _write_lock
+    _setup(sys.argv[1], sys.argv[2])
     rpc = _load_rpc()
+    threading = _threading()
+    _write_lock = threading.Lock()
     send({"t": "hello", "pid": os.getpid()})
     import asyncio
 
