@@ -1,46 +1,12 @@
-"""Fixtures: a loopback fake Ollama server and a factory for initialized OllamaProvider instances."""
+"""Fixtures for this plugin's tests (helpers live in ollama_testkit.py)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from erp_plugin_ollama.plugin import OllamaProvider  # noqa: E402
-from erp_plugins_core._context import PluginContext, current_usage  # noqa: E402
-from erp_plugins_core._redact import Redactor  # noqa: E402
-from tests.servers.ollama_fake import OllamaFake  # noqa: E402
-
-GRANTED = frozenset({"ai.generate", "ai.embeddings"})
-
-
-class Bridge:
-    """The host side of a PluginContext, reduced to recording what the plugin asks for."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.progress_calls: list[tuple[int, int | None, str]] = []
-
-    def get_service(self, name: str) -> Any:
-        raise KeyError(name)
-
-    async def emit_event(self, event_type: str, data: dict[str, Any]) -> None:
-        self.events.append((event_type, data))
-
-    def progress(self, done: int, total: int | None, message: str) -> None:
-        self.progress_calls.append((done, total, message))
-
-
-def make_context(config: dict[str, Any]) -> PluginContext:
-    return PluginContext(tenant_id="t", plugin="local_llm_provider", config=config, granted=GRANTED,
-                         bridge=Bridge(), redactor=Redactor())
+from ollama_testkit import OllamaFake, OllamaProvider, current_usage, make_context
 
 
 @pytest.fixture

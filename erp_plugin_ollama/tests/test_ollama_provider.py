@@ -6,7 +6,7 @@ import socket
 import time
 
 import pytest
-from conftest import make_context
+from ollama_testkit import make_context
 
 from erp_plugin_ollama.plugin import OllamaProvider, Settings, is_offered
 from erp_plugins_core._errors import (

@@ -6,7 +6,7 @@ import socket
 import time
 
 import pytest
-from conftest import make_context
+from openai_testkit import make_context
 
 from erp_plugin_openai._errors import display_url, retry_after_seconds, scrub
 from erp_plugin_openai.plugin import OpenAIProvider

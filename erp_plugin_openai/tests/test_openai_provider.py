@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_context
+from openai_testkit import make_context
 
 from erp_plugin_openai.plugin import OpenAIProvider, Settings
 from erp_plugins_core._errors import BadRequestError, ConfigError, LifecycleError, ModelNotFoundError
