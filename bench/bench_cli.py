@@ -79,7 +79,7 @@ def _modules(env: dict[str, str], args: list[str]) -> tuple[list[str], int]:
 
 
 def _cache_state(cache_dir: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in cache_dir.glob("discovery-*.json")} if cache_dir.exists() else {}
+    return {p.name: p.stat().st_mtime_ns for p in cache_dir.glob("discovery-*")} if cache_dir.exists() else {}
 
 
 def _importtime(env: dict[str, str], args: list[str], top: int = 15) -> str:

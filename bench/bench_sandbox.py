@@ -91,12 +91,14 @@ async def plain_argv_run(runner: SandboxRunner, code_args: list[str], *, stdin: 
         kwargs = {"user": runner.uid, "group": runner.uid, "extra_groups": []} if runner.uid is not None else {}
         proc = await asyncio.create_subprocess_exec(
             *argv, pass_fds=(fd, w), cwd="/", env={}, start_new_session=True,
-            stdin=asyncio.subprocess.PIPE if stdin else None, stdout=asyncio.subprocess.PIPE if stdin else None,
-            **kwargs)
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL, **kwargs)
     finally:
         os.close(fd)
         os.close(w)
-        os.close(r)
+    # keep the info pipe's read end open until bwrap has written to it: a closed one kills bwrap by SIGPIPE
+    # half-way through setting up, leaving its child waiting forever
+    proc.info_fd = r
     return proc
 
 
@@ -126,6 +128,7 @@ async def main() -> None:
             t = time.perf_counter()
             proc = await plain_argv_run(runner, ["-c", "pass"])
             await proc.wait()
+            os.close(proc.info_fd)
             base.append(time.perf_counter() - t)
         o, b = statistics.median(ours), statistics.median(base)
         print(f"cold start: worker to hello {o * 1e3:.1f} ms, bwrap python -c pass {b * 1e3:.1f} ms, "
@@ -153,8 +156,9 @@ async def main() -> None:
             msgpack.unpackb(await proc.stdout.readexactly(int.from_bytes(head, "big")))
             if i >= 200:
                 raw.append(time.perf_counter() - t)
-        proc.kill()
+        proc.stdin.close()
         await proc.wait()
+        os.close(proc.info_fd)
         for q, name in ((0.5, "p50"), (0.99, "p99")):
             a, c = pct(proxy, q), pct(raw, q)
             print(f"warm round trip {name}: proxy {a * 1e6:.0f} us, raw pipe {c * 1e6:.0f} us, "

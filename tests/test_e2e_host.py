@@ -96,3 +96,18 @@ asyncio.run(main())
     # the state persisted: a later process (the CLI) brings the tenant's plugins back
     results = e2e_env.cli_json("call", "ai_request", "--tenant", "acme", "--arg", "prompt=Eve")
     assert {r["plugin"]: r["result"] for r in results} == {"greeter": "Hi, Eve!", "flaky": "flaky:Eve"}
+
+
+def test_sandboxed_plugin_runs_in_a_worker_under_its_own_uid(e2e_env) -> None:
+    e2e_env.cli("enable", "boxed_echo", "--tenant", "box")
+    [r] = e2e_env.cli_json("call", "ai_request", "--tenant", "box", "--arg", "prompt=hello")
+    assert r["success"] and r["result"] == "boxed:hello"
+    [who] = e2e_env.cli_json("call", "ai_request", "--tenant", "box", "--arg", "prompt=whoami")
+    uid = int(who["result"].split()[0].removeprefix("uid="))
+    assert uid != 0  # an unprivileged uid of its own, not the host's root
+    [s] = e2e_env.cli_json("call", "ai_stream", "--tenant", "box", "--arg", "prompt=a b c")
+    assert s["result"] == "a b c "
+    [crash] = e2e_env.cli_json("call", "ai_request", "--tenant", "box", "--arg", "prompt=crash", code=1)
+    assert crash["success"] is False and "exit code 7" in crash["error"]
+    [again] = e2e_env.cli_json("call", "ai_request", "--tenant", "box", "--arg", "prompt=back")
+    assert again["result"] == "boxed:back"  # restarted on the next call

@@ -211,3 +211,48 @@ def test_arbitrary_field_values_only_ever_raise_manifest_error(data: dict) -> No
         load_manifest(yaml.safe_dump(data), "fuzz.yaml")
     except ManifestError:
         pass
+
+
+# --- config_schema is checked against a flattened copy of the 2020-12 meta-schema ------------------------
+
+_SCHEMA_KEYS = [
+    "type", "properties", "items", "required", "minimum", "maximum", "pattern", "enum", "additionalProperties",
+    "anyOf", "allOf", "oneOf", "not", "$ref", "$defs", "minLength", "format", "default", "const", "prefixItems",
+    "dependentRequired", "dependentSchemas", "if", "then", "else", "unevaluatedProperties", "contains",
+    "minItems", "uniqueItems", "$id", "$anchor", "description", "definitions", "dependencies", "contentSchema",
+    "propertyNames", "patternProperties", "$dynamicRef", "$comment", "deprecated", "examples", "multipleOf",
+    "exclusiveMinimum", "$vocabulary", "x-custom", "a",
+]
+_schema_leaves = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=False, allow_infinity=False, width=16),
+    st.sampled_from(["string", "object", "integer", "#", "#/$defs/a", "(", "a+", "uri", "nope", "http://x/y"]),
+)
+schemas = st.recursive(
+    _schema_leaves,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(_SCHEMA_KEYS), children,
+                                                                      max_size=4),
+    max_leaves=12,
+)
+
+
+def _first_error(errors) -> tuple[str, list] | None:
+    error = next(iter(errors), None)
+    return None if error is None else (error.message, list(error.path))
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(schemas)
+def test_flattened_meta_schema_agrees_with_check_schema(schema) -> None:
+    from jsonschema import Draft202012Validator
+
+    from erp_plugins_core._manifest import meta_schema_validator
+
+    reference = Draft202012Validator(Draft202012Validator.META_SCHEMA,
+                                     format_checker=Draft202012Validator.FORMAT_CHECKER)
+    assert _first_error(meta_schema_validator().iter_errors(schema)) == _first_error(reference.iter_errors(schema))
+
+
+def test_config_schema_error_names_the_place_and_the_problem() -> None:
+    base = 'name: ab\nversion: "1.0"\nplugin_type: workflow\napi_version: "1.0"\n'
+    message = fail(base + "config_schema: {type: object, properties: {n: {type: integer, minimum: low}}}\n")
+    assert "not a valid JSON Schema at properties/n/minimum: 'low' is not of type 'number'" in message

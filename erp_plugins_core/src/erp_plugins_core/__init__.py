@@ -5,38 +5,85 @@ tenant within the permissions and limits they declare, and are called through na
 pluggy. ERP code uses `PluginHost`; plugin authors subclass `PluginInterface` or `AIProviderPlugin`.
 """
 
-from ._context import PluginContext
-from ._dispatch import HookResult
-from ._errors import (
-    AllPluginsFailed,
-    AuthenticationError,
-    BadRequestError,
-    ConfigError,
-    DependencyError,
-    HookTimeout,
-    IntegrityError,
-    LifecycleError,
-    ManifestError,
-    ModelNotFoundError,
-    NotImplementedYet,
-    PermissionDenied,
-    PluginError,
-    PluginLoadError,
-    ProviderError,
-    ProviderTimeout,
-    RateLimitError,
-    SandboxError,
-    StateError,
-    StreamInterrupted,
-    UnavailableError,
-    UnknownHookError,
-    UnknownPluginError,
-)
-from ._hookspecs import hookimpl
-from ._host import HealthReport, PluginHost
-from ._interface import AIProviderPlugin, PluginInterface, PluginMetadata, PluginType
-from ._lifecycle import PluginState
-from ._manifest import Manifest, load_manifest
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._context import PluginContext
+    from ._dispatch import HookResult
+    from ._errors import (
+        AllPluginsFailed,
+        AuthenticationError,
+        BadRequestError,
+        ConfigError,
+        DependencyError,
+        HookTimeout,
+        IntegrityError,
+        LifecycleError,
+        ManifestError,
+        ModelNotFoundError,
+        NotImplementedYet,
+        PermissionDenied,
+        PluginError,
+        PluginLoadError,
+        ProviderError,
+        ProviderTimeout,
+        RateLimitError,
+        SandboxError,
+        StateError,
+        StreamInterrupted,
+        UnavailableError,
+        UnknownHookError,
+        UnknownPluginError,
+    )
+    from ._hookspecs import hookimpl
+    from ._host import HealthReport, PluginHost
+    from ._interface import AIProviderPlugin, PluginInterface, PluginMetadata, PluginType
+    from ._lifecycle import PluginState
+    from ._manifest import Manifest, load_manifest
+
+#: Public name -> the submodule defining it. Imported on first use, so `import erp_plugins_core` (and the
+#: command line, which needs little of it) does not pay for the host, pydantic models and asyncio up front.
+_EXPORTS: dict[str, str] = {
+    "PluginContext": "._context",
+    "HookResult": "._dispatch",
+    **dict.fromkeys(
+        [
+            "AllPluginsFailed", "AuthenticationError", "BadRequestError", "ConfigError", "DependencyError",
+            "HookTimeout", "IntegrityError", "LifecycleError", "ManifestError", "ModelNotFoundError",
+            "NotImplementedYet", "PermissionDenied", "PluginError", "PluginLoadError", "ProviderError",
+            "ProviderTimeout", "RateLimitError", "SandboxError", "StateError", "StreamInterrupted",
+            "UnavailableError", "UnknownHookError", "UnknownPluginError",
+        ],
+        "._errors",
+    ),
+    "hookimpl": "._hookspecs",
+    "HealthReport": "._host",
+    "PluginHost": "._host",
+    "AIProviderPlugin": "._interface",
+    "PluginInterface": "._interface",
+    "PluginMetadata": "._interface",
+    "PluginType": "._interface",
+    "PluginState": "._lifecycle",
+    "Manifest": "._manifest",
+    "load_manifest": "._manifest",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "AIProviderPlugin",

@@ -27,21 +27,26 @@ def _hook_permission_errors(rec: PluginRecord) -> list[str]:
     return out
 
 
+def validate_discovery(found: Discovery) -> list[PluginRecord]:
+    """The discovered records with every import-free check's errors added (hook permissions, dependencies)."""
+    records = [r.with_errors(*_hook_permission_errors(r)) for r in found.records]
+    return validate(records, found.installed_version)
+
+
 class Catalog:
     """Every discovered plugin, validated; `get(name)` for one, `records` for all in name order."""
 
     def __init__(self, found: Discovery) -> None:
         self.discovery = found
-        records = [r.with_errors(*_hook_permission_errors(r)) for r in found.records]
-        self.records: list[PluginRecord] = validate(records, found.installed_version)
+        self.records: list[PluginRecord] = found.records if found.validated else validate_discovery(found)
         self._by_name: dict[str, PluginRecord] = {}
         for rec in self.records:
             self._by_name.setdefault(rec.name, rec)
 
     @classmethod
     def load(cls, *, use_cache: bool = True) -> Catalog:
-        """Discover the installed plugins (from the cache when valid) and validate them."""
-        return cls(discover(use_cache=use_cache))
+        """Discover the installed plugins and validate them; a cache hit carries records validated when cached."""
+        return cls(discover(use_cache=use_cache, validate=validate_discovery))
 
     def get(self, name: str) -> PluginRecord | None:
         """The plugin named `name`, or None."""

@@ -6,7 +6,6 @@ option). `--json` prints one JSON document on stdout and nothing else; diagnosti
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -63,6 +62,8 @@ def _read_store(ctx: click.Context) -> Any:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # only the commands that drive a host need it; `list` and `check` start faster without
+
     return asyncio.run(coro)
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import importlib.util
-import json
 import os
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import FrozenInstanceError, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +27,75 @@ from ._manifest import Manifest, load_manifest
 
 GROUP = "erp_plugins"
 MANIFEST_FILE = "plugin.yaml"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _RACY_SECONDS = 2.0
 
 
-@dataclass(frozen=True, slots=True)
-class PluginRecord:
-    """One plugin as installed: where it comes from, its manifest (if readable) and what is wrong with it."""
+_FIELDS = ("name", "entry_point", "distribution", "dist_version", "dist_path", "manifest_path", "manifest", "errors")
 
+
+class PluginRecord:
+    """One plugin as installed: where it comes from, its manifest (if readable) and what is wrong with it.
+
+    Immutable, compared and shown like a frozen dataclass. A record read from the discovery cache holds its
+    manifest as the cached data and builds the `Manifest` on first access, so a cache hit costs little for
+    plugins the process never looks at.
+    """
+
+    __slots__ = ("name", "entry_point", "distribution", "dist_version", "dist_path", "manifest_path", "errors",
+                 "_manifest", "_manifest_data")
     name: str
     entry_point: str
     distribution: str
     dist_version: str
     dist_path: str | None  # the .dist-info folder, for RECORD checks; None when unknown
     manifest_path: str | None
-    manifest: Manifest | None
-    errors: tuple[str, ...] = ()
+    errors: tuple[str, ...]
+    _manifest: Manifest | None
+    _manifest_data: dict[str, Any] | None  # a validated manifest's model_dump, built into `_manifest` lazily
+
+    def __init__(self, name: str, entry_point: str, distribution: str, dist_version: str, dist_path: str | None,
+                 manifest_path: str | None, manifest: Manifest | None, errors: tuple[str, ...] = ()) -> None:
+        init = object.__setattr__
+        init(self, "name", name)
+        init(self, "entry_point", entry_point)
+        init(self, "distribution", distribution)
+        init(self, "dist_version", dist_version)
+        init(self, "dist_path", dist_path)
+        init(self, "manifest_path", manifest_path)
+        init(self, "errors", errors)
+        init(self, "_manifest", manifest)
+        init(self, "_manifest_data", None)
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The validated manifest, or None when it could not be read."""
+        m = self._manifest
+        if m is None and self._manifest_data is not None:
+            m = Manifest.from_validated(self._manifest_data)
+            object.__setattr__(self, "_manifest", m)
+            object.__setattr__(self, "_manifest_data", None)
+        return m
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in _FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return f"PluginRecord({', '.join(f'{f}={getattr(self, f)!r}' for f in _FIELDS)})"
 
     @property
     def module(self) -> str:
@@ -55,8 +108,12 @@ class PluginRecord:
         return self.entry_point.partition(":")[2].strip()
 
     def with_errors(self, *errors: str) -> PluginRecord:
-        """A copy with more errors."""
-        return PluginRecord(**{**_fields(self), "errors": self.errors + errors})
+        """A copy with more errors (the manifest is shared, built or not)."""
+        copy = object.__new__(PluginRecord)
+        for slot in PluginRecord.__slots__:
+            object.__setattr__(copy, slot, getattr(self, slot))
+        object.__setattr__(copy, "errors", self.errors + errors)
+        return copy
 
     def distribution_object(self) -> md.Distribution | None:
         """The installed distribution, for file-level checks."""
@@ -64,7 +121,7 @@ class PluginRecord:
 
 
 def _fields(rec: PluginRecord) -> dict[str, Any]:
-    return {f: getattr(rec, f) for f in PluginRecord.__slots__}
+    return {f: getattr(rec, f) for f in _FIELDS}
 
 
 @dataclass
@@ -72,9 +129,10 @@ class Discovery:
     """Everything discovery found: plugin records and the installed distributions' versions."""
 
     records: list[PluginRecord]
-    versions: dict[str, str]  # canonical distribution name -> version
+    versions: dict[str, str]  # canonical distribution name -> version (plugins' and their requirements')
     manifest_files: list[str] = field(default_factory=list)
     from_cache: bool = False
+    validated: bool = False  # records carry the catalog's checks already (see `discover(validate=...)`)
 
     def installed_version(self, name: str) -> str | None:
         """The installed version of a distribution, or None when it is not installed."""
@@ -110,13 +168,13 @@ def _manifest_location(dist: md.Distribution, module: str) -> Path | None:
     return None
 
 
-def _read_one(dist: md.Distribution, ep: md.EntryPoint, dist_name: str) -> PluginRecord:
+def _read_one(dist: md.Distribution, ep: md.EntryPoint, dist_name: str, version: str) -> PluginRecord:
     dist_path = getattr(dist, "_path", None)
     base = PluginRecord(
         name=ep.name,
         entry_point=ep.value,
         distribution=dist_name,
-        dist_version=dist.version,
+        dist_version=version,
         dist_path=str(dist_path) if dist_path else None,
         manifest_path=None,
         manifest=None,
@@ -135,7 +193,8 @@ def _read_one(dist: md.Distribution, ep: md.EntryPoint, dist_name: str) -> Plugi
     try:
         manifest = load_manifest(path.read_bytes(), str(path))
     except OSError as exc:
-        return PluginRecord(**{**_fields(base), "manifest_path": str(path), "errors": (f"{path}: cannot read: {exc.strerror}",)})
+        problem = f"{path}: cannot read: {exc.strerror}"
+        return PluginRecord(**{**_fields(base), "manifest_path": str(path), "errors": (problem,)})
     except ManifestError as exc:
         return PluginRecord(**{**_fields(base), "manifest_path": str(path), "errors": (str(exc),)})
     errors: list[str] = []
@@ -143,27 +202,42 @@ def _read_one(dist: md.Distribution, ep: md.EntryPoint, dist_name: str) -> Plugi
         errors.append(
             f"{path}: name: {manifest.name!r} differs from the entry point name {ep.name!r}; make them equal"
         )
-    if manifest.version != dist.version:
+    if manifest.version != version:
         errors.append(
-            f"{path}: version: {manifest.version!r} differs from distribution {dist_name} {dist.version}; "
+            f"{path}: version: {manifest.version!r} differs from distribution {dist_name} {version}; "
             "make them equal"
         )
     return PluginRecord(**{**_fields(base), "manifest_path": str(path), "manifest": manifest, "errors": tuple(errors)})
 
 
 def scan() -> Discovery:
-    """Read every installed distribution's `erp_plugins` entry points and manifests (no cache)."""
+    """Read every installed distribution's `erp_plugins` entry points and manifests (no cache).
+
+    `entry_points(group=...)` already drops distributions shadowed by an earlier `sys.path` entry (as for
+    imports); each plugin distribution's metadata is parsed once. `versions` holds the plugin distributions
+    and every distribution a manifest requires, which is all the dependency check asks about.
+    """
     records: list[PluginRecord] = []
     versions: dict[str, str] = {}
-    for dist in md.distributions():
-        name = dist.metadata["Name"] or ""
-        key = canonicalize_name(name)
-        if not key or key in versions:  # an earlier sys.path entry shadows later copies, as for imports
+    names: dict[int, tuple[str, str]] = {}  # id(distribution) -> (Name, Version)
+    for ep in md.entry_points(group=GROUP):
+        dist = ep.dist
+        if dist is None:
             continue
-        versions[key] = dist.version
-        for ep in dist.entry_points:
-            if ep.group == GROUP:
-                records.append(_read_one(dist, ep, name))
+        known = names.get(id(dist))
+        if known is None:
+            meta = dist.metadata
+            known = names[id(dist)] = (meta["Name"] or "", meta["Version"] or "")
+            if known[0]:
+                versions.setdefault(canonicalize_name(known[0]), known[1])
+        if known[0]:
+            records.append(_read_one(dist, ep, *known))
+    wanted = {canonicalize_name(req.name) for rec in records if rec.manifest for req in rec.manifest.requirements}
+    for key in sorted(wanted - versions.keys()):
+        try:
+            versions[key] = md.version(key)
+        except md.PackageNotFoundError:
+            pass
     claimed: dict[str, list[PluginRecord]] = defaultdict(list)
     for rec in records:
         claimed[rec.name].append(rec)
@@ -171,9 +245,9 @@ def scan() -> Discovery:
     for rec in records:
         owners = claimed[rec.name]
         if len(owners) > 1:
-            names = " and ".join(sorted(o.distribution for o in owners))
+            names_text = " and ".join(sorted(o.distribution for o in owners))
             rec = rec.with_errors(
-                f"plugin name {rec.name!r} is claimed by {names}; neither is loaded until one is uninstalled"
+                f"plugin name {rec.name!r} is claimed by {names_text}; neither is loaded until one is uninstalled"
             )
         out.append(rec)
     out.sort(key=lambda r: (r.name, r.distribution))
@@ -217,62 +291,78 @@ def cache_path() -> Path | None:
     import hashlib
 
     ident = hashlib.sha256("\0".join([sys.prefix, sys.executable, *sys.path]).encode()).hexdigest()[:16]
-    return Path(root, f"discovery-{ident}.json")
+    return Path(root, f"discovery-{ident}.msgpack")
 
 
-def _record_to_json(rec: PluginRecord) -> dict[str, Any]:
-    data = _fields(rec)
-    data["manifest"] = rec.manifest.model_dump(mode="json") if rec.manifest else None
-    data["errors"] = list(rec.errors)
-    return data
+def _record_to_data(rec: PluginRecord) -> list[Any]:
+    """A record as plain data, in `_FIELDS` order (the manifest as its JSON dump)."""
+    m = rec._manifest
+    manifest = m.model_dump(mode="json") if m is not None else rec._manifest_data
+    return [rec.name, rec.entry_point, rec.distribution, rec.dist_version, rec.dist_path, rec.manifest_path,
+            manifest, list(rec.errors)]
 
 
-def _record_from_json(data: dict[str, Any]) -> PluginRecord:
-    manifest = Manifest.from_validated(data["manifest"]) if data["manifest"] is not None else None
-    return PluginRecord(**{**data, "manifest": manifest, "errors": tuple(data["errors"])})
+def _record_from_data(data: list[Any]) -> PluginRecord:
+    """The record `_record_to_data` gave, its manifest left as data until first accessed."""
+    name, entry_point, distribution, dist_version, dist_path, manifest_path, manifest, errors = data
+    rec = PluginRecord(name, entry_point, distribution, dist_version, dist_path, manifest_path, None, tuple(errors))
+    object.__setattr__(rec, "_manifest_data", manifest)
+    return rec
 
 
 def _load_cache(path: Path) -> Discovery | None:
+    import msgpack
+
     try:
-        data = json.loads(path.read_bytes())
+        data = msgpack.unpackb(path.read_bytes())
         manifest_files = data["manifest_files"]
         if data["fingerprint"] != _fingerprint(manifest_files):
             return None
         if _newest_ns(data["fingerprint"]) > data["written_ns"] - _RACY_SECONDS * 1e9:
             return None
-        return Discovery(
-            [_record_from_json(r) for r in data["records"]], data["versions"], manifest_files, from_cache=True
-        )
+        return Discovery([_record_from_data(r) for r in data["records"]], data["versions"], manifest_files,
+                         from_cache=True, validated=data["validated"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def _save_cache(path: Path, found: Discovery) -> None:
+    import msgpack
+
     data = {
         "fingerprint": _fingerprint(found.manifest_files),
         "written_ns": time.time_ns(),
         "manifest_files": found.manifest_files,
-        "records": [_record_to_json(r) for r in found.records],
+        "records": [_record_to_data(r) for r in found.records],
         "versions": found.versions,
+        "validated": found.validated,
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".discovery-")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(msgpack.packb(data))
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache folder only costs speed
 
 
-def discover(*, use_cache: bool = True) -> Discovery:
-    """Installed plugins, from the cache when nothing was installed, upgraded or removed since it was written."""
+def discover(*, use_cache: bool = True,
+             validate: Callable[[Discovery], list[PluginRecord]] | None = None) -> Discovery:
+    """Installed plugins, from the cache when nothing was installed, upgraded or removed since it was written.
+
+    `validate` (the catalog's checks) runs on a fresh scan before it is cached, so a cache hit carries the
+    validated records and `validated` is true; it depends only on what the cache key covers.
+    """
     path = cache_path() if use_cache else None
     if path is not None:
         cached = _load_cache(path)
         if cached is not None:
             return cached
     found = scan()
+    if validate is not None:
+        found.records = validate(found)
+        found.validated = True
     if path is not None:
         _save_cache(path, found)
     return found

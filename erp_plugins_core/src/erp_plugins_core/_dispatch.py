@@ -64,6 +64,7 @@ class Impl:
     denied: str | None  # why the tenant may not call it (missing permission), else None
     redactor: Redactor
     retry_after: float = 0.0  # monotonic time before which the plugin is skipped (rate limited)
+    takes_all: bool = False  # takes every argument of the hook, so bound arguments are passed as they are
 
 
 def error_kind(exc: BaseException) -> str:
@@ -193,9 +194,10 @@ class TenantDispatcher:
                     f"permission {permission!r} is not granted to {hi.plugin_name} for tenant {self.tenant!r}; "
                     f"grant it with: erp-plugins enable {hi.plugin_name} --tenant {self.tenant} --grant {permission}"
                 )
+            names = _call_names(hi.function, hook)
             impls.append(
-                (priority, order, Impl(hi.plugin_name, hi.function, _call_names(hi.function, hook),
-                                       timeout, priority, denied, redactor))
+                (priority, order, Impl(hi.plugin_name, hi.function, names, timeout, priority, denied, redactor,
+                                       takes_all=len(names) == len(HOOKS[hook].argnames)))
             )
         table = [i for _, _, i in sorted(impls, key=lambda t: (t[0], t[1]))]
         self._tables[hook] = table
@@ -222,12 +224,15 @@ def _timeout_error(impl: Impl, hook: str) -> HookTimeout:
 
 
 def _kwargs(impl: Impl, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The bound hook arguments `impl` takes (all of them, as they are, when it takes every one)."""
+    if impl.takes_all and len(kwargs) == len(impl.argnames):
+        return kwargs
     return {k: kwargs[k] for k in impl.argnames if k in kwargs}
 
 
 async def _finish(impl: Impl, hook: str, awaitable: Any, usage: dict[str, int], files: frozenset[str],
                   start: float) -> HookResult:
-    """Await an async implementation under its plugin's timeout (in its own task when several run)."""
+    """Await one async implementation under its plugin's timeout, in the caller's task."""
     current_usage.set(usage)
     current_call_files.set(files)
     try:
@@ -246,6 +251,10 @@ async def _drain(stream: Any) -> Any:
     return "".join(chunks) if all(isinstance(c, str) for c in chunks) else chunks
 
 
+#: Result types that are certainly not awaitable or streams, so the common plain result skips those checks.
+_PLAIN_RESULTS = frozenset({str, dict, list, tuple, int, float, bool, bytes, type(None)})
+
+
 def _start(impl: Impl, kwargs: dict[str, Any], usage: dict[str, int]) -> tuple[HookResult | None, Any, float]:
     """Call the implementation: a finished result for a plain function, or the awaitable of an async one.
 
@@ -257,11 +266,72 @@ def _start(impl: Impl, kwargs: dict[str, Any], usage: dict[str, int]) -> tuple[H
         out = impl.function(**_kwargs(impl, kwargs))
     except Exception as exc:
         return _failure(impl, exc, start), None, start
-    if inspect.isawaitable(out):
-        return None, out, start
-    if hasattr(out, "__aiter__"):  # a streaming hook called through call(): its chunks joined
-        return None, _drain(out), start
-    return HookResult(impl.plugin, True, impl.redactor.redact(out), None, _perf() - start, None, usage or None), None, start
+    if type(out) not in _PLAIN_RESULTS:
+        if inspect.isawaitable(out):
+            return None, out, start
+        if hasattr(out, "__aiter__"):  # a streaming hook called through call(): its chunks joined
+            return None, _drain(out), start
+    done = HookResult(impl.plugin, True, impl.redactor.redact(out), None, _perf() - start, None, usage or None)
+    return done, None, start
+
+
+async def _gather(waiting: list[tuple[int, Impl, Any, dict[str, int], float]], hook: str,
+                  results: list[HookResult | None]) -> None:
+    """Await several implementations concurrently, each in its own task and under its own timeout.
+
+    Instead of a wrapper task and a timeout context per plugin, the plugins' own tasks report to one
+    waiter, which is awaited until the next plugin's deadline (once in all when they share a timeout). A
+    plugin past its deadline has its task cancelled, which cancels what it awaits (a sandboxed proxy's
+    worker call), and gets a timeout result.
+    """
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    tasks: list[asyncio.Future[Any]] = []
+    ends: dict[asyncio.Future[Any], float] = {}  # when each task finished (its duration's end)
+
+    def finished(task: asyncio.Future[Any]) -> None:
+        ends[task] = _perf()
+        if len(ends) == len(tasks) and not waiter.done():
+            waiter.set_result(None)
+
+    now = loop.time()
+    deadlines = [now + impl.timeout for _, impl, _, _, _ in waiting]
+    for _, _, awaitable, usage, _ in waiting:
+        current_usage.set(usage)  # the task copies the context: each plugin counts its own usage
+        task = loop.create_task(awaitable) if inspect.iscoroutine(awaitable) else asyncio.ensure_future(awaitable)
+        tasks.append(task)
+    for task in tasks:
+        task.add_done_callback(finished)
+    timed_out: set[int] = set()
+    try:
+        while len(ends) < len(tasks):
+            now = loop.time()
+            live: list[float] = []
+            for j, task in enumerate(tasks):
+                if task.done() or j in timed_out:
+                    continue
+                if deadlines[j] <= now:
+                    task.cancel()
+                    timed_out.add(j)
+                else:
+                    live.append(deadlines[j])
+            await asyncio.wait((waiter,), timeout=min(live) - now if live else None)
+    except BaseException:  # the caller was cancelled: so is every plugin still running
+        for task in tasks:
+            task.cancel()
+        raise
+    for j, ((i, impl, _, usage, start), task) in enumerate(zip(waiting, tasks, strict=True)):
+        if task.cancelled():
+            if j not in timed_out:  # not our doing (the plugin cancelled itself): pass it on, as awaiting it would
+                raise asyncio.CancelledError
+            result = _failure(impl, _timeout_error(impl, hook), start)
+        elif (exc := task.exception()) is not None:
+            result = _failure(impl, exc, start)
+        else:
+            result = HookResult(impl.plugin, True, impl.redactor.redact(task.result()), None, 0.0, None,
+                                usage or None)
+        result.duration_s = ends[task] - start
+        results[i] = result
 
 
 def _call_files(hook: str, kwargs: dict[str, Any]) -> frozenset[str]:
@@ -296,11 +366,7 @@ async def call_all(impls: list[Impl], hook: str, kwargs: dict[str, Any]) -> list
             i, impl, awaitable, usage, start = waiting[0]
             results[i] = await _finish(impl, hook, awaitable, usage, files, start)
         elif waiting:
-            tasks = [asyncio.ensure_future(_finish(impl, hook, aw, usage, files, start))
-                     for _, impl, aw, usage, start in waiting]
-            await asyncio.wait(tasks)
-            for (i, *_), task in zip(waiting, tasks, strict=True):
-                results[i] = task.result()
+            await _gather(waiting, hook, results)
     finally:
         current_usage.reset(t_usage)
         current_call_files.reset(t_files)
@@ -346,8 +412,23 @@ async def next_chunk(impl: Impl, hook: str, iterator: AsyncIterator[Any]) -> Any
         raise _timeout_error(impl, hook) from None
 
 
+#: Per hook: its arguments, and (name, accepted types, must be a list of strings) for each.
+_CHECKS: dict[str, tuple[frozenset[str], tuple[tuple[str, tuple[type, ...], bool], ...]]] = {
+    hook: (frozenset(info.argnames), tuple((n, ARG_TYPES[n], n in STR_LISTS) for n in info.argnames))
+    for hook, info in HOOKS.items()
+}
+
+
 def bind_arguments(hook: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The hook's keyword arguments with defaults applied; PluginError naming unknown or missing ones."""
+    """The hook's keyword arguments with defaults applied; TypeError naming unknown, missing or mistyped ones."""
+    names, checks = _CHECKS[hook]
+    if kwargs.keys() == names:  # every argument given: check the types, and done when they are right
+        for name, types, str_list in checks:
+            value = kwargs[name]
+            if not isinstance(value, types) or (str_list and not all(isinstance(v, str) for v in value)):
+                break
+        else:
+            return dict(kwargs)
     info = HOOKS[hook]
     unknown = sorted(set(kwargs) - set(info.argnames))
     if unknown:

@@ -70,6 +70,22 @@ _progress_cb: contextvars.ContextVar[Callable[[str, int, int | None, str], None]
 )
 
 
+def data_root() -> Path:
+    """Where sandboxed plugins with `file_permissions` keep their files (`<root>/<plugin>/<tenant>`, bound at /data).
+
+    `ERP_PLUGINS_DATA_DIR`, else /var/lib/erp-plugins/data for root (the per-plugin uids must reach it; root's
+    home is closed to them), else the user's data dir.
+    """
+    env = os.environ.get("ERP_PLUGINS_DATA_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/erp-plugins/data")
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("erp-plugins"), "data")
+
+
 def unsafe_no_sandbox() -> bool:
     """True when the development-only opt-out runs sandboxed plugins in the host's process."""
     return os.environ.get(UNSAFE_NO_SANDBOX_ENV, "") == "1"
@@ -264,11 +280,8 @@ class PluginHost:
             return InProcessRunner(record, tenant)
         from ._sandbox import SandboxRunner
 
-        return SandboxRunner(record, tenant, data_root=self._data_root())
-
-    def _data_root(self) -> Path:
-        path = self.state_path
-        return (path.parent if path else Path(default_state_path()).parent) / "plugin-data"
+        forbidden = [str(p) for p in (self.state_path, self.box.key_file) if p is not None]
+        return SandboxRunner(record, tenant, data_root=data_root(), forbidden=forbidden)
 
     def _new_instance(self, name: str, tenant: str, row: TenantPlugin) -> Instance | None:
         record = self.catalog.get(name)
@@ -619,10 +632,31 @@ class PluginHost:
         t_user = current_user_context.set(dict(user_context or {}))
         t_prog = _progress_cb.set(progress)
         try:
-            return await call_all(impls, hook, args)
+            results = await call_all(impls, hook, args)
         finally:
             current_user_context.reset(t_user)
             _progress_cb.reset(t_prog)
+        for r in results:
+            if not r.success:
+                await self._check_gave_up(tenant, r.plugin)
+        return results
+
+    async def _check_gave_up(self, tenant: str, plugin: str) -> None:
+        """A sandboxed worker that kept crashing puts its plugin into the error state (retried with backoff)."""
+        inst = self._instances.get((tenant, plugin))
+        reason = getattr(inst.runner, "failed", None) if inst is not None else None
+        if inst is None or not reason or inst.life.state is PluginState.ERROR:
+            return
+        self._dispatcher(tenant).unregister(plugin)
+        inst.life.fail(inst.redactor.text(str(reason)))
+        inst.failures += 1
+        inst.retry_at = time.monotonic() + min(_RETRY_MAX_S, _RETRY_BASE_S * 2 ** (inst.failures - 1))
+        try:
+            await inst.runner.close()
+        except Exception:
+            log.debug("closing %s failed", inst.runner, exc_info=True)
+        self._persist_state(inst)
+        log.warning("plugin %s for tenant %s put into its error state: %s", plugin, tenant, inst.life.reason)
 
     async def first(
         self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None, **kwargs: Any
@@ -642,6 +676,7 @@ class PluginHost:
                 if result.success:
                     return result.result
                 failures.append(result)
+                await self._check_gave_up(tenant, result.plugin)
                 if not should_fall_back(result.exception):
                     break
         finally:

@@ -5,11 +5,10 @@ Every problem becomes a ManifestError whose lines name the file, the field path 
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import jsonschema
-import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -18,6 +17,10 @@ from ._errors import ManifestError
 from ._hookspecs import HOOKS
 from ._interface import PluginType
 from ._permissions import PERMISSIONS
+
+if TYPE_CHECKING:
+    import yaml
+    from jsonschema import Draft202012Validator
 
 MAX_MANIFEST_BYTES = 1024 * 1024
 #: Bound on YAML nodes after alias expansion: far above any real manifest, far below a billion laughs.
@@ -152,12 +155,11 @@ class Manifest(_Strict):
     @field_validator("config_schema")
     @classmethod
     def _config_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
-        schema = normalize_schema(value)
-        try:
-            jsonschema.Draft202012Validator.check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            where = "/".join(str(p) for p in exc.path) or "(top)"
-            raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+        # the first error, as jsonschema's check_schema reports it
+        error = next(meta_schema_validator().iter_errors(normalize_schema(value)), None)
+        if error is not None:
+            where = "/".join(str(p) for p in error.path) or "(top)"
+            raise ValueError(f"not a valid JSON Schema at {where}: {error.message}")
         return value
 
     @classmethod
@@ -228,11 +230,53 @@ def normalize_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# --- The meta-schema ---------------------------------------------------------------------------------------
+
+_META_BASE = "https://json-schema.org/draft/2020-12/"
+
+
+def _static_refs(node: Any) -> Any:
+    """`node` with `$dynamicRef: "#meta"` as `$ref: "#"` and vocabulary `$defs` references made local."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "$dynamicRef" and value == "#meta":
+                out["$ref"] = "#"
+            elif key == "$ref" and isinstance(value, str) and "#/$defs/" in value:
+                out["$ref"] = "#/$defs/" + value.split("#/$defs/", 1)[1]
+            else:
+                out[key] = _static_refs(value)
+        return out
+    if isinstance(node, list):
+        return [_static_refs(v) for v in node]
+    return node
+
+
+@functools.cache
+def meta_schema_validator() -> Draft202012Validator:
+    """A validator of JSON Schemas against the 2020-12 meta-schema, flattened into one static schema.
+
+    `Draft202012Validator.check_schema` resolves the meta-schema's `$dynamicRef`s on every keyword of every
+    schema (milliseconds per manifest); merging the vocabulary meta-schemas into one and pointing `#meta` at
+    its root asks the same questions of a schema, and reports the same errors, without dynamic scopes.
+    """
+    from jsonschema import Draft202012Validator
+    from jsonschema_specifications import REGISTRY
+
+    meta = Draft202012Validator.META_SCHEMA
+    properties: dict[str, Any] = {}
+    defs: dict[str, Any] = {}
+    for part in meta["allOf"]:
+        vocabulary = REGISTRY.contents(_META_BASE + part["$ref"])
+        properties.update(vocabulary.get("properties", {}))
+        defs.update(vocabulary.get("$defs", {}))
+    properties.update(meta.get("properties", {}))
+    flat = {"$schema": _META_BASE + "schema", "type": ["object", "boolean"], "properties": properties,
+            "$defs": defs}
+    return Draft202012Validator(_static_refs(flat), format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
 # --- Loading --------------------------------------------------------------------------------------------
-
-
-#: libyaml's parser when PyYAML was built with it (several times faster), else the pure-Python one.
-_SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _check_nodes(root: yaml.Node) -> None:
@@ -241,6 +285,8 @@ def _check_nodes(root: yaml.Node) -> None:
     Aliases share nodes, so the expanded size is counted with memoization per node: a billion-laughs
     document is measured in time proportional to its text, and rejected without building anything.
     """
+    import yaml
+
     sizes: dict[int, int] = {}
     active: set[int] = set()
 
@@ -276,16 +322,21 @@ def _check_nodes(root: yaml.Node) -> None:
 
 def load_yaml(data: bytes | str, source: str) -> Any:
     """Parse one YAML document safely, within the size and expansion bounds; ManifestError otherwise."""
+    import yaml
+
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{source}: manifest is {len(raw)} bytes, larger than the 1 MiB allowed")
     try:
         text = raw.decode("utf-8")
-        loader = _SafeLoader(text)
+        # libyaml's parser when PyYAML was built with it (several times faster), else the pure-Python one
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
         try:
             node = loader.get_single_node()
             if node is None:
-                raise ManifestError(f"{source}: manifest is empty; it needs at least name, version, plugin_type, api_version")
+                raise ManifestError(
+                    f"{source}: manifest is empty; it needs at least name, version, plugin_type, api_version"
+                )
             _check_nodes(node)
             return loader.construct_document(node)
         finally:

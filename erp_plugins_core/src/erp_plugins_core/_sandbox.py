@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import dataclasses
 import errno
@@ -660,7 +661,11 @@ class SandboxRunner(PluginRunner):
             await asyncio.wait_for(asyncio.shield(w.hello), START_TIMEOUT)
             info = await asyncio.to_thread(_read_all, info_r)
         except TimeoutError:
+            os.set_blocking(info_r, False)
+            with contextlib.suppress(OSError, ValueError, KeyError):  # kill the namespace too, if it exists
+                w.pidfd = os.pidfd_open(int(json.loads(os.read(info_r, 65536).decode())["child-pid"]))
             self._kill(w, f"did not start within {START_TIMEOUT:g} s")
+            self._kill_group(w)
             await self._reap(w)
             raise SandboxError(f"plugin {self.record.name!r}: worker did not start within {START_TIMEOUT:g} s; "
                                f"stderr: {self._stderr(w)[-500:]}") from None

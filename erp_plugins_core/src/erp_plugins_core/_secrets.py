@@ -71,6 +71,11 @@ class SecretBox:
         self.source = source or (f"key file {self._key_file}" if self._key_file is not None else "the given key")
         self._fernet_obj: Fernet | None = _fernet(key, self.source) if key is not None else None
 
+    @property
+    def key_file(self) -> Path | None:
+        """The file the key is read from, or None when it came from the environment or the caller."""
+        return self._key_file
+
     @classmethod
     def from_environment(cls, state_path: str | os.PathLike[str] | None = None,
                          environ: Mapping[str, str] | None = None) -> SecretBox:

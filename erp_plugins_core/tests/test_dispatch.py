@@ -1,0 +1,201 @@
+"""Calling hook implementations: argument binding, per-plugin timeouts, error isolation and usage, one
+HookResult per plugin (the dispatch module on its own, with real functions and coroutines)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from erp_plugins_core._context import current_usage
+from erp_plugins_core._dispatch import Impl, bind_arguments, call_all, call_one
+from erp_plugins_core._hookspecs import HOOKS
+from erp_plugins_core._redact import Redactor
+from erp_plugins_core._services import current_call_files
+
+ARGS = {"prompt": "hello", "context": {"locale": "de-DE"}}
+
+
+def impl(name: str, function: Any, *, timeout: float = 5.0, argnames: tuple[str, ...] = ("prompt", "context"),
+         denied: str | None = None, secrets: tuple[str, ...] = ()) -> Impl:
+    return Impl(name, function, argnames, timeout, 100, denied, Redactor(secrets),
+                takes_all=len(argnames) == len(HOOKS["ai_request"].argnames))
+
+
+def count(n: int) -> None:
+    usage = current_usage.get()
+    assert usage is not None
+    usage["tokens"] = usage.get("tokens", 0) + n
+
+
+# --- argument binding ---------------------------------------------------------------------------------------
+
+
+def test_bind_gives_every_argument_and_fresh_defaults() -> None:
+    first = bind_arguments("ai_request", {"prompt": "p"})
+    assert first == {"prompt": "p", "context": {}}
+    first["context"]["x"] = 1
+    assert bind_arguments("ai_request", {"prompt": "p"}) == {"prompt": "p", "context": {}}
+    given = {"prompt": "p", "context": {"a": 1}}
+    bound = bind_arguments("ai_request", given)
+    assert bound == given and bound is not given
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompt": 1, "context": {}}, "hook ai_request argument prompt must be str, got int"),
+        ({"prompt": "p", "context": []}, "hook ai_request argument context must be dict, got list"),
+        ({"prompt": "p", "context": {}, "extra": 1}, "unknown argument(s): extra"),
+        ({"context": {}}, "hook ai_request needs argument(s): prompt"),
+        ({"texts": ["a", 2]}, "hook ai_embedding argument texts must be list of strings, got list"),
+    ],
+)
+def test_bind_names_what_is_wrong(kwargs: dict[str, Any], message: str) -> None:
+    hook = "ai_embedding" if "texts" in kwargs else "ai_request"
+    with pytest.raises(TypeError) as info:
+        bind_arguments(hook, kwargs)
+    assert message in str(info.value)
+
+
+# --- plain functions ----------------------------------------------------------------------------------------
+
+
+async def test_plain_functions_each_get_a_result_in_order_with_usage_and_redaction() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def echo(prompt: str, context: dict) -> str:
+        seen.append({"prompt": prompt, "context": context})
+        count(3)
+        return f"{prompt} with key sk-secret-1"
+
+    def only_prompt(prompt: str) -> dict:
+        return {"len": len(prompt)}
+
+    def broken(prompt: str, context: dict) -> str:
+        raise ValueError("no luck with sk-secret-1")
+
+    results = await call_all(
+        [impl("a", echo, secrets=("sk-secret-1",)), impl("b", only_prompt, argnames=("prompt",)),
+         impl("c", broken, secrets=("sk-secret-1",)), impl("d", echo, denied="permission 'ai.generate' missing")],
+        "ai_request", bind_arguments("ai_request", ARGS),
+    )
+    assert [r.plugin for r in results] == ["a", "b", "c", "d"]
+    assert results[0].success and results[0].result == "hello with key ***" and results[0].usage == {"tokens": 3}
+    assert results[1].success and results[1].result == {"len": 5} and results[1].usage is None
+    assert not results[2].success and results[2].error == "ValueError: no luck with ***"
+    assert results[2].error_kind == "exception" and isinstance(results[2].exception, ValueError)
+    assert results[3].error_kind == "permission" and results[3].error == "permission 'ai.generate' missing"
+    assert seen == [{"prompt": "hello", "context": {"locale": "de-DE"}}]  # the denied one was not called
+    assert current_usage.get() is None and current_call_files.get() == frozenset()
+
+
+async def test_a_plain_function_returning_an_awaitable_or_a_stream_is_awaited() -> None:
+    async def later() -> str:
+        await asyncio.sleep(0)
+        return "later"
+
+    async def chunks():
+        for c in ("a", "b", "c"):
+            yield c
+
+    results = await call_all([impl("a", lambda prompt, context: later()), impl("b", lambda prompt, context: chunks())],
+                             "ai_request", ARGS)
+    assert [(r.success, r.result) for r in results] == [(True, "later"), (True, "abc")]
+
+
+# --- async implementations ----------------------------------------------------------------------------------
+
+
+async def test_async_plugins_run_concurrently_with_their_own_usage() -> None:
+    async def slow(prompt: str, context: dict) -> str:
+        count(1)
+        await asyncio.sleep(0.2)
+        count(1)
+        return prompt.upper()
+
+    async def fast(prompt: str, context: dict) -> str:
+        count(5)
+        return prompt
+
+    start = time.perf_counter()
+    results = await call_all([impl(f"s{i}", slow) for i in range(5)] + [impl("f", fast)], "ai_request", ARGS)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.6, f"the five slow plugins did not run concurrently ({elapsed:.2f} s)"
+    assert [(r.success, r.result, r.usage) for r in results] == [(True, "HELLO", {"tokens": 2})] * 5 + [
+        (True, "hello", {"tokens": 5})
+    ]
+    assert all(0.15 < r.duration_s < 0.6 for r in results[:5])
+    assert results[5].duration_s < 0.15  # its own end, not the slowest plugin's
+
+
+async def test_each_plugin_has_its_own_timeout_and_a_timed_out_one_is_cancelled() -> None:
+    cancelled: list[str] = []
+
+    def sleeper(name: str, seconds: float) -> Any:
+        async def run(prompt: str, context: dict) -> str:
+            try:
+                await asyncio.sleep(seconds)
+            except asyncio.CancelledError:
+                cancelled.append(name)
+                raise
+            return name
+
+        return run
+
+    async def fails(prompt: str, context: dict) -> str:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("boom")
+
+    start = time.perf_counter()
+    results = await call_all(
+        [impl("short", sleeper("short", 5), timeout=0.1), impl("ok", sleeper("ok", 0.3), timeout=1.0),
+         impl("long", sleeper("long", 5), timeout=0.5), impl("err", fails)],
+        "ai_request", ARGS,
+    )
+    elapsed = time.perf_counter() - start
+    by = {r.plugin: r for r in results}
+    assert [r.plugin for r in results] == ["short", "ok", "long", "err"]
+    assert by["short"].error_kind == "timeout" and "within 0.1s" in (by["short"].error or "")
+    assert 0.08 < by["short"].duration_s < 0.3  # cancelled at its own deadline, not at the longest one
+    assert by["ok"].success and by["ok"].result == "ok"
+    assert by["long"].error_kind == "timeout" and "within 0.5s" in (by["long"].error or "")
+    assert by["err"].error == "RuntimeError: boom"
+    assert sorted(cancelled) == ["long", "short"]
+    assert 0.45 < elapsed < 1.5
+
+
+async def test_cancelling_the_caller_cancels_every_running_plugin() -> None:
+    started = asyncio.Event()
+    cancelled: list[int] = []
+
+    def waiter(i: int) -> Any:
+        async def run(prompt: str, context: dict) -> str:
+            started.set()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                cancelled.append(i)
+                raise
+            return "never"
+
+        return run
+
+    call = asyncio.ensure_future(call_all([impl(str(i), waiter(i)) for i in range(3)], "ai_request", ARGS))
+    await started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(0)
+    assert sorted(cancelled) == [0, 1, 2]
+
+
+async def test_one_async_plugin_times_out_in_the_callers_task() -> None:
+    async def hang(prompt: str, context: dict) -> str:
+        await asyncio.sleep(5)
+        return "late"
+
+    result = await call_one(impl("hang", hang, timeout=0.05), "ai_request", ARGS)
+    assert result.error_kind == "timeout" and not result.success
