@@ -17,12 +17,13 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@" || echo "(exit $?)"; }
 step erp-plugins list
 step erp-plugins check
 
-# loopback stand-ins for Ollama and OpenAI (each prints its URL, serves until its stdin closes)
-coproc OLLAMA { python tests/servers/ollama_fake.py; }
-read -r ollama_url <&"${OLLAMA[0]}"
-coproc OPENAI { python tests/servers/openai_fake.py; }
-read -r openai_url <&"${OPENAI[0]}"
+# loopback stand-ins for Ollama and OpenAI: each prints its URL and serves until its stdin (fd 3/4) closes
 export OPENAI_API_KEY="sk-demo-key-never-printed"
+exec 3> >(exec python tests/servers/ollama_fake.py > "$work/ollama.url")
+exec 4> >(exec python tests/servers/openai_fake.py --api-key "$OPENAI_API_KEY" > "$work/openai.url")
+for f in ollama openai; do until [ -s "$work/$f.url" ]; do sleep 0.1; done; done
+ollama_url=$(cat "$work/ollama.url")
+openai_url=$(cat "$work/openai.url")
 
 step erp-plugins enable local_llm_provider --tenant demo --priority 1 \
   --config host="$ollama_url" --config model=llama3.2

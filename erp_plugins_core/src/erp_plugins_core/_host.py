@@ -353,9 +353,9 @@ class PluginHost:
                 log.debug("closing %s failed", inst.runner, exc_info=True)
             if persist:
                 self._persist_state(inst)
-            log.warning("plugin %s for tenant %s failed to start: %s", inst.name, inst.tenant, reason)
             if raise_errors:
                 raise PluginError(reason) from None
+            log.warning("plugin %s for tenant %s failed to start: %s", inst.name, inst.tenant, reason)
             return False
         inst.failures = 0
         inst.next_health = time.monotonic() + manifest.health_check.interval
