@@ -348,3 +348,27 @@ async def test_unsandboxed_plugin_with_findings_needs_accepted_findings(host, pl
         await host.enable("risky", tenant="acme", config={"api_key": SECRET}, trust=True)
     host.store.set_setting("accepted_findings", json.dumps({"risky": "erp-risky==1.0.0"}))
     await host.enable("risky", tenant="acme", config={"api_key": SECRET}, trust=True)
+
+
+async def test_consumer_stopping_a_stream_early_closes_the_plugins_generator(host, plugins, site, manifest_text) -> None:
+    code = """
+from erp_plugins_core import PluginInterface
+CLOSED = []
+class Plugin(PluginInterface):
+    async def stream(self, prompt, context):
+        try:
+            for i in range(1000):
+                yield str(i)
+        finally:
+            CLOSED.append(True)
+"""
+    extra = TRUSTED + "permissions: [ai.generate]\nhooks: [{name: ai_stream, method: stream}]\n"
+    site.install("erp-endless", plugins={"endless": (manifest_text("endless", extra=extra), code)})
+    host.catalog.__init__(__import__("erp_plugins_core._discovery", fromlist=["scan"]).scan())
+    await host.enable("endless", tenant="acme", trust=True)
+    import erp_endless.endless.plugin as mod
+
+    stream = host.stream("ai_stream", tenant="acme", prompt="x", context={})
+    got = [await stream.__anext__(), await stream.__anext__()]
+    await stream.aclose()
+    assert got == ["0", "1"] and mod.CLOSED == [True]

@@ -7,6 +7,7 @@ runs is decided in `_make_runner`: sandboxed plugins in a bubblewrap worker, tru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -725,18 +726,25 @@ class PluginHost:
                         break
                     continue
                 count = 0
-                while True:
-                    yield impl.redactor.redact(chunk)
-                    count += 1
-                    try:
-                        chunk = await next_chunk(impl, hook, iterator)
-                    except StopAsyncIteration:
-                        return
-                    except Exception as exc:
-                        raise StreamInterrupted(
-                            f"{impl.plugin} failed after {count} chunk(s) of {hook}: {describe(exc, impl.redactor)}; "
-                            "the partial answer is not continued by another plugin"
-                        ) from exc
+                try:
+                    while True:
+                        yield impl.redactor.redact(chunk)
+                        count += 1
+                        try:
+                            chunk = await next_chunk(impl, hook, iterator)
+                        except StopAsyncIteration:
+                            return
+                        except Exception as exc:
+                            raise StreamInterrupted(
+                                f"{impl.plugin} failed after {count} chunk(s) of {hook}: "
+                                f"{describe(exc, impl.redactor)}; the partial answer is not continued by another plugin"
+                            ) from exc
+                finally:
+                    # the consumer stopped early or the stream ended: let the plugin (or its worker) stop too
+                    aclose = getattr(iterator, "aclose", None)
+                    if aclose is not None:
+                        with contextlib.suppress(Exception):
+                            await aclose()
         finally:
             current_user_context.reset(t_user)
         raise self._all_failed(hook, tenant, failures)
