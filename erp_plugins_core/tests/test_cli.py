@@ -134,3 +134,56 @@ def test_list_does_not_import_plugins_or_sdks(cli) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path[1:])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert "IMPORTED []" in proc.stderr
+
+
+SLOW = """
+import asyncio, os, sys
+from erp_plugins_core import PluginInterface
+class Plugin(PluginInterface):
+    async def initialize(self, config, context):
+        print("INITIALIZING", flush=True)
+        sys.stdout.flush()
+        await asyncio.sleep(30)
+        return True
+    def answer(self, prompt, context):
+        return "slow"
+"""
+
+
+def test_sigkill_in_the_middle_of_enable_leaves_a_consistent_store(cli, site, manifest_text, tmp_path) -> None:
+    import signal
+    import sqlite3
+    import time
+
+    extra = "security: {sandbox: false}\nresources: {timeout: 60}\npermissions: [ai.generate]\n"
+    extra += "hooks: [{name: ai_request, method: answer}]\n"
+    site.install("erp-slow", plugins={"slow_start": (manifest_text("slow_start", extra=extra), SLOW)})
+    cli("enable", "echo", "--tenant", "acme", "--config", "api_key=env:ECHO_KEY", "--trust")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site.root), *sys.path[1:]]),
+           "ERP_PLUGINS_STATE": str(cli.state), "ERP_PLUGINS_CACHE_DIR": str(tmp_path / "cache"),
+           "ECHO_KEY": SECRET}
+    proc = subprocess.Popen([sys.executable, "-m", "erp_plugins_core._cli", "enable", "slow_start", "--tenant", "acme",
+                             "--trust"], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "INITIALIZING"  # inside enable, between load and activate
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    with sqlite3.connect(cli.state) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    rows = {r["name"]: r["tenant"] for r in json.loads(cli("list", "--tenant", "acme", "--json").stdout)}
+    assert rows["slow_start"]["enabled"] is False and rows["echo"]["state"] == "active"
+    start = time.monotonic()
+    cli("disable", "echo", "--tenant", "acme")  # the store is not left locked
+    assert time.monotonic() - start < 20
+
+
+def test_lock_refuses_a_distribution_that_drifted(cli, site, manifest_text) -> None:
+    cli("lock")
+    cli("enable", "echo", "--tenant", "acme", "--config", "api_key=env:ECHO_KEY", "--trust")
+    site.install("erp-late", plugins={"late": (manifest_text("late", extra="security: {sandbox: false}\n"),
+                                               "from erp_plugins_core import PluginInterface\n"
+                                               "class Plugin(PluginInterface):\n    pass\n")})
+    proc = cli("enable", "late", "--tenant", "acme", "--trust", code=1)
+    assert "refused by the lock" in proc.stderr and "erp-plugins lock" in proc.stderr
+    cli("lock", "--remove")
+    cli("enable", "late", "--tenant", "acme", "--trust")

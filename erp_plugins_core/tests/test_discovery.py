@@ -63,7 +63,7 @@ def test_missing_manifest_is_named(site, manifest_text) -> None:
     assert rec.errors[0].endswith("erp_nomani/no_mani/plugin.yaml: cannot read: No such file or directory")
     # a distribution that never shipped one
     record = info / "RECORD"
-    record.write_text("".join(l for l in record.read_text().splitlines(True) if "plugin.yaml" not in l))
+    record.write_text("".join(ln for ln in record.read_text().splitlines(True) if "plugin.yaml" not in ln))
     rec = ours(Catalog.load(use_cache=False), "no_mani")
     assert "erp-nomani: no plugin.yaml next to module erp_nomani.no_mani.plugin" in rec.errors[0]
 
@@ -83,9 +83,11 @@ def test_dependencies_missing_mismatched_and_cycles(site, manifest_text) -> None
     site.install("erp-c", plugins={"dep_c": (manifest_text("dep_c", extra="dependencies: [dep_a]\n"), CODE)})
     site.install("erp-d", plugins={"dep_d": (manifest_text("dep_d", extra="dependencies: ['dep_e>=2']\n"), CODE)})
     site.install("erp-e", plugins={"dep_e": (manifest_text("dep_e", "1.0.0"), CODE)})
-    site.install("erp-f", plugins={"dep_f": (manifest_text("dep_f", extra="dependencies: ['no-such-dist>=1']\n"), CODE)})
+    needs_missing = "dependencies: ['no-such-dist>=1']\n"
+    site.install("erp-f", plugins={"dep_f": (manifest_text("dep_f", extra=needs_missing), CODE)})
     site.install("erp-g", plugins={"dep_g": (manifest_text("dep_g", extra="dependencies: ['pluggy>=999']\n"), CODE)})
-    site.install("erp-h", plugins={"dep_h": (manifest_text("dep_h", extra="dependencies: [dep_d, 'pluggy>=1']\n"), CODE)})
+    needs_invalid = "dependencies: [dep_d, 'pluggy>=1']\n"
+    site.install("erp-h", plugins={"dep_h": (manifest_text("dep_h", extra=needs_invalid), CODE)})
     catalog = Catalog.load(use_cache=False)
     for member in ("dep_a", "dep_b", "dep_c"):
         assert any("dependency cycle among plugins: dep_a -> dep_b -> dep_c -> dep_a" in e
@@ -158,3 +160,55 @@ def test_edited_manifest_invalidates_cache(site, manifest_text, monkeypatch) -> 
     found = discover()
     assert not found.from_cache
     assert next(r for r in found.records if r.name == "edit_one").manifest.description == "edited"
+
+
+def test_cache_hit_gives_the_same_validated_catalog_with_manifests_built_on_access(site, manifest_text,
+                                                                                    monkeypatch) -> None:
+    import erp_plugins_core._catalog as catalog_module
+    import erp_plugins_core._discovery as discovery
+
+    monkeypatch.setattr(discovery, "_RACY_SECONDS", 0.0)
+    site.install("erp-lazy", plugins={"lazy_one": (manifest_text("lazy_one", extra="dependencies: ['pluggy>=999']\n"),
+                                                   CODE)})
+    site.install("erp-fine", plugins={"fine_one": (manifest_text("fine_one", extra="description: fine\n"), CODE)})
+    fresh = Catalog.load()
+    assert not fresh.discovery.from_cache
+    checked: list[int] = []
+    real = catalog_module.validate_discovery
+    monkeypatch.setattr(catalog_module, "validate_discovery", lambda found: checked.append(1) or real(found))
+    cached = Catalog.load()
+    assert cached.discovery.from_cache and cached.discovery.validated
+    assert checked == []  # the cache holds the records as validated, dependency errors included
+    lazy = ours(cached, "lazy_one")
+    assert lazy._manifest is None and lazy._manifest_data is not None
+    assert "but pluggy" in " ".join(lazy.errors)
+    assert [r.name for r in cached.records] == [r.name for r in fresh.records]
+    for a, b in zip(cached.records, fresh.records, strict=True):
+        assert a == b  # field by field, manifests included (built now)
+    assert ours(cached, "fine_one").manifest.description == "fine"
+    assert lazy._manifest is not None and lazy._manifest_data is None
+
+
+def test_a_corrupt_cache_file_is_a_miss(site, manifest_text, monkeypatch) -> None:
+    import erp_plugins_core._discovery as discovery
+
+    monkeypatch.setattr(discovery, "_RACY_SECONDS", 0.0)
+    site.install("erp-corrupt", plugins={"corrupt_one": (manifest_text("corrupt_one"), CODE)})
+    discover()
+    path = discovery.cache_path()
+    assert path is not None and path.exists()
+    path.write_bytes(b"\xc1 not msgpack")
+    found = discover()
+    assert not found.from_cache and "corrupt_one" in names(found)
+    assert discover().from_cache  # rewritten
+
+
+def test_versions_cover_plugin_distributions_and_manifest_requirements(site, manifest_text) -> None:
+    import importlib.metadata as md
+
+    text = manifest_text("req_one", "1.2.3", extra="dependencies: ['pluggy>=1']\n")
+    site.install("erp-req", "1.2.3", plugins={"req_one": (text, CODE)})
+    found = scan()
+    assert found.installed_version("erp-req") == "1.2.3"
+    assert found.installed_version("Pluggy") == md.version("pluggy")
+    assert found.installed_version("no-such-dist") is None

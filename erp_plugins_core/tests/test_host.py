@@ -372,3 +372,23 @@ class Plugin(PluginInterface):
     got = [await stream.__anext__(), await stream.__anext__()]
     await stream.aclose()
     assert got == ["0", "1"] and mod.CLOSED == [True]
+
+
+async def test_plugin_log_records_are_redacted(host, plugins, site, manifest_text, caplog) -> None:
+    code = """
+from erp_plugins_core import PluginInterface
+class Plugin(PluginInterface):
+    def answer(self, prompt, context):
+        self.context.log("warning", "using key " + self.config["api_key"], key=self.config["api_key"], n=1)
+        return "ok"
+"""
+    site.install("erp-chatty", plugins={"chatty": (manifest_text("chatty", extra=ECHO_MANIFEST.replace(
+        "  - {name: ai_stream, method: stream}\n", "").replace("method: answer", "method: answer")), code)})
+    host.catalog.__init__(__import__("erp_plugins_core._discovery", fromlist=["scan"]).scan())
+    await host.enable("chatty", tenant="acme", config={"api_key": SECRET}, trust=True)
+    with caplog.at_level("INFO", logger="erp_plugins"):
+        [r] = await host.call("ai_request", tenant="acme", prompt="x", context={})
+    assert r.success
+    [record] = [rec for rec in caplog.records if rec.name == "erp_plugins.plugin.chatty"]
+    assert record.getMessage() == "using key ***" and record.fields == {"key": "***", "n": 1}
+    assert record.tenant == "acme" and SECRET not in caplog.text
