@@ -808,7 +808,12 @@ class PluginHost:
                                 f"health_check() must return a dict with healthy: bool, got {type(report).__name__}",
                                 inst.life.state.value)
         detail = inst.redactor.text(str(report.get("detail", "")))
-        error = None if report["healthy"] else inst.redactor.text(str(report.get("error") or detail or "unhealthy"))
+        error = None
+        if not report["healthy"]:
+            reason = str(report.get("error") or "")
+            # the plugin's own words say what to fix; a bare error name alone would hide them
+            reason = f"{reason}: {detail}" if reason and detail and reason not in detail else (reason or detail)
+            error = inst.redactor.text(reason or "unhealthy")
         return HealthReport(row.plugin, tenant, report["healthy"], detail, error, inst.life.state.value)
 
     async def _health_loop(self) -> None:
