@@ -239,7 +239,7 @@ def lock(ctx: click.Context, remove: bool, as_json: bool) -> None:
 
     While a lock exists the host refuses to load a plugin whose distribution drifted from it.
     """
-    from ._integrity import build_lock, lock_to_json
+    from ._integrity import build_lock, editable_location, lock_to_json
 
     with _open_store(ctx) as store:
         if remove:
@@ -247,7 +247,17 @@ def lock(ctx: click.Context, remove: bool, as_json: bool) -> None:
             click.echo("lock removed", err=True)
             return
         catalog = Catalog.load(use_cache=False)
-        dists = [d for d in (r.distribution_object() for r in catalog.records) if d is not None]
+        dists = []
+        for rec in catalog.records:
+            dist = rec.distribution_object()
+            if dist is None:
+                continue
+            if editable_location(dist) is not None:
+                # no RECORD describes an editable install's files: it stays unapproved (refused while locked)
+                click.echo(f"warning: {rec.distribution} is an editable install and is not locked; install it "
+                           "from a wheel to approve it", err=True)
+                continue
+            dists.append(dist)
         text = lock_to_json(build_lock(dists))
         store.set_setting("lock", text)
     if as_json:
@@ -353,28 +363,64 @@ def _call_args(hook: str, args: tuple[str, ...], args_json: str | None) -> dict[
 
 
 class _Progress:
-    """A one-line progress display on stderr (only when stderr is a terminal)."""
+    """A one-line progress bar on stderr, redrawn in place, only when stderr is a terminal.
 
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
+    Scripts (stderr redirected) get nothing, so their logs stay clean; `--no-progress` turns it off on a terminal.
+    Redraws are throttled to `interval` seconds, except the first and the final (done == total) one.
+    """
+
+    #: Least seconds between two redraws.
+    interval: float = 0.1
+
+    def __init__(self, stream: Any = None, *, enabled: bool = True) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        try:
+            self.tty = enabled and bool(self.stream.isatty())
+        except (AttributeError, ValueError):  # no isatty, or a closed stream
+            self.tty = False
         self.shown = False
+        self._last = 0.0
 
     def __call__(self, plugin: str, done: int, total: int | None, message: str) -> None:
         if not self.tty:
             return
+        import time
+
+        now = time.monotonic()
+        final = total is not None and done >= total
+        if self.shown and not final and now - self._last < self.interval:
+            return
+        self._last = now
         if total:
             width = 30
-            filled = int(width * done / total) if total else 0
+            filled = max(0, min(width, width * done // total))
             bar = "#" * filled + "-" * (width - filled)
-            text = f"\r{plugin}: [{bar}] {100 * done / total:5.1f}% {done / 1e6:.1f}/{total / 1e6:.1f} MB {message}"
+            text = f"{plugin}: [{bar}] {100 * done / total:5.1f}% {done / 1e6:.1f}/{total / 1e6:.1f} MB {message}"
         else:
-            text = f"\r{plugin}: {done / 1e6:.1f} MB {message}"
-        click.echo(text[:120], err=True, nl=False)
+            text = f"{plugin}: {done / 1e6:.1f} MB {message}"
+        # one terminal line, never wrapped (a wrapped line cannot be redrawn with \r); \x1b[K clears what a
+        # longer previous line left behind
+        self.stream.write("\r" + text[: self._columns() - 1] + "\x1b[K")
+        self.stream.flush()
         self.shown = True
 
+    def _columns(self) -> int:
+        """The terminal's width: COLUMNS when set (as shutil honours it), else the stream's, else 80."""
+        columns = os.environ.get("COLUMNS", "")
+        if columns.isdigit() and int(columns) > 0:
+            return max(20, int(columns))
+        try:
+            width = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            width = 0
+        return max(20, width) if width > 0 else 80  # a fresh pseudo-terminal reports 0 columns
+
     def end(self) -> None:
+        """Leave the bar's last state on its own line, so the results start on the next one."""
         if self.shown:
-            click.echo("", err=True)
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = False
 
 
 @cli.command()
@@ -383,12 +429,13 @@ class _Progress:
 @click.option("--arg", "args", multiple=True, metavar="KEY=VALUE", help="A string argument (wins over --args-json).")
 @click.option("--args-json", metavar="JSON", help="Arguments as a JSON object.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of results.")
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr (there is none unless it is a terminal).")
 @click.pass_context
 def call(ctx: click.Context, hook: str, tenant: str, args: tuple[str, ...], args_json: str | None,
-         as_json: bool) -> None:
+         as_json: bool, no_progress: bool) -> None:
     """Dispatch HOOK to the tenant's active plugins that implement it; one result per plugin."""
     kwargs = _call_args(hook, args, args_json)
-    progress = _Progress()
+    progress = _Progress(enabled=not no_progress)
 
     async def go() -> list[Any]:
         async with _host(ctx, tenant) as host:
