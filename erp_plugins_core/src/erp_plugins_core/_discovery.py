@@ -97,6 +97,13 @@ class PluginRecord:
     def __repr__(self) -> str:
         return f"PluginRecord({', '.join(f'{f}={getattr(self, f)!r}' for f in _FIELDS)})"
 
+    def __getstate__(self) -> tuple[Any, ...]:  # copy and pickle, despite __setattr__ refusing
+        return tuple(getattr(self, slot) for slot in PluginRecord.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for slot, value in zip(PluginRecord.__slots__, state, strict=True):
+            object.__setattr__(self, slot, value)
+
     @property
     def module(self) -> str:
         """The module the entry point names."""

@@ -36,7 +36,9 @@ Seconds = Annotated[float, Field(gt=0, le=86400)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # defer_build: validators are built on first validation, so a process that only reads manifests from
+    # the discovery cache (`from_validated`, e.g. `erp-plugins list`) never pays for building them
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
 
 class HookEntry(_Strict):

@@ -1,0 +1,477 @@
+"""The AI provider plugins through the host against their SDKs called directly, on the same loopback servers.
+
+Both fake servers (`tests/servers/openai_fake.py`, `tests/servers/ollama_fake.py`) run as separate processes on
+127.0.0.1. For each provider (`openai_provider`, `local_llm_provider`) and each mode (in process, under
+ERP_PLUGINS_UNSAFE_NO_SANDBOX=1; sandboxed, in its bubblewrap worker) one PluginHost, with a temporary state
+file and a fresh Fernet key, has that provider alone enabled for its own tenant. Measured side by side:
+
+- ai_request, sequential: `await host.first("ai_request", tenant=T, prompt=P, context={})` against
+  `AsyncOpenAI(...).chat.completions.create(...)` / `ollama.AsyncClient(...).chat(..., stream=False)` with the
+  parameters the plugin sends. Median per-call latency, target ≤ 1.10×.
+- ai_request, N concurrent (default 200, `asyncio.gather`): requests per second, the SDK side with one shared
+  client (as the plugin has one). Target ≥ 0.90×.
+- ai_stream, sequential: `async for c in host.stream("ai_stream", ...)` against the SDK's stream
+  (`stream=True`, content deltas taken out the way the plugin does). Median time to first chunk and to the end,
+  target ≤ 1.10× each.
+- ai_stream, N concurrent: streams per second (target ≥ 0.90×) and the median first chunk under that load
+  (no target: it is mostly queueing).
+
+Per round each side runs its calls (sequential block or one concurrent burst), sides alternating which goes
+first, garbage collector off during a block as timeit does; medians over every call (sequential) or every
+round (concurrent). Exits 0 whatever the ratios are.
+
+    python bench/bench_ai_providers.py [--json] [--rounds N] [--calls N] [--concurrency N]
+                                       [--modes in_process,sandboxed] [--providers openai,ollama]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.dont_write_bytecode = True
+
+from _synthetic import fmt_time  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVERS = ROOT / "tests" / "servers"
+PROMPT = "Summarise invoice 4711 for the customer."
+ANSWER = f"echo: {PROMPT}"  # what both fakes answer (answer_for)
+API_KEY = "sk-test-fake-0123456789abcdef"  # the fake's default key; given to the plugin as env:BENCH_OPENAI_KEY
+KEY_ENV = "BENCH_OPENAI_KEY"
+TIMEOUT = 30.0  # the SDKs' request timeout, the same on both sides
+TEMPERATURE = 0.7  # both plugins' default, sent by both sides
+OPENAI_MODEL = "gpt-4o-mini"
+OLLAMA_MODEL = "llama3.2"
+UNSAFE_ENV = "ERP_PLUGINS_UNSAFE_NO_SANDBOX"
+LATENCY_TARGET = 1.10
+THROUGHPUT_TARGET = 0.90
+
+_perf = time.perf_counter
+
+
+# --- the fake servers, each in its own process -------------------------------------------------------------
+
+
+class FakeProcess:
+    """`python tests/servers/<script> --port 0` as a child process; its first stdout line is its URL."""
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def __enter__(self) -> FakeProcess:
+        self.proc = subprocess.Popen([sys.executable, str(SERVERS / self.script), "--port", "0"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://127.0.0.1:"):
+            self.__exit__()
+            raise SystemExit(f"{self.script} did not start (printed {self.url!r}); run it by hand to see why")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None:
+            return
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()  # the fake serves until stdin closes
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+# --- the two sides of each provider ------------------------------------------------------------------------
+
+
+@dataclass
+class Sides:
+    """What is compared for one provider in one mode: a call and a stream, ours (host) and the SDK's."""
+
+    ours_call: Callable[[], Awaitable[Any]]
+    ref_call: Callable[[], Awaitable[Any]]
+    ours_stream: Callable[[], AsyncIterator[Any]]
+    ref_stream: Callable[[], AsyncIterator[Any]]
+    ref_call_text: str
+    ref_stream_text: str
+    close_ref: Callable[[], Awaitable[Any]]
+
+
+def openai_sides(host: Any, tenant: str, url: str) -> Sides:
+    import openai
+
+    client = openai.AsyncOpenAI(api_key=API_KEY, base_url=url, timeout=TIMEOUT, max_retries=0)
+    messages = [{"role": "user", "content": PROMPT}]
+
+    async def ref_call() -> str:
+        completion = await client.chat.completions.create(model=OPENAI_MODEL, messages=messages,
+                                                          temperature=TEMPERATURE)
+        return completion.choices[0].message.content or ""
+
+    async def ref_stream() -> AsyncIterator[str]:
+        stream = await client.chat.completions.create(model=OPENAI_MODEL, messages=messages, temperature=TEMPERATURE,
+                                                      stream=True, stream_options={"include_usage": True})
+        async with stream:
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    if choice.delta is not None and choice.delta.content:
+                        yield choice.delta.content
+
+    ours_call, ours_stream = _host_sides(host, tenant)
+    return Sides(ours_call=ours_call, ref_call=ref_call, ours_stream=ours_stream, ref_stream=ref_stream,
+                 ref_call_text="AsyncOpenAI(...).chat.completions.create(model, messages, temperature)",
+                 ref_stream_text="the same with stream=True, stream_options={include_usage: True}, content deltas",
+                 close_ref=client.close)
+
+
+def ollama_sides(host: Any, tenant: str, url: str) -> Sides:
+    import ollama
+
+    client = ollama.AsyncClient(host=url, timeout=TIMEOUT)
+    messages = [{"role": "user", "content": PROMPT}]
+    options = {"temperature": TEMPERATURE}
+
+    async def ref_call() -> str:
+        response = await client.chat(model=OLLAMA_MODEL, messages=messages, options=options, stream=False)
+        return response.message.content or ""
+
+    async def ref_stream() -> AsyncIterator[str]:
+        async for part in await client.chat(model=OLLAMA_MODEL, messages=messages, options=options, stream=True):
+            if part.message is not None and part.message.content:
+                yield part.message.content
+
+    async def close() -> None:
+        close = getattr(client, "close", None)
+        await (close() if close is not None else client._client.aclose())
+
+    ours_call, ours_stream = _host_sides(host, tenant)
+    return Sides(ours_call=ours_call, ref_call=ref_call, ours_stream=ours_stream, ref_stream=ref_stream,
+                 ref_call_text="ollama.AsyncClient(...).chat(model, messages, options, stream=False)",
+                 ref_stream_text="the same with stream=True, message contents", close_ref=close)
+
+
+def _host_sides(host: Any, tenant: str) -> tuple[Callable[[], Awaitable[Any]], Callable[[], AsyncIterator[Any]]]:
+    def ours_call() -> Awaitable[Any]:
+        return host.first("ai_request", tenant=tenant, prompt=PROMPT, context={})
+
+    def ours_stream() -> AsyncIterator[Any]:
+        return host.stream("ai_stream", tenant=tenant, prompt=PROMPT, context={})
+
+    return ours_call, ours_stream
+
+
+PROVIDERS: dict[str, dict[str, Any]] = {
+    "openai": {
+        "plugin": "openai_provider",
+        "server": "openai_fake.py",
+        "config": lambda url: {"api_key": f"env:{KEY_ENV}", "base_url": url, "model": OPENAI_MODEL,
+                               "max_retries": 0, "timeout": TIMEOUT},
+        "sides": openai_sides,
+    },
+    "ollama": {
+        "plugin": "local_llm_provider",
+        "server": "ollama_fake.py",
+        "config": lambda url: {"host": url, "model": OLLAMA_MODEL, "timeout": TIMEOUT},
+        "sides": ollama_sides,
+    },
+}
+
+
+# --- timing --------------------------------------------------------------------------------------------------
+
+
+class _NoGC:
+    """Collect, then keep the garbage collector off for a timed block (as timeit does)."""
+
+    def __enter__(self) -> None:
+        gc.collect()
+        self.enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            gc.enable()
+
+
+async def _latencies(fn: Callable[[], Awaitable[Any]], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        start = _perf()
+        await fn()
+        out.append(_perf() - start)
+    return out
+
+
+async def _one_stream(fn: Callable[[], AsyncIterator[Any]]) -> tuple[float, float]:
+    """Seconds to the first chunk and to the end of one stream."""
+    start = _perf()
+    first = 0.0
+    async for _ in fn():
+        if not first:
+            first = _perf() - start
+    return first, _perf() - start
+
+
+async def _stream_times(fn: Callable[[], AsyncIterator[Any]], n: int) -> list[tuple[float, float]]:
+    return [await _one_stream(fn) for _ in range(n)]
+
+
+async def _burst(fn: Callable[[], Awaitable[Any]], n: int) -> tuple[float, int]:
+    """Wall seconds of `n` concurrent calls, and how many of them failed."""
+    with _NoGC():
+        start = _perf()
+        out = await asyncio.gather(*(fn() for _ in range(n)), return_exceptions=True)
+        return _perf() - start, _failures(out)
+
+
+async def _stream_burst(fn: Callable[[], AsyncIterator[Any]], n: int) -> tuple[float, int, list[float]]:
+    """Wall seconds of `n` concurrent streams, how many failed, and each other one's time to its first chunk."""
+    with _NoGC():
+        start = _perf()
+        out = await asyncio.gather(*(_one_stream(fn) for _ in range(n)), return_exceptions=True)
+        return _perf() - start, _failures(out), [t[0] for t in out if isinstance(t, tuple)]
+
+
+def _failures(outcomes: list[Any]) -> int:
+    """How many outcomes are exceptions; the first one's text is kept to be shown once."""
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    if failed and not _FIRST_FAILURE:
+        _FIRST_FAILURE.append(f"{type(failed[0]).__name__}: {failed[0]}")
+    return len(failed)
+
+
+_FIRST_FAILURE: list[str] = []
+
+
+async def _alternate(ours: Callable[[], Awaitable[Any]], ref: Callable[[], Awaitable[Any]],
+                     rounds: int, *, gc_off: bool = False) -> tuple[list[Any], list[Any]]:
+    """Each side once per round, the side going first alternating; every round's outcome of each.
+
+    With `gc_off` the collector stays off for all rounds (sequential blocks are short; collecting before
+    each one would cost more than the block); bursts turn it off themselves, one burst at a time.
+    """
+    a: list[Any] = []
+    b: list[Any] = []
+    with _NoGC() if gc_off else contextlib.nullcontext():
+        for r in range(rounds):
+            if r % 2 == 0:
+                a.append(await ours())
+                b.append(await ref())
+            else:
+                b.append(await ref())
+                a.append(await ours())
+    return a, b
+
+
+def _flat(rounds: list[list[Any]]) -> list[Any]:
+    return [x for block in rounds for x in block]
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency_row(name: str, ours: list[float], ref: list[float], reference: str) -> dict[str, Any]:
+    o, r = statistics.median(ours), statistics.median(ref)
+    ratio = o / r
+    return {"name": name, "kind": "latency", "ours_s": o, "reference_s": r, "ratio": round(ratio, 3),
+            "overhead_us": round((o - r) * 1e6, 1), "target": LATENCY_TARGET, "met": ratio <= LATENCY_TARGET,
+            "ours_p90_s": _pct(ours, 0.9), "reference_p90_s": _pct(ref, 0.9), "samples": len(ours),
+            "reference": reference}
+
+
+def throughput_row(name: str, n: int, ours: list[tuple[Any, ...]], ref: list[tuple[Any, ...]],
+                   reference: str) -> dict[str, Any]:
+    """Calls per second from the median burst wall time; bursts with failed calls are reported, not hidden."""
+    o, r = n / statistics.median(b[0] for b in ours), n / statistics.median(b[0] for b in ref)
+    ratio = o / r
+    return {"name": name, "kind": "throughput", "ours_per_s": round(o, 1), "reference_per_s": round(r, 1),
+            "ratio": round(ratio, 3), "target": THROUGHPUT_TARGET, "met": ratio >= THROUGHPUT_TARGET,
+            "rounds": len(ours), "ours_walls_s": [round(b[0], 4) for b in ours],
+            "reference_walls_s": [round(b[0], 4) for b in ref], "ours_failed": sum(b[1] for b in ours),
+            "reference_failed": sum(b[1] for b in ref), "reference": reference}
+
+
+def info_row(name: str, ours: list[float], ref: list[float], reference: str) -> dict[str, Any]:
+    o, r = statistics.median(ours), statistics.median(ref)
+    return {"name": name, "kind": "latency", "ours_s": o, "reference_s": r, "ratio": round(o / r, 3),
+            "overhead_us": round((o - r) * 1e6, 1), "target": None, "met": None, "samples": len(ours),
+            "reference": reference}
+
+
+# --- one provider in one mode --------------------------------------------------------------------------------
+
+
+async def measure(label: str, sides: Sides, args: argparse.Namespace) -> list[dict[str, Any]]:
+    got, want = await sides.ours_call(), await sides.ref_call()
+    chunks = [c async for c in sides.ours_stream()]
+    ref_chunks = [c async for c in sides.ref_stream()]
+    if not (got == want == ANSWER and chunks == ref_chunks and "".join(chunks) == ANSWER and len(chunks) > 1):
+        raise SystemExit(f"{label}: host and SDK answer differently: {got!r} / {want!r}, {chunks!r} / {ref_chunks!r}")
+    n, c, rounds, bursts = args.calls, args.concurrency, args.rounds, args.burst_rounds
+    # warm both sides: connections open in each pool, code paths and caches hot
+    for _ in range(3):
+        await _latencies(sides.ours_call, 5)
+        await _latencies(sides.ref_call, 5)
+    await _burst(sides.ours_call, c)  # both pools open their connections (the streams reuse them)
+    await _burst(sides.ref_call, c)
+
+    rows: list[dict[str, Any]] = []
+    a, b = await _alternate(lambda: _latencies(sides.ours_call, n), lambda: _latencies(sides.ref_call, n), rounds,
+                            gc_off=True)
+    rows.append(latency_row(f"{label}: ai_request latency p50", _flat(a), _flat(b), sides.ref_call_text))
+    a, b = await _alternate(lambda: _burst(sides.ours_call, c), lambda: _burst(sides.ref_call, c), bursts)
+    rows.append(throughput_row(f"{label}: ai_request {c} concurrent", c, a, b,
+                               f"asyncio.gather of {c} of: {sides.ref_call_text}, one shared client"))
+    a, b = await _alternate(lambda: _stream_times(sides.ours_stream, n),
+                            lambda: _stream_times(sides.ref_stream, n), rounds, gc_off=True)
+    sa, sb = _flat(a), _flat(b)
+    rows.append(latency_row(f"{label}: ai_stream first chunk p50", [f for f, _ in sa], [f for f, _ in sb],
+                            sides.ref_stream_text))
+    rows.append(latency_row(f"{label}: ai_stream total p50", [t for _, t in sa], [t for _, t in sb],
+                            sides.ref_stream_text))
+    a, b = await _alternate(lambda: _stream_burst(sides.ours_stream, c), lambda: _stream_burst(sides.ref_stream, c),
+                            bursts)
+    rows.append(throughput_row(f"{label}: ai_stream {c} concurrent", c, a, b,
+                               f"asyncio.gather of {c} SDK streams, one shared client"))
+    rows.append(info_row(f"{label}: ai_stream {c} concurrent, first chunk p50", _flat([f for *_, f in a]),
+                         _flat([f for *_, f in b]), "the same bursts"))
+    return rows
+
+
+async def run_mode(mode: str, urls: dict[str, str], args: argparse.Namespace, tmp: Path,
+                   phases: dict[str, float]) -> list[dict[str, Any]]:
+    from erp_plugins_core import PluginHost
+
+    if mode == "in_process":
+        os.environ[UNSAFE_ENV] = "1"  # read when a plugin instance is created, i.e. during enable()
+    else:
+        os.environ.pop(UNSAFE_ENV, None)
+    rows: list[dict[str, Any]] = []
+    try:
+        async with PluginHost(tmp / f"state-{mode}.db", health_loop=False) as host:
+            for provider in args.providers:
+                spec = PROVIDERS[provider]
+                tenant = f"bench-{provider}"  # one provider per tenant: first/stream can only pick that one
+                label = f"{spec['plugin']}, {mode.replace('_', ' ')}"
+                start = _perf()
+                await host.enable(spec["plugin"], tenant=tenant, config=spec["config"](urls[provider]))
+                phases[f"{label}: enable"] = round(_perf() - start, 2)
+                sides = spec["sides"](host, tenant, urls[provider])
+                start = _perf()
+                try:
+                    rows += await measure(label, sides, args)
+                except Exception as exc:  # reported as a row: a benchmark reports, it does not crash
+                    rows.append({"name": label, "kind": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                 "met": False, "reference": ""})
+                finally:
+                    await sides.close_ref()
+                phases[f"{label}: measure"] = round(_perf() - start, 2)
+    finally:
+        os.environ.pop(UNSAFE_ENV, None)
+    return rows
+
+
+# --- output --------------------------------------------------------------------------------------------------
+
+
+def report(rows: list[dict[str, Any]], extra: dict[str, Any], as_json: bool) -> None:
+    title = "bench_ai_providers: host vs SDK direct on loopback fakes in other processes"
+    if as_json:
+        print(json.dumps({"benchmark": title, "python": sys.version.split()[0], "rows": rows, **extra}, indent=2))
+        return
+    print(title)
+    header = f"{'measurement':<62} {'ours':>11} {'SDK':>11} {'ratio':>7} {'+ours':>9} {'target':>7}  met"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if r["kind"] == "failed":
+            print(f"{r['name']:<62} FAILED: {r['error']}")
+            continue
+        if r["kind"] == "throughput":
+            ours, ref, extra_col = f"{r['ours_per_s']:.0f}/s", f"{r['reference_per_s']:.0f}/s", ""
+            target = f"≥{r['target']:.2f}×"
+        else:
+            ours, ref = fmt_time(r["ours_s"]), fmt_time(r["reference_s"])
+            extra_col = f"{r['overhead_us']:+.0f} µs"
+            target = f"≤{r['target']:.2f}×" if r["target"] is not None else "-"
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+        print(f"{r['name']:<62} {ours:>11} {ref:>11} {r['ratio']:>6.2f}× {extra_col:>9} {target:>7}  {met}")
+        if r.get("ours_failed") or r.get("reference_failed"):
+            print(f"    failed calls: ours {r['ours_failed']}, SDK {r['reference_failed']} "
+                  f"(first: {_FIRST_FAILURE[0]})")
+    seen: set[str] = set()
+    for r in rows:
+        if r["reference"] not in seen and r["kind"] != "throughput" and r["target"] is not None:
+            seen.add(r["reference"])
+            print(f"SDK side: {r['reference']}")
+    for key, value in extra.items():
+        print(f"{key}: {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--rounds", type=int, default=150, help="alternating rounds of the sequential measurements")
+    parser.add_argument("--calls", type=int, default=1, help="sequential calls per side per round")
+    parser.add_argument("--burst-rounds", type=int, default=3, help="alternating rounds of the concurrent bursts")
+    parser.add_argument("--concurrency", type=int, default=200, help="concurrent calls per burst")
+    parser.add_argument("--modes", default="in_process,sandboxed", help="comma-separated: in_process,sandboxed")
+    parser.add_argument("--providers", default="openai,ollama", help="comma-separated: openai,ollama")
+    args = parser.parse_args()
+    args.modes = [m for m in args.modes.split(",") if m]
+    args.providers = [p for p in args.providers.split(",") if p]
+    bad = [m for m in args.modes if m not in ("in_process", "sandboxed")] + \
+          [p for p in args.providers if p not in PROVIDERS]
+    if bad:
+        parser.error(f"unknown mode/provider {', '.join(bad)}; modes: in_process, sandboxed; providers: openai, ollama")
+
+    from cryptography.fernet import Fernet
+
+    # the in-process mode is the development opt-out; the host's warning about it is expected here
+    logging.getLogger("erp_plugins").setLevel(logging.ERROR)
+    started = _perf()
+    extra: dict[str, Any] = {}
+    if "sandboxed" in args.modes:
+        from erp_plugins_core._sandbox import sandbox_available
+
+        why = sandbox_available()
+        if why is not None:
+            args.modes.remove("sandboxed")
+            extra["sandboxed"] = f"skipped: the sandbox cannot start here: {why}"
+    rows: list[dict[str, Any]] = []
+    phases: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="erp-bench-ai-") as tmp, \
+            FakeProcess("openai_fake.py") as openai_fake, FakeProcess("ollama_fake.py") as ollama_fake:
+        os.environ["ERP_PLUGINS_CACHE_DIR"] = str(Path(tmp, "cache"))
+        os.environ["ERP_PLUGINS_SECRET_KEY"] = Fernet.generate_key().decode()
+        os.environ[KEY_ENV] = API_KEY
+        urls = {"openai": openai_fake.url, "ollama": ollama_fake.url}
+        for mode in args.modes:
+            rows += asyncio.run(run_mode(mode, urls, args, Path(tmp), phases))
+    extra.update({"rounds": args.rounds, "sequential_calls_per_round": args.calls, "burst_rounds": args.burst_rounds,
+                  "concurrency": args.concurrency,
+                  "cpus": os.cpu_count(), "seconds": phases, "wall_s": round(_perf() - started, 1)})
+    report(rows, extra, args.json)
+
+
+if __name__ == "__main__":
+    main()
