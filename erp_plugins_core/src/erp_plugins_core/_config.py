@@ -18,10 +18,10 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
-
+if TYPE_CHECKING:
+    import jsonschema
 from ._errors import ConfigError
 from ._manifest import Manifest
 from ._redact import REDACTED, Redactor
@@ -234,6 +234,8 @@ def _describe(error: jsonschema.ValidationError, manifest: Manifest, sensitive: 
 
 
 def _errors(config: Mapping[str, Any], manifest: Manifest, skip: set[str], secrets: Iterable[str]) -> list[str]:
+    import jsonschema  # imported when a config is validated, not when the CLI starts (~80 ms)
+
     validator = jsonschema.Draft202012Validator(manifest.schema, format_checker=jsonschema.FormatChecker())
     sensitive = manifest.sensitive_keys
     lines = []
