@@ -7,11 +7,11 @@ import json
 
 import pytest
 from cryptography.fernet import Fernet
+
+from erp_plugins_core import AllPluginsFailed, PluginHost, StreamInterrupted
 from servers import ollama_fake, openai_fake
 from servers.ollama_fake import OllamaFake
 from servers.openai_fake import OpenAIFake
-
-from erp_plugins_core import AllPluginsFailed, PluginHost, StreamInterrupted
 
 KEY = openai_fake.DEFAULT_KEY
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_host import BROKEN, BROKEN_MANIFEST, ECHO, ECHO_MANIFEST
 
 SECRET = "sk-cli-planted-secret-5678"

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
+
 from erp_plugins_core._config import (
     SECRET_MARK,
     parse_cli_config,

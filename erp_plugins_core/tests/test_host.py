@@ -103,7 +103,8 @@ def plugins(site, manifest_text, secret_key):
     site.install("erp-broken", plugins={"broken": (manifest_text("broken", extra=BROKEN_MANIFEST), BROKEN)})
     site.install("erp-events", plugins={"events": (manifest_text("events", extra=EVENTS_MANIFEST), EVENTS)})
     dep = TRUSTED + "dependencies: [echo]\npermissions: [ai.generate]\nhooks: [{name: ai_request, method: answer}]\n"
-    site.install("erp-child", plugins={"child": (manifest_text("child", extra=dep), ECHO.replace("self.config['prefix']", "'child'"))})
+    child = ECHO.replace("self.config['prefix']", "'child'")
+    site.install("erp-child", plugins={"child": (manifest_text("child", extra=dep), child)})
     return site
 
 
@@ -350,7 +351,7 @@ async def test_unsandboxed_plugin_with_findings_needs_accepted_findings(host, pl
     await host.enable("risky", tenant="acme", config={"api_key": SECRET}, trust=True)
 
 
-async def test_consumer_stopping_a_stream_early_closes_the_plugins_generator(host, plugins, site, manifest_text) -> None:
+async def test_consumer_stopping_a_stream_early_closes_the_plugins_generator(host, site, manifest_text) -> None:
     code = """
 from erp_plugins_core import PluginInterface
 CLOSED = []

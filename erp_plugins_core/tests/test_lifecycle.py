@@ -20,7 +20,8 @@ def test_normal_path_and_history() -> None:
 
 def test_illegal_transition_names_allowed_states() -> None:
     life = Lifecycle("p", "acme")
-    with pytest.raises(LifecycleError, match="cannot go from discovered to active; allowed from discovered: error, loaded"):
+    expected = "cannot go from discovered to active; allowed from discovered: error, loaded"
+    with pytest.raises(LifecycleError, match=expected):
         life.to(S.ACTIVE)
     assert life.state is S.DISCOVERED
 

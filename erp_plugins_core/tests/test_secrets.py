@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+
 from erp_plugins_core._errors import ConfigError
 from erp_plugins_core._secrets import KEY_ENV, KEY_FILE_ENV, SecretBox, default_key_path
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from erp_plugins_core._errors import ConfigError, StateError
 from erp_plugins_core._state import (
     MIGRATIONS,

@@ -186,7 +186,8 @@ def check(ctx: click.Context, names: tuple[str, ...], as_json: bool, accept_find
     catalog = Catalog.load()
     for name in names:
         if catalog.get(name) is None:
-            raise UnknownPluginError(f"no plugin named {name!r} is installed (installed: {', '.join(catalog.names()) or 'none'})")
+            installed = ", ".join(catalog.names()) or "none"
+            raise UnknownPluginError(f"no plugin named {name!r} is installed (installed: {installed})")
     store = _read_store(ctx) if not accept_findings else _open_store(ctx)
     lock = None
     accepted: dict[str, Any] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from ._permissions import EVENTS_EMIT, SERVICE_PERMISSIONS, require
@@ -16,7 +17,7 @@ from ._redact import Redactor
 
 #: The user on whose behalf the current hook call runs (set by the dispatcher for each call).
 current_user_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
-    "erp_plugins_user_context", default={}
+    "erp_plugins_user_context", default=MappingProxyType({})
 )
 
 #: Usage counters (tokens, bytes) a plugin reports during the current hook call; the dispatcher reads them.

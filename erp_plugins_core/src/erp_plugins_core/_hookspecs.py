@@ -78,7 +78,13 @@ HOOKS: dict[str, HookInfo] = {
             file_args=("attachments",),
             defaults=(("attachments", []),),
         ),
-        HookInfo("upload_file", "files.upload", ("file_path", "folder_id"), file_args=("file_path",), defaults=(("folder_id", None),)),
+        HookInfo(
+            "upload_file",
+            "files.upload",
+            ("file_path", "folder_id"),
+            file_args=("file_path",),
+            defaults=(("folder_id", None),),
+        ),
         HookInfo("create_calendar_event", "calendar.write", ("calendar_id", "event")),
         HookInfo(
             "list_calendar_events",

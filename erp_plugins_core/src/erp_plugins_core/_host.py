@@ -36,7 +36,6 @@ from ._dispatch import (
 )
 from ._errors import (
     AllPluginsFailed,
-    ConfigError,
     DependencyError,
     IntegrityError,
     LifecycleError,
@@ -751,7 +750,9 @@ class PluginHost:
 
     # --- events ---------------------------------------------------------------------------------------------
 
-    async def emit(self, tenant: str, event_type: str, data: dict[str, Any], *, source: str | None = None) -> list[HookResult]:
+    async def emit(
+        self, tenant: str, event_type: str, data: dict[str, Any], *, source: str | None = None
+    ) -> list[HookResult]:
         """Deliver an event to `on_event` of the tenant's active plugins (not the source), concurrently.
 
         Chains are bounded: an event emitted while handling an event more than MAX_EVENT_DEPTH deep is refused.
@@ -767,7 +768,8 @@ class PluginHost:
             return []
         token = _event_depth.set(depth + 1)
         try:
-            return await call_all(impls, "on_event", bind_arguments("on_event", {"event_type": event_type, "data": data}))
+            args = bind_arguments("on_event", {"event_type": event_type, "data": data})
+            return await call_all(impls, "on_event", args)
         finally:
             _event_depth.reset(token)
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ._context import PluginContext
 
 
-class PluginType(str, enum.Enum):
+class PluginType(enum.StrEnum):
     """The kinds of plugin a manifest's `plugin_type` may name."""
 
     AI_PROVIDER = "ai_provider"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ._errors import LifecycleError
 
 
-class PluginState(str, enum.Enum):
+class PluginState(enum.StrEnum):
     """Where a plugin instance is in its lifecycle."""
 
     DISCOVERED = "discovered"
