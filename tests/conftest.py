@@ -32,8 +32,10 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for src in [ROOT / d for d in DISTRIBUTIONS] + [SAMPLES]:
         shutil.copytree(src, copies / src.name, ignore=ignore)
         sources.append(str(copies / src.name))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
-                    "-w", str(out), *sources], check=True, timeout=600)
+    # no build isolation: the test environment has setuptools>=77 (requirements-dev.txt), and an isolated
+    # build would install it afresh for each of the five wheels
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "-w", str(out), *sources], check=True, timeout=600)
     return out
 
 

@@ -205,10 +205,6 @@ async def test_attachment_named_through_a_symlink_or_relative_path(mode, host, f
         result = await call_one(host, "send_email", to="a@example.com", subject="s", body="b", attachments=[path])
         if not result.success:
             failed[path] = result.error
-    if mode == "sandboxed":
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-            "KNOWN BUG: the worker's _RemoteFiles.open compares os.path.normpath(path) with the host's realpaths, "
-            "so a path through a symlink, or a relative one, is refused before the host (which resolves it) is asked")))
     assert not failed, failed
     assert [m.attachments for m in fake.mails] == [[("invoice.pdf", "application/pdf", PDF)]] * 2
 

@@ -71,6 +71,11 @@ START_TIMEOUT = 20.0
 TMPFS_BYTES = 64 * 1024 * 1024
 FSIZE_BYTES = 64 * 1024 * 1024
 _STDERR_TAIL = 16 * 1024
+#: How bwrap starts the worker: imported (from the bytecode `build_runtime` compiled), not run as a script,
+#: which Python would compile from source on every start. argv[1] is the site, argv[2] the limits.
+_LAUNCH = ("import sys;p=sys.argv[1]+'/erp_plugins_core';sys.path.insert(0,p);import _worker;"
+           "sys.path.remove(p);_worker.main()")
+_WORKER_MODULES = ("erp_plugins_core/_worker.py", "erp_plugins_core/_rpc.py")
 _MAX_BRIDGE_TASKS = 64
 
 
@@ -300,7 +305,7 @@ def build_runtime(record: PluginRecord, runtime_dir: str | os.PathLike[str] | No
         for src, rel in _dist_files(dist):
             files.setdefault(rel, src)
     banned = {os.path.realpath(p) for p in forbidden}
-    digest = hashlib.sha256(_python_version(python).encode())
+    digest = hashlib.sha256(_python_version(python).encode() + b"\0site-layout-2")  # 2: worker bytecode
     for rel, src in sorted(files.items()):
         real = os.path.realpath(src)
         if real in banned or any(real.startswith(b + os.sep) for b in banned):
@@ -314,6 +319,24 @@ def build_runtime(record: PluginRecord, runtime_dir: str | os.PathLike[str] | No
     if not (target / ".complete").exists():
         _materialize(root, target, files)
     return Runtime(python=python, site=str(target), binds=binds)
+
+
+def _compile_worker(build: Path) -> None:
+    """Bytecode for the worker's own modules, so its cold start does not compile them (best effort).
+
+    Written atomically next to the hard links (never into a linked file); valid for the worker because it
+    runs the same Python minor version as the host (choose_python checks) and the sources keep their mtimes.
+    """
+    import importlib.util
+    import py_compile
+
+    for rel in _WORKER_MODULES:
+        src = build / rel
+        if src.exists():
+            with contextlib.suppress(OSError, py_compile.PyCompileError):
+                cfile = importlib.util.cache_from_source(str(src))
+                py_compile.compile(str(src), cfile=cfile, doraise=True)
+                os.chmod(cfile, 0o644)
 
 
 def _materialize(root: Path, target: Path, files: dict[str, str]) -> None:
@@ -336,6 +359,7 @@ def _materialize(root: Path, target: Path, files: dict[str, str]) -> None:
             except OSError:
                 shutil.copy2(src, dst)
                 os.chmod(dst, 0o755 if st.st_mode & stat.S_IXUSR else 0o644)
+        _compile_worker(build)
         for dirpath, _dirs, _files in os.walk(build):
             os.chmod(dirpath, 0o755)  # noqa: S103 - as above
         (build / ".complete").write_text("ok\n")
@@ -358,8 +382,17 @@ class _Call:
     what: str
     ctx: contextvars.Context | None
     future: asyncio.Future[dict[str, Any]]
-    queue: asyncio.Queue[Any] | None = None
+    queue: collections.deque[Any] | None = None  # a stream's chunks not yet taken, then its _End
+    waiter: asyncio.Future[None] | None = None  # the stream's consumer, while its queue is empty
     credit: int = 0
+    deadline: float | None = None  # loop time after which a request/reply call has timed out
+
+    def put(self, item: Any) -> None:
+        assert self.queue is not None
+        self.queue.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class _End:
@@ -367,6 +400,58 @@ class _End:
 
     def __init__(self, msg: dict[str, Any]) -> None:
         self.msg = msg
+
+
+class _Expired(Exception):
+    """Set on a call's future by its timer when `resources.timeout` passes (cheaper than wait_for per call)."""
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
+class _FromWorker(asyncio.Protocol):
+    """The read end of a worker's pipe: frames are split, validated and handled as the bytes arrive.
+
+    Handling messages inside `data_received` costs no task wake-up per message (a StreamReader with
+    `readexactly` costs two). The first protocol violation stops reading and is kept for `_read_loop`.
+    """
+
+    def __init__(self, handle: Callable[[dict[str, Any]], None]) -> None:
+        self.handle = handle
+        self.frames = _rpc.FrameReader()
+        self.violation: str | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.ReadTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.violation is not None:
+            return
+        try:
+            for payload in self.frames.feed(data):
+                self.handle(_rpc.decode(payload, _rpc.FROM_WORKER))
+        except _rpc.ProtocolViolation as exc:
+            self._stop(str(exc))
+        except Exception as exc:  # a bug here must still end the worker cleanly
+            self._stop(f"{type(exc).__name__}: {exc}")
+
+    def _stop(self, violation: str) -> None:
+        self.violation = violation
+        if self.transport is not None:
+            self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        if self.violation is None and self.frames.partial:
+            self.violation = "pipe closed in the middle of a frame"
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class _Worker:
@@ -387,9 +472,39 @@ class _Worker:
         self.stderr_tail = bytearray()
         self.bridge_tasks: set[asyncio.Task[None]] = set()
         self.tasks: list[asyncio.Task[None]] = []
+        self.reader: _FromWorker | None = None
+        self.packer = _rpc.new_packer()
+        self.watchdog: asyncio.TimerHandle | None = None
+
+    def watch(self, call: _Call, seconds: float) -> None:
+        """Time out `call` after `seconds`: one timer per worker, armed for the earliest deadline.
+
+        Cheaper than a timer (or wait_for) per call: calls of a runner share one timeout, so a new call's
+        deadline is almost never the earliest and costs only a clock read.
+        """
+        loop = asyncio.get_running_loop()
+        call.deadline = deadline = loop.time() + seconds
+        if self.watchdog is None or deadline < self.watchdog.when():
+            if self.watchdog is not None:
+                self.watchdog.cancel()
+            self.watchdog = loop.call_at(deadline, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        self.watchdog = None
+        now = asyncio.get_running_loop().time()
+        earliest: _Call | None = None
+        for call in self.calls.values():
+            if call.deadline is None or call.future.done():
+                continue
+            if call.deadline <= now:
+                _expire(call.future)
+            elif earliest is None or call.deadline < earliest.deadline:  # type: ignore[operator]
+                earliest = call
+        if earliest is not None:
+            self.watch(earliest, earliest.deadline - now)  # type: ignore[operator]
 
     def send(self, msg: dict[str, Any]) -> None:
-        data = _rpc.encode(msg)
+        data = _rpc.encode(msg, self.packer)
         if self.dead or self.proc.stdin is None or self.proc.stdin.is_closing():
             raise SandboxError(f"worker is not running ({self.death or 'stopped'})")
         self.proc.stdin.write(data)
@@ -397,7 +512,7 @@ class _Worker:
     def new_call(self, what: str, ctx: contextvars.Context | None, stream: bool = False) -> _Call:
         call = _Call(self.next_id, what, ctx, asyncio.get_running_loop().create_future())
         if stream:
-            call.queue = asyncio.Queue()
+            call.queue = collections.deque()
             call.credit = STREAM_WINDOW
         self.next_id += 1
         self.calls[call.id] = call
@@ -533,19 +648,30 @@ class SandboxRunner(PluginRunner):
             [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in info.argnames]
         )
         runner = self
+        names = tuple(info.argnames)
+        name_set = frozenset(names)
+
+        def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+            # the two exact shapes callers use, without inspect's general binder (5% of a warm call)
+            if not kwargs and len(args) == len(names):
+                return dict(zip(names, args, strict=True))
+            if not args and kwargs.keys() == name_set:
+                return kwargs
+            return dict(sig.bind(*args, **kwargs).arguments)
+
         if info.streaming:
 
             def stream_proxy(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-                bound = sig.bind(*args, **kwargs)
-                return runner._stream(hook, method, dict(bound.arguments), contextvars.copy_context())
+                return runner._stream(hook, method, bind(args, kwargs), contextvars.copy_context())
 
             proxy: Callable[..., Any] = stream_proxy
         else:
 
+            what = f"hook {hook}"
+
             async def call_proxy(*args: Any, **kwargs: Any) -> Any:
-                bound = sig.bind(*args, **kwargs)
                 return await runner._request(
-                    "hook", {"method": method, "kwargs": dict(bound.arguments)}, what=f"hook {hook}",
+                    "hook", {"method": method, "kwargs": bind(args, kwargs)}, what=what,
                     seconds=runner.manifest.resources.timeout, ctx=contextvars.copy_context(),
                 )
 
@@ -626,7 +752,7 @@ class SandboxRunner(PluginRunner):
                  "--setenv", "PATH", "/usr/bin", "--setenv", "MALLOC_ARENA_MAX", "2", "--setenv", "LANG", "C.UTF-8",
                  "--hostname", "sandbox", "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd),
                  "--remount-ro", "/", "--",
-                 self._runtime.python, "-I", "-S", "-B", f"{SANDBOX_SITE}/erp_plugins_core/_worker.py",
+                 self._runtime.python, "-I", "-S", "-B", "-c", _LAUNCH,
                  SANDBOX_SITE, ",".join(f"{k}={v}" for k, v in self._limits().items())]
         return argv
 
@@ -640,22 +766,31 @@ class SandboxRunner(PluginRunner):
     async def _spawn(self) -> _Worker:
         seccomp_fd = _seccomp.filter_fd(self.manifest.resources.network_access)
         info_r, info_w = os.pipe()
+        out_r, out_w = os.pipe()  # the worker's replies; read by a protocol, not a StreamReader
+        _grow_pipe(out_r)
         try:
             argv = self.argv(info_w, seccomp_fd)
             kwargs: dict[str, Any] = {}
             if self.uid is not None:
                 kwargs = {"user": self.uid, "group": self.uid, "extra_groups": []}
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=out_w, stderr=asyncio.subprocess.PIPE,
                 pass_fds=(seccomp_fd, info_w), start_new_session=True, cwd="/", env={}, limit=1 << 20, **kwargs,
             )
         except BaseException:
             os.close(info_r)
+            os.close(out_r)
             raise
         finally:
             os.close(seccomp_fd)
             os.close(info_w)
+            os.close(out_w)
+        if proc.stdin is not None:
+            _grow_pipe(proc.stdin.get_extra_info("pipe").fileno())
         w = _Worker(proc)
+        protocol = _FromWorker(functools.partial(self._handle, w))
+        w.reader = protocol
+        await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, os.fdopen(out_r, "rb", buffering=0))
         w.tasks = [asyncio.create_task(self._read_loop(w)), asyncio.create_task(self._drain_stderr(w))]
         try:
             await asyncio.wait_for(asyncio.shield(w.hello), START_TIMEOUT)
@@ -762,7 +897,9 @@ class SandboxRunner(PluginRunner):
 
     async def _request(self, op: str, args: dict[str, Any], *, what: str, seconds: float,
                        ctx: contextvars.Context | None = None) -> Any:
-        w = await self._ensure_worker()
+        w = self._worker
+        if w is None or w.dead or self._failed is not None:
+            w = await self._ensure_worker()
         return await self._call(w, op, args, what=what, seconds=seconds, ctx=ctx)
 
     async def _call(self, w: _Worker | None, op: str, args: dict[str, Any], *, what: str, seconds: float,
@@ -775,9 +912,10 @@ class SandboxRunner(PluginRunner):
         except (ValueError, TypeError) as exc:
             w.calls.pop(call.id, None)
             raise SandboxError(f"plugin {self.record.name!r}: {what}: arguments cannot be sent: {exc}") from None
+        w.watch(call, seconds)
         try:
-            msg = await asyncio.wait_for(call.future, seconds)
-        except TimeoutError:
+            msg = await call.future
+        except _Expired:
             self._kill(w, f"{what} timed out after {seconds:g} s")
             await self._reap(w)
             raise HookTimeout(
@@ -842,18 +980,30 @@ class SandboxRunner(PluginRunner):
                 "args": {"method": method, "kwargs": kwargs, "window": STREAM_WINDOW}})
         finished = False
         consumed = 0
+        queue = call.queue
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                try:
-                    item = await asyncio.wait_for(call.queue.get(), timeout)
-                except TimeoutError:
+                if not queue:
+                    waiter = call.waiter = loop.create_future()
+                    timer = loop.call_later(timeout, _expire, waiter)
+                    try:
+                        await waiter
+                    except _Expired:
+                        waiter = None
+                    finally:
+                        timer.cancel()
+                        call.waiter = None
+                    if waiter is not None:
+                        continue
                     self._kill(w, f"{what} sent nothing for {timeout:g} s")
                     await self._reap(w)
                     finished = True
                     raise HookTimeout(
                         f"plugin {self.record.name!r}: {what} sent nothing for {timeout:g} s; its worker was "
                         "killed and restarts on the next call"
-                    ) from None
+                    )
+                item = queue.popleft()
                 if isinstance(item, _End):
                     finished = True
                     self._result(item.msg, what, ctx)
@@ -879,23 +1029,11 @@ class SandboxRunner(PluginRunner):
     # --- reading the worker -------------------------------------------------------------------------------
 
     async def _read_loop(self, w: _Worker) -> None:
-        assert w.proc.stdout is not None
-        violation: str | None = None
-        try:
-            while True:
-                header = await w.proc.stdout.readexactly(_rpc.HEADER.size)
-                size = _rpc.frame_length(header)
-                payload = await w.proc.stdout.readexactly(size)
-                self._handle(w, _rpc.decode(payload, _rpc.FROM_WORKER))
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                violation = "pipe closed in the middle of a frame"
-        except _rpc.ProtocolViolation as exc:
-            violation = str(exc)
-        except Exception as exc:  # a bug here must still end the worker cleanly
-            violation = f"{type(exc).__name__}: {exc}"
-        if violation is not None:
-            self._kill(w, f"broke the protocol (protocol violation: {violation})")
+        """Wait until the worker's pipe closes (or it broke the protocol), then end the worker."""
+        assert w.reader is not None
+        await w.reader.closed
+        if w.reader.violation is not None:
+            self._kill(w, f"broke the protocol (protocol violation: {w.reader.violation})")
         await self._finish(w)
 
     async def _finish(self, w: _Worker) -> None:
@@ -942,10 +1080,13 @@ class SandboxRunner(PluginRunner):
         for call in list(w.calls.values()):
             end = {"t": "res", "id": call.id, "ok": False, "value": None, "error": error, "usage": {}}
             if call.queue is not None:
-                call.queue.put_nowait(_End(end))
+                call.put(_End(end))
             elif not call.future.done():
                 call.future.set_result(end)
         w.calls.clear()
+        if w.watchdog is not None:
+            w.watchdog.cancel()
+            w.watchdog = None
         for bt in list(w.bridge_tasks):
             bt.cancel()
         w.finished.set()
@@ -984,7 +1125,7 @@ class SandboxRunner(PluginRunner):
             if msg["error"] is not None and msg["error"]["kind"] == "died":
                 raise _rpc.ProtocolViolation("worker may not report kind 'died'")
             if call.queue is not None:
-                call.queue.put_nowait(_End(msg))
+                call.put(_End(msg))
             elif not call.future.done():
                 call.future.set_result(msg)
         elif kind == "chunk":
@@ -998,7 +1139,7 @@ class SandboxRunner(PluginRunner):
             if call.credit <= 0:
                 raise _rpc.ProtocolViolation("stream chunk sent without credit (backpressure ignored)")
             call.credit -= 1
-            call.queue.put_nowait(msg["value"])
+            call.put(msg["value"])
         elif kind == "breq":
             if len(w.bridge_tasks) >= _MAX_BRIDGE_TASKS:
                 raise _rpc.ProtocolViolation(f"more than {_MAX_BRIDGE_TASKS} bridge requests in flight")
@@ -1072,6 +1213,14 @@ class SandboxRunner(PluginRunner):
             await self._context.emit_event(event_type, data)
             return None
         raise SandboxError(f"unknown bridge operation {op[:40]!r}")
+
+
+def _grow_pipe(fd: int) -> None:
+    """Let a pipe hold 1 MiB (64 KiB by default) so large frames cross in fewer reads; best effort."""
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1024 * 1024)
 
 
 def _read_all(fd: int) -> bytes:

@@ -6,21 +6,29 @@ private descriptors (so the plugin's `print()` goes to stderr, not into the prot
 inherited descriptor. It imports only the standard library and msgpack until the host asks it to load the
 plugin. Config, permissions and secret values arrive over the pipe with `initialize`.
 
-Threads: a reader thread decodes the host's frames; calls run as tasks on the asyncio loop of the main
-thread. Bridge requests (files, events) wait on the reader thread's answer, so even a plugin blocking the
-loop in synchronous code (googleapiclient reading an upload) can read host files.
+Reading: the event loop reads the host's pipe (non-blocking, `add_reader`) and runs each call as a task, so
+a message costs no thread hand-off. A synchronous bridge request (the files service's reader) made on the
+loop's own thread (googleapiclient reading an upload inside a hook) reads the pipe inline until its answer
+arrives; one made from another thread (`asyncio.to_thread`) waits for the loop to deliver it, and reads the
+pipe itself if the loop is blocked. Whoever reads, messages other than bridge answers are run by the loop in
+the order they arrived. Nothing imports `threading` before the hello (asyncio imports it later anyway).
 """
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import resource
 import sys
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the cold start several ms; annotations are strings here anyway
+    from typing import Any
 
 _RPC_IN = _RPC_OUT = -1
-_write_lock: Any = None
+_write_lock = _thread.allocate_lock()
+_packer: Any = None
 
 
 def _setup(site: str, limits: str) -> None:
@@ -58,10 +66,18 @@ rpc: Any = None
 
 
 def send(msg: dict[str, Any]) -> None:
-    """Send one message to the host (any thread)."""
-    data = rpc.encode(msg)
-    with _write_lock:
-        rpc.write_all(_RPC_OUT, data)
+    """Send one message to the host (any thread); TypeError/ValueError when msgpack or the frame limit refuse it."""
+    with _write_lock:  # the packer is not thread-safe, and frames from two threads must not interleave
+        rpc.write_all(_RPC_OUT, rpc.encode(msg, _packer))
+
+
+def _wait_readable(fd: int, timeout: float | None) -> bool:
+    """Block until `fd` has data (or EOF), at most `timeout` seconds; True when it has."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
 
 
 def describe(exc: BaseException, redact: Any = None) -> dict[str, Any]:
@@ -94,12 +110,19 @@ class Worker:
 
     def __init__(self, loop: Any) -> None:
         import asyncio
+        import collections
         import concurrent.futures
         import contextvars
 
         self.asyncio = asyncio
         self.futures = concurrent.futures
+        self.eager = sys.version_info >= (3, 12)
         self.loop = loop
+        self.loop_thread = _thread.get_ident()
+        self.frames = rpc.FrameReader()
+        self.read_lock = _thread.allocate_lock()
+        self.inbox: Any = collections.deque()  # messages for the loop, in the order they arrived
+        self.scope: tuple[Any, Any, Any] | None = None  # the context variables run_call sets, once loaded
         self.instance: Any = None
         self.hooks: dict[str, str] = {}
         self.context: Any = None
@@ -108,27 +131,72 @@ class Worker:
         self.credit: dict[int, Any] = {}  # call id -> [credit, asyncio.Event]
         self.bridge_waiters: dict[int, Any] = {}
         self.bridge_ids = 0
-        self.bridge_lock = _threading().Lock()
+        self.bridge_lock = _thread.allocate_lock()
         self.call_id: contextvars.ContextVar[int] = contextvars.ContextVar("erp_plugins_worker_call", default=0)
         self.call_usage: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar(
             "erp_plugins_worker_usage", default=None
         )
 
-    # --- messages from the host (reader thread) ----------------------------------------------------------
+    # --- messages from the host ---------------------------------------------------------------------------
 
-    def on_message(self, msg: dict[str, Any]) -> None:
-        kind = msg["t"]
-        if kind == "bres":
-            with self.bridge_lock:
-                fut = self.bridge_waiters.pop(msg["id"], None)
-            if fut is not None:
+    def on_readable(self) -> None:
+        """The loop's reader callback: take what the pipe holds, then run the messages."""
+        with self.read_lock:
+            self.read_some()
+        self.run_inbox()
+
+    def read_some(self) -> bool:
+        """One non-blocking read: answers go to their waiters, other messages to the inbox; False if nothing.
+
+        The caller holds `read_lock`. End of file or a broken frame from the host ends the worker: nothing
+        sensible is left to do.
+        """
+        try:
+            data = os.read(_RPC_IN, self.frames.want())
+        except BlockingIOError:
+            return False
+        try:
+            if not data:
+                if self.frames.partial:
+                    raise rpc.ProtocolViolation("pipe closed in the middle of a frame")
+                os._exit(0)
+            for payload in self.frames.feed(data):
+                msg = rpc.decode(payload, rpc.TO_WORKER)
+                if msg["t"] == "bres":
+                    self.deliver(msg)
+                else:
+                    self.inbox.append(msg)
+        except Exception as exc:  # the host broke the protocol
+            print(f"erp-plugins worker: {type(exc).__name__}: {exc}", file=sys.stderr)
+            os._exit(0)
+        return True
+
+    def run_inbox(self) -> None:
+        """Run the inbox's messages in order (loop thread only)."""
+        inbox = self.inbox
+        while inbox:
+            msg = inbox.popleft()
+            kind = msg["t"]
+            if kind == "req":
+                self.start_call(msg)
+            elif kind == "credit":
+                self.add_credit(msg["id"], msg["n"])
+            elif kind == "cancel":
+                self.cancel_call(msg["id"])
+
+    def deliver(self, msg: dict[str, Any]) -> None:
+        """Hand a bridge answer to whoever waits for it (a concurrent or an asyncio future)."""
+        with self.bridge_lock:
+            fut = self.bridge_waiters.pop(msg["id"], None)
+        if fut is None:
+            return
+        if isinstance(fut, self.futures.Future):
+            fut.set_result(msg)
+        elif _thread.get_ident() == self.loop_thread:
+            if not fut.done():
                 fut.set_result(msg)
-        elif kind == "req":
-            self.loop.call_soon_threadsafe(self.start_call, msg)
-        elif kind == "credit":
-            self.loop.call_soon_threadsafe(self.add_credit, msg["id"], msg["n"])
-        elif kind == "cancel":
-            self.loop.call_soon_threadsafe(self.cancel_call, msg["id"])
+        else:
+            self.loop.call_soon_threadsafe(_resolve, fut, msg)
 
     def add_credit(self, call: int, n: int) -> None:
         entry = self.credit.get(call)
@@ -142,19 +210,32 @@ class Worker:
             task.cancel()
 
     def start_call(self, msg: dict[str, Any]) -> None:
-        self.tasks[msg["id"]] = self.loop.create_task(self.run_call(msg))
+        """Run the call as a Task of its own (its own context); on Python 3.12+ the Task starts eagerly.
+
+        An eager Task runs up to its first suspension right here, saving a loop iteration per call, and is
+        still a real Task (`asyncio.current_task()` works, as sniffio and anyio need). Python 3.11 has none.
+        """
+        if self.eager:
+            task = self.asyncio.Task(self.run_call(msg), loop=self.loop, eager_start=True)
+        else:
+            task = self.loop.create_task(self.run_call(msg))
+        if not task.done():
+            self.tasks[msg["id"]] = task
 
     # --- bridge to the host -------------------------------------------------------------------------------
 
-    def bridge_future(self, op: str, args: dict[str, Any]) -> Any:
-        """Send a bridge request for the current call; a concurrent Future of the host's `bres`."""
-        fut = self.futures.Future()
+    def bridge_send(self, op: str, args: dict[str, Any], fut: Any) -> None:
+        """Send a bridge request for the current call; its answer will resolve `fut`."""
         with self.bridge_lock:
             self.bridge_ids += 1
             bid = self.bridge_ids
             self.bridge_waiters[bid] = fut
-        send({"t": "breq", "id": bid, "call": self.call_id.get(), "op": op, "args": args})
-        return fut
+        try:
+            send({"t": "breq", "id": bid, "call": self.call_id.get(), "op": op, "args": args})
+        except BaseException:
+            with self.bridge_lock:
+                self.bridge_waiters.pop(bid, None)
+            raise
 
     def bridge_result(self, reply: dict[str, Any]) -> Any:
         if reply["ok"]:
@@ -170,10 +251,41 @@ class Worker:
         raise _errors.SandboxError(err["message"])
 
     def bridge_sync(self, op: str, args: dict[str, Any]) -> Any:
-        return self.bridge_result(self.bridge_future(op, args).result())
+        """A bridge request from synchronous code, on the loop's thread or any other."""
+        fut = self.futures.Future()
+        self.bridge_send(op, args, fut)
+        if _thread.get_ident() == self.loop_thread:
+            # the loop cannot read while this code blocks it: read the pipe here until the answer is in
+            while not fut.done():
+                with self.read_lock:
+                    got = self.read_some()
+                if not got:
+                    _wait_readable(_RPC_IN, None)
+            if self.inbox:
+                self.loop.call_soon(self.run_inbox)
+            return self.bridge_result(fut.result())
+        while True:
+            try:
+                return self.bridge_result(fut.result(timeout=0.05))
+            except self.futures.TimeoutError:
+                pass
+            # the loop may be blocked by synchronous plugin code: read the pipe from this thread as well
+            if _wait_readable(_RPC_IN, 0.05) and self.read_lock.acquire(timeout=0.05):
+                try:
+                    self.read_some()
+                finally:
+                    self.read_lock.release()
+                if self.inbox:
+                    self.loop.call_soon_threadsafe(self.run_inbox)
 
     async def bridge_async(self, op: str, args: dict[str, Any]) -> Any:
-        return self.bridge_result(await self.asyncio.wrap_future(self.bridge_future(op, args)))
+        if self.asyncio.get_running_loop() is self.loop:
+            fut = self.loop.create_future()
+            self.bridge_send(op, args, fut)
+            return self.bridge_result(await fut)
+        cfut = self.futures.Future()  # a plugin running its own event loop in a thread
+        self.bridge_send(op, args, cfut)
+        return self.bridge_result(await self.asyncio.wrap_future(cfut))
 
     def note(self, op: str, args: dict[str, Any]) -> None:
         send({"t": "note", "call": self.call_id.get(), "op": op, "args": args})
@@ -184,13 +296,11 @@ class Worker:
         call, op, args = msg["id"], msg["op"], msg["args"]
         self.call_id.set(call)
         usage: dict[str, int] = {}
-        if self.instance is not None:
-            from erp_plugins_core._context import current_usage, current_user_context
-            from erp_plugins_core._services import current_call_files
-
-            current_user_context.set(msg["user"])
-            current_call_files.set(frozenset(p for p in msg["files"] if isinstance(p, str)))
-            current_usage.set(usage)
+        scope = self.scope
+        if scope is not None:
+            scope[0].set(msg["user"])
+            scope[1].set(frozenset(p for p in msg["files"] if isinstance(p, str)))
+            scope[2].set(usage)
         try:
             value = await self.dispatch(call, op, args)
         except BaseException as exc:  # everything the plugin raises goes back to the host
@@ -256,8 +366,12 @@ class Worker:
             member = getattr(type(instance), name, None)
             if callable(member) and hasattr(member, f"{PROJECT}_impl") and name not in declared:
                 raise TypeError(f"method {name} is marked @hookimpl but plugin.yaml does not list it under hooks")
+        from erp_plugins_core._context import current_usage, current_user_context
+        from erp_plugins_core._services import current_call_files
+
         self.instance = instance
         self.hooks = {name: method for name, method in hooks}
+        self.scope = (current_user_context, current_call_files, current_usage)
 
     async def initialize(self, args: dict[str, Any]) -> Any:
         import logging
@@ -358,11 +472,7 @@ class _RemoteFiles:
     def open(self, path: str) -> Any:
         import io
 
-        from erp_plugins_core._errors import PermissionDenied
-        from erp_plugins_core._services import current_call_files
-
-        if os.path.normpath(path) not in current_call_files.get() and path not in current_call_files.get():
-            raise PermissionDenied(f"file {path!r} was not passed to this hook call; a plugin may only read those")
+        # no check here: the host resolves `path` as ERP code named it and refuses any file not in the call
         size = self.worker.bridge_sync("files.size", {"path": path})
         return io.BufferedReader(_RemoteRaw(self.worker, path, size), buffer_size=1024 * 1024)
 
@@ -425,39 +535,25 @@ class _LazyRaw:
 _RemoteRaw = _LazyRaw()
 
 
-def _reader(worker: Worker) -> None:
-    """Read the host's frames until the pipe closes; then stop the worker."""
-    try:
-        while True:
-            payload = rpc.read_frame_blocking(_RPC_IN)
-            if payload is None:
-                break
-            worker.on_message(rpc.decode(payload, rpc.TO_WORKER))
-    except Exception as exc:  # the host broke the protocol or went away: nothing sensible is left to do
-        print(f"erp-plugins worker: {type(exc).__name__}: {exc}", file=sys.stderr)
-    os._exit(0)
-
-
-def _threading() -> Any:
-    import threading
-
-    return threading
+def _resolve(fut: Any, msg: dict[str, Any]) -> None:
+    if not fut.done():
+        fut.set_result(msg)
 
 
 def main() -> None:
     """Set up, greet the host, and serve calls until the host closes the pipe."""
-    global rpc, _write_lock
+    global rpc, _packer
     _setup(sys.argv[1], sys.argv[2])
     rpc = _load_rpc()
-    threading = _threading()
-    _write_lock = threading.Lock()
+    _packer = rpc.new_packer()
     send({"t": "hello", "pid": os.getpid()})
     import asyncio
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     worker = Worker(loop)
-    threading.Thread(target=_reader, args=(worker,), name="erp-plugins-rpc", daemon=True).start()
+    os.set_blocking(_RPC_IN, False)
+    loop.add_reader(_RPC_IN, worker.on_readable)
     loop.run_forever()
 
 
