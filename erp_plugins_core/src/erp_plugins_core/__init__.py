@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         BadRequestError,
         ConfigError,
         DependencyError,
+        HookArgumentError,
         HookTimeout,
         IntegrityError,
         LifecycleError,
@@ -52,7 +53,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(
         [
             "AllPluginsFailed", "AuthenticationError", "BadRequestError", "ConfigError", "DependencyError",
-            "HookTimeout", "IntegrityError", "LifecycleError", "ManifestError", "ModelNotFoundError",
+            "HookArgumentError", "HookTimeout", "IntegrityError", "LifecycleError", "ManifestError",
+            "ModelNotFoundError",
             "NotImplementedYet", "PermissionDenied", "PluginError", "PluginLoadError", "ProviderError",
             "ProviderTimeout", "RateLimitError", "SandboxError", "StateError", "StreamInterrupted",
             "UnavailableError", "UnknownHookError", "UnknownPluginError",
@@ -93,6 +95,7 @@ __all__ = [
     "ConfigError",
     "DependencyError",
     "HealthReport",
+    "HookArgumentError",
     "HookResult",
     "HookTimeout",
     "IntegrityError",

@@ -18,6 +18,7 @@ import click
 from ._catalog import ACCEPTED_FINDINGS, Catalog, acceptance_key, deep_check
 from ._errors import (
     ConfigError,
+    HookArgumentError,
     IntegrityError,
     ManifestError,
     PluginError,
@@ -31,7 +32,7 @@ from ._interface import PluginType
 T = TypeVar("T")
 
 #: Errors that mean the command line itself was wrong (exit 2).
-_USAGE_ERRORS = (UnknownPluginError, UnknownHookError, ConfigError, click.UsageError)
+_USAGE_ERRORS = (UnknownPluginError, UnknownHookError, HookArgumentError, ConfigError, click.UsageError)
 
 
 class Failed(Exception):
@@ -83,10 +84,6 @@ class _Group(click.Group):
             if isinstance(exc, click.UsageError):
                 raise
             _fail(str(exc), 2)
-        except TypeError as exc:  # bad hook arguments from --arg/--args-json
-            if "hook " in str(exc):
-                _fail(str(exc), 2)
-            raise
         except (PluginError, StateError, ManifestError, IntegrityError) as exc:
             _fail(str(exc), 1)
         except KeyboardInterrupt:

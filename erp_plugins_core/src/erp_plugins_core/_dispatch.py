@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from ._context import current_usage, current_user_context
-from ._errors import HookTimeout, PermissionDenied, PluginError, ProviderError
+from ._errors import HookArgumentError, HookTimeout, PermissionDenied, PluginError, ProviderError
 from ._hookspecs import ARG_TYPES, HOOKS, PROJECT, STR_LISTS, HookSpecs
 from ._redact import Redactor
 from ._services import allowed_files, current_call_files
@@ -432,12 +432,14 @@ def bind_arguments(hook: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     info = HOOKS[hook]
     unknown = sorted(set(kwargs) - set(info.argnames))
     if unknown:
-        raise TypeError(f"hook {hook} takes {', '.join(info.argnames)}; unknown argument(s): {', '.join(unknown)}")
+        raise HookArgumentError(
+            f"hook {hook} takes {', '.join(info.argnames)}; unknown argument(s): {', '.join(unknown)}"
+        )
     out = {k: (v.copy() if isinstance(v, (dict, list)) else v) for k, v in info.defaults}
     out.update(kwargs)
     missing = [a for a in info.argnames if a not in out]
     if missing:
-        raise TypeError(f"hook {hook} needs argument(s): {', '.join(missing)}")
+        raise HookArgumentError(f"hook {hook} needs argument(s): {', '.join(missing)}")
     for name in info.argnames:
         value, types = out[name], ARG_TYPES[name]
         if not isinstance(value, types) or (
@@ -446,7 +448,7 @@ def bind_arguments(hook: str, kwargs: dict[str, Any]) -> dict[str, Any]:
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             if name in STR_LISTS:
                 want = "list of strings"
-            raise TypeError(f"hook {hook} argument {name} must be {want}, got {type(value).__name__}")
+            raise HookArgumentError(f"hook {hook} argument {name} must be {want}, got {type(value).__name__}")
     return out
 
 

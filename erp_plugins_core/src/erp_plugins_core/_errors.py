@@ -35,6 +35,10 @@ class UnknownHookError(PluginError):
     """No hook of the contract has the given name."""
 
 
+class HookArgumentError(PluginError, TypeError):
+    """A hook was called with unknown, missing or mistyped arguments (also a TypeError, as Python would raise)."""
+
+
 class StateError(PluginError):
     """The state store cannot be opened, read or written."""
 
