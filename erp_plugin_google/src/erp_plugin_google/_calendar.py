@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from erp_plugins_core._errors import BadRequestError
+from erp_plugins_core import BadRequestError
 
 _EMAIL = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")

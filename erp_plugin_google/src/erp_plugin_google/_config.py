@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from erp_plugins_core._errors import ConfigError
+from erp_plugins_core import ConfigError
 
 from . import _scopes
 

@@ -16,7 +16,7 @@ from google.auth.credentials import Credentials
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
-from erp_plugins_core._errors import ConfigError
+from erp_plugins_core import ConfigError
 
 from ._config import GoogleConfig
 

@@ -22,7 +22,7 @@ import httplib2
 from google.auth import exceptions as auth_exceptions
 from googleapiclient.errors import HttpError
 
-from erp_plugins_core._errors import (
+from erp_plugins_core import (
     AuthenticationError,
     BadRequestError,
     ModelNotFoundError,

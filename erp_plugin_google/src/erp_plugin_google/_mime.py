@@ -12,7 +12,7 @@ from email.utils import getaddresses
 from html.parser import HTMLParser
 from typing import BinaryIO
 
-from erp_plugins_core._errors import BadRequestError
+from erp_plugins_core import BadRequestError
 
 #: Gmail's limit on a sent message (the discovery document's maxSize for messages.send): 35 MiB.
 MAX_MESSAGE_BYTES = 36_700_160

@@ -21,8 +21,7 @@ from typing import Any, BinaryIO, TypeVar
 from googleapiclient.errors import HttpError
 from googleapiclient.http import MediaIoBaseUpload
 
-from erp_plugins_core._errors import BadRequestError, PluginError, UnavailableError
-from erp_plugins_core._interface import PluginInterface
+from erp_plugins_core import BadRequestError, PluginError, PluginInterface, UnavailableError
 
 from . import _scopes
 from ._calendar import check_range, validate_event

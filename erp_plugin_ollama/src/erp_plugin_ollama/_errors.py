@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import ollama
 
-from erp_plugins_core._errors import (
+from erp_plugins_core import (
     AuthenticationError,
     BadRequestError,
     ModelNotFoundError,

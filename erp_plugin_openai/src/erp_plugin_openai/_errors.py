@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
-from erp_plugins_core._errors import (
+from erp_plugins_core import (
     AuthenticationError,
     BadRequestError,
     ModelNotFoundError,

@@ -13,8 +13,14 @@ from typing import Any
 
 import openai
 
-from erp_plugins_core._errors import BadRequestError, ConfigError, LifecycleError, ModelNotFoundError
-from erp_plugins_core._interface import AIProviderPlugin
+from erp_plugins_core import (
+    AIProviderPlugin,
+    BadRequestError,
+    ChatRequest,
+    ConfigError,
+    LifecycleError,
+    ModelNotFoundError,
+)
 
 from ._errors import display_url, map_error, scrub
 
@@ -233,33 +239,10 @@ class OpenAIProvider(AIProviderPlugin):
     def _chat_params(self, prompt: str, context: Mapping[str, Any]) -> dict[str, Any]:
         s = self.settings
         assert s is not None
-        if not isinstance(prompt, str):
-            raise BadRequestError(f"prompt must be a string, got {type(prompt).__name__}")
-        if not isinstance(context, Mapping):
-            raise BadRequestError(f"context must be an object, got {type(context).__name__}")
-        messages: list[dict[str, Any]] = []
-        system = context.get("system")
-        if system is not None:
-            if not isinstance(system, str):
-                raise BadRequestError("context.system must be a string (the system prompt)")
-            messages.append({"role": "system", "content": system})
-        history = context.get("messages", [])
-        if not isinstance(history, list) or not all(
-            isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in history
-        ):
-            raise BadRequestError('context.messages must be a list of {"role": ..., "content": ...} objects')
-        messages.extend({"role": m["role"], "content": m["content"]} for m in history)
-        messages.append({"role": "user", "content": prompt})
-        temperature = context.get("temperature", s.temperature)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-            raise BadRequestError(f"context.temperature must be a number from 0 to 2, got {temperature!r}")
-        params: dict[str, Any] = {"model": s.model, "messages": messages, "temperature": temperature}
-        max_tokens = context.get("max_tokens", s.max_tokens)
-        if max_tokens is not None:
-            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-                raise BadRequestError(f"context.max_tokens must be an integer >= 1, got {max_tokens!r}")
-            params["max_tokens"] = max_tokens
+        chat = ChatRequest.from_hook(prompt, context, temperature=s.temperature, max_tokens=s.max_tokens)
+        params: dict[str, Any] = {"model": s.model, "messages": chat.messages, "temperature": chat.temperature}
+        if chat.max_tokens is not None:
+            params["max_tokens"] = chat.max_tokens
         return params
 
     def _error(self, exc: BaseException, *, model: str | None = None, timeout: float | None = None) -> BaseException:

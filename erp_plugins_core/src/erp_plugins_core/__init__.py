@@ -11,6 +11,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._chat import ChatRequest
     from ._context import PluginContext
     from ._dispatch import HookResult
     from ._errors import (
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 #: Public name -> the submodule defining it. Imported on first use, so `import erp_plugins_core` (and the
 #: command line, which needs little of it) does not pay for the host, pydantic models and asyncio up front.
 _EXPORTS: dict[str, str] = {
+    "ChatRequest": "._chat",
     "PluginContext": "._context",
     "HookResult": "._dispatch",
     **dict.fromkeys(
@@ -92,6 +94,7 @@ __all__ = [
     "AllPluginsFailed",
     "AuthenticationError",
     "BadRequestError",
+    "ChatRequest",
     "ConfigError",
     "DependencyError",
     "HealthReport",
