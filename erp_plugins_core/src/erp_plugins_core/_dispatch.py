@@ -17,8 +17,8 @@ from typing import Any
 
 import pluggy
 
-from ._context import current_usage, current_user_context
-from ._errors import HookArgumentError, HookTimeout, PermissionDenied, PluginError, ProviderError
+from ._context import current_usage
+from ._errors import HookArgumentError, HookTimeout, PermissionDenied, PluginError, ProviderError, SandboxError
 from ._hookspecs import ARG_TYPES, HOOKS, PROJECT, STR_LISTS, HookSpecs
 from ._redact import Redactor
 from ._services import allowed_files, current_call_files
@@ -63,7 +63,6 @@ class Impl:
     priority: int
     denied: str | None  # why the tenant may not call it (missing permission), else None
     redactor: Redactor
-    retry_after: float = 0.0  # monotonic time before which the plugin is skipped (rate limited)
     takes_all: bool = False  # takes every argument of the hook, so bound arguments are passed as they are
 
 
@@ -75,8 +74,6 @@ def error_kind(exc: BaseException) -> str:
         return "permission"
     if isinstance(exc, ProviderError):
         return exc.kind
-    from ._errors import SandboxError
-
     if isinstance(exc, SandboxError):
         return "sandbox"
     return "exception"
@@ -451,5 +448,3 @@ def bind_arguments(hook: str, kwargs: dict[str, Any]) -> dict[str, Any]:
             raise HookArgumentError(f"hook {hook} argument {name} must be {want}, got {type(value).__name__}")
     return out
 
-
-__all__ = ["HookResult", "TenantDispatcher", "call_all", "call_one", "current_user_context"]
