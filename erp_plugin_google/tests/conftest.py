@@ -10,8 +10,7 @@ import pytest
 from google_testkit import ALL_PERMISSIONS, Bridge, secrets_of
 
 from erp_plugin_google.plugin import GoogleServicesPlugin
-from erp_plugins_core._context import PluginContext
-from erp_plugins_core._redact import Redactor
+from erp_plugins_core.pytest_plugin import plugin_context
 from tests.servers.google_fake import GoogleFake
 
 
@@ -38,14 +37,7 @@ async def make_plugin(fake: GoogleFake) -> AsyncIterator[Factory]:
             cfg["credentials_file"] = json.dumps(credentials or fake.user_credentials())
         cfg.update(config)
         bridge = Bridge()
-        context = PluginContext(
-            tenant_id="t",
-            plugin="google_services",
-            config=cfg,
-            granted=granted,
-            bridge=bridge,
-            redactor=Redactor(secrets_of(cfg)),
-        )
+        context = plugin_context("google_services", cfg, granted=granted, secrets=secrets_of(cfg), bridge=bridge)
         plugin = GoogleServicesPlugin()
         plugin.resume_backoff = 0.0
         assert await plugin.initialize(cfg, context) is True

@@ -13,6 +13,7 @@ if str(ROOT) not in sys.path:  # the shared fakes live in <repo>/tests/servers
     sys.path.insert(0, str(ROOT))
 
 from erp_plugins_core._services import FilesService, current_call_files  # noqa: E402
+from erp_plugins_core.pytest_plugin import RecordingBridge  # noqa: E402
 
 ALL_PERMISSIONS = frozenset({"email.send", "files.upload", "files.read", "calendar.read", "calendar.write"})
 
@@ -47,23 +48,17 @@ class _CountingFiles(FilesService):
         return _CountingReader(super().open(path), self._reads)  # type: ignore[return-value]
 
 
-class Bridge:
-    """The host side of a PluginContext in tests: the real files service, and recorded progress."""
+class Bridge(RecordingBridge):
+    """The core's RecordingBridge whose files service also records the size of every read (`reads`)."""
 
     def __init__(self) -> None:
-        self.progress_calls: list[tuple[int, int | None, str]] = []
+        super().__init__()
         self.reads: list[int] = []
-        self.events: list[tuple[str, dict[str, Any]]] = []
 
     def get_service(self, name: str) -> Any:
-        assert name == "files"
-        return _CountingFiles(self.reads)
-
-    async def emit_event(self, event_type: str, data: dict[str, Any]) -> None:
-        self.events.append((event_type, data))
-
-    def progress(self, done: int, total: int | None, message: str) -> None:
-        self.progress_calls.append((done, total, message))
+        if name == "files":
+            return _CountingFiles(self.reads)
+        return super().get_service(name)
 
 
 def allow_files(*paths: str | os.PathLike[str]) -> None:

@@ -1,4 +1,4 @@
-"""Helpers for the ollama plugin tests: the fake server, a recording bridge and a PluginContext factory."""
+"""Helpers for the ollama plugin tests: the fake server and a PluginContext factory (on the core's test helpers)."""
 
 from __future__ import annotations
 
@@ -12,31 +12,15 @@ if str(ROOT) not in sys.path:
 
 from erp_plugin_ollama.plugin import OllamaProvider  # noqa: E402
 from erp_plugins_core._context import PluginContext, current_usage  # noqa: E402
-from erp_plugins_core._redact import Redactor  # noqa: E402
+from erp_plugins_core.pytest_plugin import RecordingBridge, plugin_context  # noqa: E402
 from tests.servers.ollama_fake import OllamaFake  # noqa: E402
 
 __all__ = ["GRANTED", "Bridge", "OllamaProvider", "OllamaFake", "current_usage", "make_context"]
 
 GRANTED = frozenset({"ai.generate", "ai.embeddings"})
-
-
-class Bridge:
-    """The host side of a PluginContext, reduced to recording what the plugin asks for."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.progress_calls: list[tuple[int, int | None, str]] = []
-
-    def get_service(self, name: str) -> Any:
-        raise KeyError(name)
-
-    async def emit_event(self, event_type: str, data: dict[str, Any]) -> None:
-        self.events.append((event_type, data))
-
-    def progress(self, done: int, total: int | None, message: str) -> None:
-        self.progress_calls.append((done, total, message))
+Bridge = RecordingBridge
 
 
 def make_context(config: dict[str, Any]) -> PluginContext:
-    return PluginContext(tenant_id="t", plugin="local_llm_provider", config=config, granted=GRANTED,
-                         bridge=Bridge(), redactor=Redactor())
+    """A context for local_llm_provider with the AI permissions (its config holds no secrets)."""
+    return plugin_context("local_llm_provider", config, granted=GRANTED)

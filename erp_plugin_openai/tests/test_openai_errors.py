@@ -154,9 +154,11 @@ def test_display_and_scrub() -> None:
     assert len(scrub("x" * 1000, [])) == 300
 
 
-def test_raw_http_library_errors_are_mapped() -> None:
-    """Older SDKs let stream-reading errors of httpx through unwrapped; they still become provider errors."""
-    import httpx
+@pytest.mark.parametrize("library", ["httpx", "httpx2"])
+def test_raw_http_library_errors_are_mapped(library: str) -> None:
+    """Older SDKs let stream-reading errors of httpx (httpx2 in newer ones) through unwrapped; they still become
+    provider errors. Each library is tested where the installed SDK brought it."""
+    httpx = pytest.importorskip(library)
 
     from erp_plugin_openai._errors import http_error_kind, map_error
 

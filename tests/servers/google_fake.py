@@ -37,10 +37,14 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import getaddresses
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo
+
+if __package__:
+    from ._loopback import LoopbackFake, LoopbackHandler
+else:  # run as a script: python tests/servers/google_fake.py
+    from _loopback import LoopbackFake, LoopbackHandler
 
 ALIGN = 256 * 1024
 AUTH = "https://www.googleapis.com/auth/"
@@ -154,10 +158,13 @@ def _moment(value: dict[str, Any]) -> datetime:
     return moment
 
 
-class GoogleFake:
+class GoogleFake(LoopbackFake):
     """The fake's state, its faults, and what it received; thread-safe."""
 
+    thread_name = "google-fake"
+
     def __init__(self, *, page_size: int | None = None) -> None:
+        super().__init__()
         self.page_size = page_size  # Calendar pages hold at most this many events (Google may return fewer)
         self.lock = threading.RLock()
         self._ids = itertools.count(1)
@@ -173,38 +180,13 @@ class GoogleFake:
         self.seen: list[Seen] = []
         self.violations: list[str] = []
         self.faults: list[Fault] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # --- running ---------------------------------------------------------------------------------------
-
-    def start(self) -> GoogleFake:
-        """Serve on 127.0.0.1 on a free port, in a background thread."""
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> GoogleFake:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    # --- running (start/stop/with: LoopbackFake) -------------------------------------------------------
 
     @property
     def url(self) -> str:
         """The root URL (with a trailing slash): give it to the plugin as root_url."""
-        assert self._server is not None, "start the fake first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/"
+        return f"{self.address}/"
 
     @property
     def token_uri(self) -> str:
@@ -302,12 +284,6 @@ class GoogleFake:
             return f"{prefix}{next(self._ids):06d}"
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    fake: GoogleFake
-
-
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/token$"), "token"),
     ("POST", re.compile(r"^/upload/gmail/v1/users/(?P<user>[^/]+)/messages/send$"), "gmail.send"),
@@ -318,19 +294,14 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        """Keep test output clean."""
-
+class _Handler(LoopbackHandler):
     # --- plumbing --------------------------------------------------------------------------------------
 
     @property
     def fake(self) -> GoogleFake:
-        return self.server.fake
+        fake = self.server.fake
+        assert isinstance(fake, GoogleFake)
+        return fake
 
     def _length(self) -> int:
         try:
@@ -374,16 +345,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- dispatch --------------------------------------------------------------------------------------
 
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
     def do_PUT(self) -> None:
-        self._dispatch()
+        self._guarded("PUT")
 
-    def _dispatch(self) -> None:
+    def _handle(self, method: str) -> None:
         parts = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         for method, pattern, endpoint in _ROUTES:
@@ -862,6 +827,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             body["nextSyncToken"] = _b64url(b"sync-" + signature.encode())
         self._send(200, body)
+
+
+GoogleFake.handler = _Handler  # the handler class comes after the fake in this module
 
 
 def _split_multipart(body: bytes, boundary: bytes) -> list[tuple[dict[str, str], bytes]] | None:

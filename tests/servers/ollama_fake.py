@@ -12,45 +12,24 @@ Use it as a context manager (`with OllamaFake() as fake: fake.url`), with start(
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
 import hashlib
 import json
-import re
-import socket
-import sys
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+if __package__:
+    from ._echo import DEFAULT_DIMENSIONS, answer_for, chunks_for, count_tokens, embedding_for
+    from ._loopback import RecordingFake, RecordingHandler, Seen, serve_until_stdin_closes
+else:  # run as a script: python tests/servers/ollama_fake.py
+    from _echo import DEFAULT_DIMENSIONS, answer_for, chunks_for, count_tokens, embedding_for
+    from _loopback import RecordingFake, RecordingHandler, Seen, serve_until_stdin_closes
+
+__all__ = ["DEFAULT_DIMENSIONS", "DEFAULT_MODELS", "Faults", "OllamaFake", "Seen", "answer_for", "canonical",
+           "chunks_for", "count_tokens", "embedding_for", "main"]
+
 DEFAULT_MODELS = ("llama3.2:latest", "nomic-embed-text:latest")
-DEFAULT_DIMENSIONS = 8
 _CREATED_AT = "2026-01-01T00:00:00.000000Z"
-
-
-def answer_for(prompt: str) -> str:
-    """The answer the fake gives to a prompt (the last user message for /api/chat)."""
-    return f"echo: {prompt}"
-
-
-def chunks_for(answer: str) -> list[str]:
-    """How the fake splits an answer into stream lines: one word (with its trailing space) per line."""
-    return re.findall(r"\S+\s*", answer) or [answer]
-
-
-def embedding_for(text: str, dimensions: int = DEFAULT_DIMENSIONS) -> list[float]:
-    """The embedding the fake returns for `text` (values exact in binary floating point)."""
-    digest = hashlib.sha256(text.encode()).digest()
-    while len(digest) < dimensions:
-        digest += hashlib.sha256(digest).digest()
-    return [(b - 128) / 128 for b in digest[:dimensions]]
-
-
-def count_tokens(text: str) -> int:
-    """The fake's token count: whitespace-separated words."""
-    return len(text.split())
 
 
 def canonical(model: str) -> str:
@@ -70,72 +49,18 @@ class Faults:
     models: tuple[str, ...] = DEFAULT_MODELS  # what /api/tags lists and requests may name
 
 
-@dataclass
-class Seen:
-    """One request the fake received."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        """Keep test output clean."""
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.fake._connections.add(self.connection)
-
-    def finish(self) -> None:
-        self.server.fake._connections.discard(self.connection)
-        super().finish()
-
-    def _read_json(self) -> Any:
-        length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError:
-            return None
-
-    def _send_json(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json; charset=utf-8")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+class _Handler(RecordingHandler):
+    json_content_type = "application/json; charset=utf-8"
 
     def _error(self, status: int, message: str) -> None:
         self._send_json(status, {"error": message})
 
-    def do_GET(self) -> None:
-        self._guarded("GET")
-
-    def do_POST(self) -> None:
-        self._guarded("POST")
-
-    def _guarded(self, method: str) -> None:
-        try:
-            self._handle(method)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client went away (e.g. closed a stream early)
-
     def _handle(self, method: str) -> None:
         fake = self.server.fake
-        body = self._read_json() if method == "POST" else None
-        path = self.path.split("?", 1)[0]
-        fake._record(Seen(method, path, {k.lower(): v for k, v in self.headers.items()}, body))
-        delay = fake.faults.delay
-        if delay > 0 and fake._stopping.wait(delay):
-            self.close_connection = True  # shutting down: drop the request
+        received = self._receive(method)
+        if received is None:
             return
+        body, path = received
         status = fake._take_fault()
         if status is not None:
             self._error(status, fake.faults.message)
@@ -212,20 +137,14 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("stream") is False:
             self._send_json(200, {**line("".join(parts), True), **final})
             return
-        self.send_response(200)
-        self.send_header("content-type", "application/x-ndjson")
-        self.send_header("transfer-encoding", "chunked")
-        self.end_headers()
+        self._start_chunked("application/x-ndjson")
         for i, part in enumerate(parts):
-            data = json.dumps(line(part, False)).encode() + b"\n"
-            self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+            self._chunk(json.dumps(line(part, False)).encode() + b"\n")
             if fake.faults.break_stream and i == 0:
-                self.wfile.flush()
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
+                self._break_connection()
                 return
-        data = json.dumps({**line("", True), **final}).encode() + b"\n"
-        self.wfile.write(b"%X\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+        self._chunk(json.dumps({**line("", True), **final}).encode() + b"\n")
+        self._end_chunks()
 
     def _embed(self, body: dict[str, Any]) -> None:
         fake = self.server.fake
@@ -240,112 +159,26 @@ class _Handler(BaseHTTPRequestHandler):
         })
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 1024  # 200 concurrent clients connect at once in the benchmark; 5 would drop SYNs
-    fake: OllamaFake
-
-
 @dataclass
-class OllamaFake:
-    """The fake Ollama server. `url` is the SDK's `host`; `faults` says how to misbehave."""
+class OllamaFake(RecordingFake):
+    """The fake Ollama server. `url` (also `address`) is the SDK's `host`; `faults` says how to misbehave.
+
+    It counts what it receives: `counts` ("POST /api/chat" -> n), `seen` (the last 1000 requests), `total`.
+    """
 
     models: Iterable[str] = DEFAULT_MODELS
     dimensions: int = DEFAULT_DIMENSIONS
     faults: Faults = field(default_factory=Faults)
-    counts: collections.Counter[str] = field(default_factory=collections.Counter)  # "POST /api/chat" -> n
-    seen: collections.deque[Seen] = field(default_factory=lambda: collections.deque(maxlen=1000))
-    total: int = 0
+
+    handler = _Handler
+    thread_name = "ollama-fake"
 
     def __post_init__(self) -> None:
-        self.models = tuple(self.models)
-        self.faults.models = self.models
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._connections: set[socket.socket] = set()  # open keep-alive connections, closed by stop()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self, port: int = 0) -> OllamaFake:
-        """Listen on 127.0.0.1 (a free port unless given) and serve in a daemon thread."""
-        self._stopping.clear()
-        self._server = _Server(("127.0.0.1", port), _Handler)
-        self._server.fake = self
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="ollama-fake", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket and every open connection (like a server that died)."""
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        for conn in list(self._connections):
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> OllamaFake:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the fake is not started")
-        return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        """The host to give the SDK: http://127.0.0.1:PORT"""
-        return f"http://127.0.0.1:{self.port}"
-
-    address = url
-
-    def reset(self) -> None:
-        """Forget faults and counters; serve the constructor's models again."""
-        with self._lock:
-            self.faults = Faults(models=tuple(self.models))
-            self.counts.clear()
-            self.seen.clear()
-            self.total = 0
+        super().__init__()
 
     def fail(self, status: int, message: str = "internal error", *, times: int | None = None) -> None:
         """Answer the next `times` requests (all when None) with HTTP `status` and `{"error": message}`."""
         self.faults.status, self.faults.message, self.faults.times = status, message, times
-
-    def count(self, path: str, method: str = "POST") -> int:
-        """How many `method path` requests arrived."""
-        return self.counts[f"{method} {path}"]
-
-    def last(self, path: str) -> Seen:
-        """The most recent request to `path`."""
-        for seen in reversed(self.seen):
-            if seen.path == path:
-                return seen
-        raise LookupError(f"no request to {path} was seen")
-
-    def _record(self, seen: Seen) -> None:
-        with self._lock:
-            self.total += 1
-            self.counts[f"{seen.method} {seen.path}"] += 1
-            self.seen.append(seen)
-
-    def _take_fault(self) -> int | None:
-        with self._lock:
-            faults = self.faults
-            if faults.status is None or faults.times == 0:
-                return None
-            if faults.times is not None:
-                faults.times -= 1
-            return faults.status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,13 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    fake = OllamaFake().start(args.port)
-    try:
-        print(fake.url, flush=True)
-        sys.stdin.read()
-    finally:
-        fake.stop()
-    return 0
+    return serve_until_stdin_closes(OllamaFake(), args.port)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@
 - `erp_conformance`: `await erp_conformance(name, config={...})` runs the checks every plugin must pass
   (see `erp_plugins_core._conformance`) and fails the test listing every problem.
 
+Helpers for unit tests that call a plugin's methods directly, without a host:
+
+- `plugin_context(plugin, config, granted=..., secrets=...)`: a real `PluginContext` for `initialize`, whose bridge
+  is a `RecordingBridge` unless one is given;
+- `RecordingBridge`: the host side of that context; keeps emitted events and progress reports, serves `files`.
+
 `--erp-unsafe-no-sandbox` runs sandboxed plugins in the test's process (development only, for machines
 without bubblewrap). Imports of the host are deferred, so merely having the plugin installed costs pytest
 nothing.
@@ -15,7 +21,7 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +29,11 @@ import pytest
 
 if TYPE_CHECKING:
     from ._conformance import ConformanceReport
+    from ._context import ContextBridge, PluginContext
     from ._host import PluginHost
     from ._state import TenantPlugin
+
+__all__ = ["RecordingBridge", "plugin_context"]
 
 UNSAFE_OPTION = "--erp-unsafe-no-sandbox"
 
@@ -116,3 +125,58 @@ def erp_conformance(erp_state: Path) -> Callable[..., Awaitable[ConformanceRepor
     from ._conformance import assert_conformance
 
     return assert_conformance
+
+
+class RecordingBridge:
+    """The host side of a test PluginContext: records what the plugin emits and reports, serves the files service.
+
+    `events` holds `(event_type, data)` per `context.emit_event`, `progress_calls` holds `(done, total, message)`
+    per `context.progress`. `get_service("files")` is the host's real FilesService (reading only the paths the
+    current call allows: set `erp_plugins_core._services.current_call_files` as the dispatcher does); any other
+    name raises KeyError. Subclass it to record or serve more.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.progress_calls: list[tuple[int, int | None, str]] = []
+
+    def get_service(self, name: str) -> Any:
+        if name == "files":
+            from ._services import FilesService
+
+            return FilesService()
+        raise KeyError(name)
+
+    async def emit_event(self, event_type: str, data: dict[str, Any]) -> None:
+        self.events.append((event_type, data))
+
+    def progress(self, done: int, total: int | None, message: str) -> None:
+        self.progress_calls.append((done, total, message))
+
+
+def plugin_context(
+    plugin: str,
+    config: Mapping[str, Any],
+    *,
+    tenant: str = "t",
+    granted: Iterable[str] = (),
+    secrets: Iterable[str] | None = None,
+    bridge: ContextBridge | None = None,
+) -> PluginContext:
+    """A PluginContext for calling `plugin`'s `initialize(config, context)` in a test, as the host would build it.
+
+    `granted` are the permissions the tenant granted; `secrets` the values its logs must redact (pass the config's
+    secret values, e.g. `[config["api_key"]]`: nothing is redacted unless named); `bridge` defaults to a new
+    RecordingBridge (pass your own to look at the events and progress afterwards).
+    """
+    from ._context import PluginContext
+    from ._redact import Redactor
+
+    return PluginContext(
+        tenant_id=tenant,
+        plugin=plugin,
+        config=config,
+        granted=frozenset(granted),
+        bridge=bridge if bridge is not None else RecordingBridge(),
+        redactor=Redactor(secrets or ()),
+    )
