@@ -7,8 +7,6 @@ through; each becomes one line naming the server and what to do.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 import httpx
 import ollama
 
@@ -21,18 +19,9 @@ from erp_plugins_core import (
     RateLimitError,
     UnavailableError,
 )
+from erp_plugins_core import redact_url as display_url
 
 _MAX_DETAIL = 300
-
-
-def display_url(url: str) -> str:
-    """`url` without user:password, fit for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _short(text: str) -> str:

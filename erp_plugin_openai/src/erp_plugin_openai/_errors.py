@@ -10,7 +10,6 @@ import email.utils
 import time
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
@@ -23,6 +22,7 @@ from erp_plugins_core import (
     RateLimitError,
     UnavailableError,
 )
+from erp_plugins_core import redact_url as display_url
 
 _REDACTED = "***"
 _MAX_DETAIL = 300
@@ -40,16 +40,6 @@ def http_error_kind(exc: BaseException) -> str | None:
     if "TransportError" in names:
         return "transport"
     return None
-
-
-def display_url(url: str) -> str:
-    """`url` without user:password, fit for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:

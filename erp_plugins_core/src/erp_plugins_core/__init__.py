@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from ._interface import AIProviderPlugin, PluginInterface, PluginMetadata, PluginType
     from ._lifecycle import PluginState
     from ._manifest import Manifest, load_manifest
+    from ._redact import redact_url
 
 #: Public name -> the submodule defining it. Imported on first use, so `import erp_plugins_core` (and the
 #: command line, which needs little of it) does not pay for the host, pydantic models and asyncio up front.
@@ -73,6 +74,7 @@ _EXPORTS: dict[str, str] = {
     "PluginState": "._lifecycle",
     "Manifest": "._manifest",
     "load_manifest": "._manifest",
+    "redact_url": "._redact",
 }
 
 
@@ -127,4 +129,5 @@ __all__ = [
     "UnknownPluginError",
     "hookimpl",
     "load_manifest",
+    "redact_url",
 ]

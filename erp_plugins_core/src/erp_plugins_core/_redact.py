@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "***"
 _MIN_SECRET_LEN = 4  # shorter values would redact ordinary text; such secrets are still never stored in clear
@@ -47,3 +48,13 @@ class Redactor:
         if isinstance(value, (list, tuple)):
             return type(value)(self.redact(v) for v in value)
         return value
+
+
+def redact_url(url: str) -> str:
+    """`url` without any user:password part, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
