@@ -40,9 +40,3 @@ def test_bad_arguments_name_the_field(prompt, context, expected) -> None:
     with pytest.raises(BadRequestError, match=expected):
         ChatRequest.from_hook(prompt, context, temperature=0.7)
 
-
-def test_redact_url_drops_credentials_only() -> None:
-    from erp_plugins_core import redact_url
-
-    assert redact_url("http://user:pw@example.com:8080/v1?x=1") == "http://example.com:8080/v1?x=1"
-    assert redact_url("http://example.com/v1") == "http://example.com/v1"
