@@ -6,7 +6,8 @@ What holds the plugin (measured on Debian 12, see docs and notes/sandbox.md):
   read-only, a private 64 MB tmpfs on /tmp, no host environment;
 - an unprivileged uid per (plugin, tenant) when the host runs as root, so RLIMIT_NPROC binds;
 - rlimits set by the worker before any plugin import: AS from `memory_limit`, a lifetime CPU budget from
-  `cpu_limit`, NPROC 32, NOFILE 256, CORE 0, FSIZE 64 MB; the host's `resources.timeout` per call.
+  `cpu_limit`, NPROC 32, NOFILE 256 (4096 with network access), CORE 0, FSIZE 64 MB; the host's
+  `resources.timeout` per call.
 
 What the worker sees of the file system: /usr (the system interpreter and libraries), and a private
 read-only "runtime site" at /sandbox/site: hard links (copies across file systems) of exactly the files of the
@@ -760,8 +761,10 @@ class SandboxRunner(PluginRunner):
         """rlimits as `soft[:hard]`; CPU is a lifetime budget (an hour at `cpu_limit`), SIGXCPU past it."""
         res = self.manifest.resources
         cpu = int(max(60, res.cpu_limit * 3600))
-        return {"CORE": "0", "NOFILE": "256", "NPROC": "32", "FSIZE": str(FSIZE_BYTES), "AS": str(res.memory_bytes),
-                "CPU": f"{cpu}:{cpu + 5}"}
+        # a plugin with network access keeps a connection pool: 256 descriptors broke 200 concurrent calls
+        nofile = "4096" if self.manifest.resources.network_access else "256"
+        return {"CORE": "0", "NOFILE": nofile, "NPROC": "32", "FSIZE": str(FSIZE_BYTES),
+                "AS": str(res.memory_bytes), "CPU": f"{cpu}:{cpu + 5}"}
 
     async def _spawn(self) -> _Worker:
         seccomp_fd = _seccomp.filter_fd(self.manifest.resources.network_access)
