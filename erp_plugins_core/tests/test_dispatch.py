@@ -112,7 +112,7 @@ async def test_a_plain_function_returning_an_awaitable_or_a_stream_is_awaited() 
 async def test_async_plugins_run_concurrently_with_their_own_usage() -> None:
     async def slow(prompt: str, context: dict) -> str:
         count(1)
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
         count(1)
         return prompt.upper()
 
@@ -123,12 +123,13 @@ async def test_async_plugins_run_concurrently_with_their_own_usage() -> None:
     start = time.perf_counter()
     results = await call_all([impl(f"s{i}", slow) for i in range(5)] + [impl("f", fast)], "ai_request", ARGS)
     elapsed = time.perf_counter() - start
-    assert elapsed < 0.6, f"the five slow plugins did not run concurrently ({elapsed:.2f} s)"
+    # one after another would take 5 s; margins are wide so a loaded machine cannot fail this
+    assert elapsed < 3.0, f"the five slow plugins did not run concurrently ({elapsed:.2f} s)"
     assert [(r.success, r.result, r.usage) for r in results] == [(True, "HELLO", {"tokens": 2})] * 5 + [
         (True, "hello", {"tokens": 5})
     ]
-    assert all(0.15 < r.duration_s < 0.6 for r in results[:5])
-    assert results[5].duration_s < 0.15  # its own end, not the slowest plugin's
+    assert all(0.9 < r.duration_s < 3.0 for r in results[:5])
+    assert results[5].duration_s < 0.9  # its own end, not the slowest plugin's
 
 
 async def test_each_plugin_has_its_own_timeout_and_a_timed_out_one_is_cancelled() -> None:
@@ -151,20 +152,20 @@ async def test_each_plugin_has_its_own_timeout_and_a_timed_out_one_is_cancelled(
 
     start = time.perf_counter()
     results = await call_all(
-        [impl("short", sleeper("short", 5), timeout=0.1), impl("ok", sleeper("ok", 0.3), timeout=1.0),
-         impl("long", sleeper("long", 5), timeout=0.5), impl("err", fails)],
+        [impl("short", sleeper("short", 5), timeout=0.1), impl("ok", sleeper("ok", 0.5), timeout=3.0),
+         impl("long", sleeper("long", 5), timeout=1.5), impl("err", fails)],
         "ai_request", ARGS,
     )
     elapsed = time.perf_counter() - start
     by = {r.plugin: r for r in results}
     assert [r.plugin for r in results] == ["short", "ok", "long", "err"]
     assert by["short"].error_kind == "timeout" and "within 0.1s" in (by["short"].error or "")
-    assert 0.08 < by["short"].duration_s < 0.3  # cancelled at its own deadline, not at the longest one
+    assert 0.08 < by["short"].duration_s < 1.2  # cancelled at its own deadline, not at the longest (1.5 s)
     assert by["ok"].success and by["ok"].result == "ok"
-    assert by["long"].error_kind == "timeout" and "within 0.5s" in (by["long"].error or "")
+    assert by["long"].error_kind == "timeout" and "within 1.5s" in (by["long"].error or "")
     assert by["err"].error == "RuntimeError: boom"
     assert sorted(cancelled) == ["long", "short"]
-    assert 0.45 < elapsed < 1.5
+    assert 1.4 < elapsed < 4.5
 
 
 async def test_cancelling_the_caller_cancels_every_running_plugin() -> None:
