@@ -346,15 +346,16 @@ async def call_all(impls: list[Impl], hook: str, kwargs: dict[str, Any]) -> list
     files = _call_files(hook, kwargs)
     results: list[HookResult | None] = []
     waiting: list[tuple[int, Impl, Any, dict[str, int], float]] = []
-    t_usage = current_usage.set(None)
-    t_files = current_call_files.set(files)
+    t_usage = None
+    t_files = current_call_files.set(files) if files else None
     try:
         for impl in impls:
             if impl.denied is not None:
                 results.append(_denied(impl))
                 continue
             usage: dict[str, int] = {}
-            current_usage.set(usage)
+            token = current_usage.set(usage)
+            t_usage = t_usage or token  # the first set's token restores the caller's value
             done, awaitable, start = _start(impl, kwargs, usage)
             if awaitable is not None:
                 waiting.append((len(results), impl, awaitable, usage, start))
@@ -365,8 +366,10 @@ async def call_all(impls: list[Impl], hook: str, kwargs: dict[str, Any]) -> list
         elif waiting:
             await _gather(waiting, hook, results)
     finally:
-        current_usage.reset(t_usage)
-        current_call_files.reset(t_files)
+        if t_usage is not None:
+            current_usage.reset(t_usage)
+        if t_files is not None:
+            current_call_files.reset(t_files)
     return results  # type: ignore[return-value]
 
 

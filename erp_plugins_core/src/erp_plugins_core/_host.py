@@ -625,17 +625,21 @@ class PluginHost:
 
         One HookResult per plugin; a plugin's exception, timeout or missing permission is its own result.
         """
-        impls = await self._impls(hook, tenant)
+        disp = self._dispatchers.get(tenant) if tenant in self._started_tenants and hook in HOOKS else None
+        impls = disp.table(hook) if disp is not None else await self._impls(hook, tenant)
         args = bind_arguments(hook, kwargs)
         if not impls:
             return []
-        t_user = current_user_context.set(dict(user_context or {}))
-        t_prog = _progress_cb.set(progress)
+        # set only what the caller gave: a call made while handling another (an event) keeps its user
+        t_user = current_user_context.set(dict(user_context)) if user_context is not None else None
+        t_prog = _progress_cb.set(progress) if progress is not None else None
         try:
             results = await call_all(impls, hook, args)
         finally:
-            current_user_context.reset(t_user)
-            _progress_cb.reset(t_prog)
+            if t_user is not None:
+                current_user_context.reset(t_user)
+            if t_prog is not None:
+                _progress_cb.reset(t_prog)
         for r in results:
             if not r.success:
                 await self._check_gave_up(tenant, r.plugin)
