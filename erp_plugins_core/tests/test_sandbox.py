@@ -72,12 +72,13 @@ def require_sandbox() -> None:
         pytest.fail(f"the sandbox cannot start here, so containment is untested: {reason}")
 
 
-def record(site: Path, name: str) -> PluginRecord:
+def record(site: Path, name: str, dist: str | None = None) -> PluginRecord:
     path = site / name / "plugin.yaml"
     manifest = load_manifest(path.read_bytes(), str(path))
+    dist = dist or name
     return PluginRecord(
-        name=name, entry_point=f"{name}.plugin:Plugin", distribution=name.replace("_", "-"), dist_version="0.1.0",
-        dist_path=str(site / f"{name}-0.1.0.dist-info"), manifest_path=str(path), manifest=manifest,
+        name=name, entry_point=f"{name}.plugin:Plugin", distribution=dist.replace("_", "-"), dist_version="0.1.0",
+        dist_path=str(site / f"{dist}-0.1.0.dist-info"), manifest_path=str(path), manifest=manifest,
     )
 
 
@@ -99,12 +100,13 @@ class Bridge:
         self.progress_calls.append((done, total, message))
 
 
-async def start(site: Path, runtime: Path, name: str, *, granted=("events.emit", "files.read"), **kw) -> SandboxRunner:
-    runner = SandboxRunner(record(site, name), "acme", runtime_dir=runtime, **kw)
+async def start(site: Path, runtime: Path, name: str, *, granted=("events.emit", "files.read"), tenant: str = "acme",
+                dist: str | None = None, **kw) -> SandboxRunner:
+    runner = SandboxRunner(record(site, name, dist), tenant, runtime_dir=runtime, **kw)
     await runner.load()
     config = {"greeting": "hi", "api_key": SECRET} if name == "sbx_good" else {}
     bridge = Bridge()
-    context = PluginContext(tenant_id="acme", plugin=name, config=config, granted=frozenset(granted), bridge=bridge,
+    context = PluginContext(tenant_id=tenant, plugin=name, config=config, granted=frozenset(granted), bridge=bridge,
                             redactor=Redactor([SECRET]))
     runner.bridge = bridge  # type: ignore[attr-defined]
     assert await runner.initialize(config, context) is True
@@ -375,6 +377,88 @@ async def test_pipe_flood_is_a_protocol_violation(hostile: SandboxRunner, good: 
 
 async def test_print_does_not_corrupt_the_pipe(hostile: SandboxRunner) -> None:
     assert await attack(hostile, "print") == "printed"
+
+
+# --- the plugin's /data directory (security.file_permissions) ----------------------------------------------
+
+
+@pytest.fixture
+def data_root() -> Path:
+    """A data_root whose parents the workers' unprivileged uids can traverse (pytest's tmp_path is mode 700)."""
+    path = Path(tempfile.mkdtemp(prefix="erp-sbx-data-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def files(runner: SandboxRunner, prompt: str):
+    return await runner.hook_function("ai_request", "files")(prompt, {})
+
+
+async def test_read_write_data_is_the_tenants_own_host_directory(plugin_site: Path, runtime_dir: Path,
+                                                                 data_root: Path) -> None:
+    acme = await start(plugin_site, runtime_dir, "sbx_files_rw", dist="sbx_files", granted=(), data_root=data_root)
+    globex = await start(plugin_site, runtime_dir, "sbx_files_rw", dist="sbx_files", granted=(), tenant="globex",
+                         data_root=data_root)
+    try:
+        assert await files(acme, "write:note.txt:hello from acme") == "written"
+        note = data_root / "sbx_files_rw" / "acme" / "note.txt"
+        assert note.read_text() == "hello from acme"
+        assert note.stat().st_uid == acme.uid != 0
+        assert (data_root / "sbx_files_rw" / "acme").stat().st_uid == acme.uid
+        assert await files(acme, "read:note.txt") == "hello from acme"
+        # another tenant's worker has its own /data, owned by its own uid
+        assert globex.uid not in (None, acme.uid)
+        assert await files(globex, "list") == ""
+        with pytest.raises(PluginRaised, match="FileNotFoundError: .*'/data/note.txt'"):
+            await files(globex, "read:note.txt")
+        assert await files(globex, "write:note.txt:globex") == "written"
+        assert (data_root / "sbx_files_rw" / "globex" / "note.txt").read_text() == "globex"
+        assert (data_root / "sbx_files_rw" / "globex" / "note.txt").stat().st_uid == globex.uid
+        assert note.read_text() == "hello from acme"
+        assert await files(acme, "list") == "note.txt"
+        # the rest of the file system stays read-only
+        with pytest.raises(SandboxError, match="refused access by the sandbox: OSError: .*Read-only file system"):
+            await files(acme, "write:../usr/erp-sbx-escape:x")
+        assert not Path("/usr/erp-sbx-escape").exists()
+    finally:
+        await acme.close()
+        await globex.close()
+
+
+async def test_read_only_data_can_be_read_not_written(plugin_site: Path, runtime_dir: Path, data_root: Path) -> None:
+    folder = data_root / "sbx_files_ro" / "acme"
+    folder.mkdir(parents=True)
+    (folder / "in.txt").write_text("from the host")
+    os.chmod(folder / "in.txt", 0o644)
+    runner = await start(plugin_site, runtime_dir, "sbx_files_ro", dist="sbx_files", granted=(), data_root=data_root)
+    try:
+        assert await files(runner, "read:in.txt") == "from the host"
+        assert await files(runner, "list") == "in.txt"
+        refused = "refused access by the sandbox: .*(Read-only file system|Permission denied)"
+        with pytest.raises(SandboxError, match=refused):
+            await files(runner, "write:out.txt:x")
+        with pytest.raises(SandboxError, match=refused):
+            await files(runner, "write:in.txt:overwritten")
+        assert sorted(p.name for p in folder.iterdir()) == ["in.txt"]
+        assert (folder / "in.txt").read_text() == "from the host"
+    finally:
+        await runner.close()
+
+
+async def test_file_permissions_need_a_data_root(plugin_site: Path, runtime_dir: Path) -> None:
+    runner = SandboxRunner(record(plugin_site, "sbx_files_rw", "sbx_files"), "acme", runtime_dir=runtime_dir)
+    with pytest.raises(SandboxError, match="asks for file_permissions 'read-write', but .* no data_root"):
+        await runner.load()
+    assert runner.worker_pids == ()
+
+
+async def test_no_file_permissions_means_no_data(hostile: SandboxRunner, good: SandboxRunner) -> None:
+    with pytest.raises((PluginRaised, SandboxError), match="FileNotFoundError: .*'/data'"):
+        await hostile.hook_function("upload_file", "read_path")("/data", None)
+    worker = descendants(good.worker_pids[-1])[-1]  # the python worker, seen from the host as root
+    assert Path(f"/proc/{worker}/root/usr").is_dir()
+    assert not Path(f"/proc/{worker}/root/data").exists()
 
 
 # --- restarts and the error state ----------------------------------------------------------------------

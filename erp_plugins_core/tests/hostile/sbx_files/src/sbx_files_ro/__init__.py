@@ -1,0 +1,1 @@
+"""Sandbox test plugin with a read-only /data directory."""
