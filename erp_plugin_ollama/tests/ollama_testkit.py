@@ -11,11 +11,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from erp_plugin_ollama.plugin import OllamaProvider  # noqa: E402
-from erp_plugins_core._context import PluginContext, current_usage  # noqa: E402
+from erp_plugins_core import PluginContext  # noqa: E402
 from erp_plugins_core.pytest_plugin import RecordingBridge, plugin_context  # noqa: E402
 from tests.servers.ollama_fake import OllamaFake  # noqa: E402
 
-__all__ = ["GRANTED", "Bridge", "OllamaProvider", "OllamaFake", "current_usage", "make_context"]
+__all__ = ["GRANTED", "Bridge", "OllamaProvider", "OllamaFake", "make_context"]
 
 GRANTED = frozenset({"ai.generate", "ai.embeddings"})
 Bridge = RecordingBridge

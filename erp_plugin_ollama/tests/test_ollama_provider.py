@@ -28,14 +28,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def test_answer_is_the_servers_content(provider: OllamaProvider, fake: OllamaFake, usage) -> None:
+async def test_answer_is_the_servers_content(provider: OllamaProvider, fake: OllamaFake, erp_usage) -> None:
     assert await provider.generate_response("hello there", {}) == answer_for("hello there")
     body = fake.last(CHAT).body
     assert body["model"] == "llama3.2" and body["stream"] is False
     assert body["messages"] == [{"role": "user", "content": "hello there"}]
     assert body["options"] == {"temperature": 0.7}
     assert "keep_alive" not in body
-    assert usage == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    assert erp_usage == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
     assert fake.count("/api/tags", "GET") == 1
 
 
@@ -56,12 +56,12 @@ async def test_bad_context_is_refused_before_any_request(provider: OllamaProvide
     assert fake.count(CHAT) == 0
 
 
-async def test_stream_yields_chunks_in_order(provider: OllamaProvider, fake: OllamaFake, usage) -> None:
+async def test_stream_yields_chunks_in_order(provider: OllamaProvider, fake: OllamaFake, erp_usage) -> None:
     prompt = "stream me these words please"
     chunks = [c async for c in provider.generate_streaming_response(prompt, {})]
     assert chunks == chunks_for(answer_for(prompt)) and len(chunks) == 6
     assert fake.last(CHAT).body["stream"] is True
-    assert usage == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
+    assert erp_usage == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
 
 
 async def test_stream_closed_early_releases_the_connection(provider: OllamaProvider) -> None:
@@ -71,13 +71,13 @@ async def test_stream_closed_early_releases_the_connection(provider: OllamaProvi
     assert await provider.generate_response("after", {}) == answer_for("after")
 
 
-async def test_embeddings(provider_factory, fake: OllamaFake, usage) -> None:
+async def test_embeddings(provider_factory, fake: OllamaFake, erp_usage) -> None:
     plugin = await provider_factory(embedding_model="nomic-embed-text", keep_alive=0)
     texts = ["first text", "second", "третий"]
     assert await plugin.generate_embeddings(texts) == [embedding_for(t) for t in texts]
     body = fake.last("/api/embed").body
     assert body == {"model": "nomic-embed-text", "input": texts, "keep_alive": 0}
-    assert usage == {"prompt_tokens": 4, "total_tokens": 4}
+    assert erp_usage == {"prompt_tokens": 4, "total_tokens": 4}
     assert await plugin.generate_embeddings([]) == []
     assert fake.count("/api/embed") == 1
 

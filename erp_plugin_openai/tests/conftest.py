@@ -6,22 +6,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from openai_testkit import OpenAIFake, OpenAIProvider, current_usage, make_context
+from openai_testkit import OpenAIFake, OpenAIProvider, make_context
 
 
 @pytest.fixture
 def fake() -> Iterator[OpenAIFake]:
     with OpenAIFake() as server:
         yield server
-
-
-@pytest.fixture
-def usage() -> Iterator[dict[str, int]]:
-    """The dict PluginContext.record_usage adds to during the test (as the dispatcher sets it per call)."""
-    counts: dict[str, int] = {}
-    token = current_usage.set(counts)
-    yield counts
-    current_usage.reset(token)
 
 
 Factory = Callable[..., Awaitable[OpenAIProvider]]

@@ -54,19 +54,19 @@ async def test_bad_context_is_refused_before_any_request(provider, fake: OpenAIF
     assert fake.count(CHAT) == 0
 
 
-async def test_usage_is_recorded(provider: OpenAIProvider, usage: dict[str, int]) -> None:
+async def test_usage_is_recorded(provider: OpenAIProvider, erp_usage: dict[str, int]) -> None:
     await provider.generate_response("a b c", {})
-    assert usage == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert erp_usage == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
 
 
-async def test_stream_yields_chunks_in_order(provider: OpenAIProvider, fake: OpenAIFake, usage) -> None:
+async def test_stream_yields_chunks_in_order(provider: OpenAIProvider, fake: OpenAIFake, erp_usage) -> None:
     prompt = "stream me these words please"
     chunks = [c async for c in provider.generate_streaming_response(prompt, {})]
     assert chunks == chunks_for(answer_for(prompt))
     assert len(chunks) == 6
     body = fake.last(CHAT).body
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
-    assert usage == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
+    assert erp_usage == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
 
 
 async def test_stream_closed_early_releases_the_connection(provider: OpenAIProvider, fake: OpenAIFake) -> None:
@@ -76,7 +76,7 @@ async def test_stream_closed_early_releases_the_connection(provider: OpenAIProvi
     assert await provider.generate_response("after", {}) == answer_for("after")
 
 
-async def test_embeddings_are_decoded_from_base64(provider: OpenAIProvider, fake: OpenAIFake, usage) -> None:
+async def test_embeddings_are_decoded_from_base64(provider: OpenAIProvider, fake: OpenAIFake, erp_usage) -> None:
     texts = ["first text", "second", "третий"]
     vectors = await provider.generate_embeddings(texts)
     assert vectors == [embedding_for(t) for t in texts]
@@ -84,7 +84,7 @@ async def test_embeddings_are_decoded_from_base64(provider: OpenAIProvider, fake
     body = fake.last("/v1/embeddings").body
     assert body["model"] == "text-embedding-3-small"
     assert body["encoding_format"] == "base64"
-    assert usage == {"prompt_tokens": 4, "total_tokens": 4}
+    assert erp_usage == {"prompt_tokens": 4, "total_tokens": 4}
 
 
 async def test_embeddings_of_nothing_makes_no_request(provider: OpenAIProvider, fake: OpenAIFake) -> None:

@@ -21,7 +21,7 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +125,17 @@ def erp_conformance(erp_state: Path) -> Callable[..., Awaitable[ConformanceRepor
     from ._conformance import assert_conformance
 
     return assert_conformance
+
+
+@pytest.fixture
+def erp_usage() -> Iterator[dict[str, int]]:
+    """The dict `PluginContext.record_usage` adds to during the test, as the dispatcher sets one per call."""
+    from ._context import current_usage
+
+    counts: dict[str, int] = {}
+    token = current_usage.set(counts)
+    yield counts
+    current_usage.reset(token)
 
 
 class RecordingBridge:
