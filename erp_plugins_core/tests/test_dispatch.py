@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from erp_plugins_core._context import current_usage
-from erp_plugins_core._dispatch import Impl, bind_arguments, call_all, call_one
+from erp_plugins_core._dispatch import Impl, TenantDispatcher, bind_arguments, call_all, call_one
 from erp_plugins_core._hookspecs import HOOKS
 from erp_plugins_core._redact import Redactor
 from erp_plugins_core._services import current_call_files
@@ -39,8 +39,21 @@ def test_bind_gives_every_argument_and_fresh_defaults() -> None:
     first["context"]["x"] = 1
     assert bind_arguments("ai_request", {"prompt": "p"}) == {"prompt": "p", "context": {}}
     given = {"prompt": "p", "context": {"a": 1}}
-    bound = bind_arguments("ai_request", given)
-    assert bound == given and bound is not given
+    assert bind_arguments("ai_request", given) is given  # complete and well typed: taken as it is
+
+
+def test_bind_checks_names_not_just_the_count() -> None:
+    with pytest.raises(TypeError, match="unknown argument"):
+        bind_arguments("upload_file", {"file_path": "/x", "folder": None})  # folder_id may be None, but not absent
+
+
+class _StrSubclass(str):
+    pass
+
+
+def test_bind_accepts_subclasses_of_the_accepted_types() -> None:
+    bound = bind_arguments("ai_request", {"prompt": _StrSubclass("p"), "context": {}})
+    assert type(bound["prompt"]) is _StrSubclass
 
 
 @pytest.mark.parametrize(
@@ -90,6 +103,53 @@ async def test_plain_functions_each_get_a_result_in_order_with_usage_and_redacti
     assert results[3].error_kind == "permission" and results[3].error == "permission 'ai.generate' missing"
     assert seen == [{"prompt": "hello", "context": {"locale": "de-DE"}}]  # the denied one was not called
     assert current_usage.get() is None and current_call_files.get() == frozenset()
+
+
+async def test_usage_belongs_to_the_plain_function_that_recorded_it() -> None:
+    def records(n: int) -> Any:
+        def run(prompt: str, context: dict) -> str:
+            count(n)
+            return prompt
+
+        return run
+
+    async def later(prompt: str, context: dict) -> str:
+        count(7)
+        await asyncio.sleep(0)
+        return "later"
+
+    def silent(prompt: str, context: dict) -> str:
+        return prompt
+
+    results = await call_all([impl("a", records(2)), impl("b", silent), impl("c", records(4)), impl("d", later),
+                              impl("e", records(1)), impl("f", silent)], "ai_request", ARGS)
+    assert [r.usage for r in results] == [{"tokens": 2}, None, {"tokens": 4}, {"tokens": 7}, {"tokens": 1}, None]
+
+
+def test_dispatch_calls_positionally_only_when_the_signature_is_the_hooks() -> None:
+    class Plugin:
+        def exact(self, prompt: str, context: dict) -> str:
+            return f"{prompt}|{context}"
+
+        def swapped(self, context: dict, prompt: str) -> str:
+            return f"{prompt}|{context}"
+
+        def extra(self, prompt: str, context: dict, more: int = 1) -> str:
+            return f"{prompt}|{context}"
+
+        def keywords(self, *, prompt: str, context: dict) -> str:
+            return f"{prompt}|{context}"
+
+    plugin = Plugin()
+    disp = TenantDispatcher("acme")
+    for name in ("exact", "swapped", "extra", "keywords"):
+        disp.register(name, {"ai_request": getattr(plugin, name)}, priority=100, timeout=5.0,
+                      granted=frozenset({"ai.generate"}), redactor=Redactor())
+    table = {i.plugin: i for i in disp.table("ai_request")}
+    assert {name: i.positional for name, i in table.items()} == {
+        "exact": True, "swapped": False, "extra": False, "keywords": False}
+    results = asyncio.run(call_all(list(table.values()), "ai_request", bind_arguments("ai_request", dict(ARGS))))
+    assert {r.plugin: r.result for r in results} == dict.fromkeys(table, "hello|{'locale': 'de-DE'}")
 
 
 async def test_a_plain_function_returning_an_awaitable_or_a_stream_is_awaited() -> None:

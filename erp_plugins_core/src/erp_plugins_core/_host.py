@@ -30,9 +30,11 @@ from ._dispatch import (
     call_all,
     call_one,
     describe,
+    finish_all,
     next_chunk,
     open_stream,
     should_fall_back,
+    start_all,
 )
 from ._errors import (
     AllPluginsFailed,
@@ -634,7 +636,9 @@ class PluginHost:
         t_user = current_user_context.set(dict(user_context)) if user_context is not None else None
         t_prog = _progress_cb.set(progress) if progress is not None else None
         try:
-            results = await call_all(impls, hook, args)
+            results, pending = start_all(impls, hook, args)
+            if pending is not None:
+                await finish_all(pending, hook, results)
         finally:
             if t_user is not None:
                 current_user_context.reset(t_user)
