@@ -269,19 +269,23 @@ async def _gather(waiting: list[tuple[int, Impl, Any, dict[str, int], float]], h
     """Await several implementations concurrently, each in its own task and under its own timeout.
 
     Instead of a wrapper task and a timeout context per plugin, the plugins' own tasks report to one
-    waiter, which is awaited until the next plugin's deadline (once in all when they share a timeout). A
+    waiter, which a timer also wakes at the next plugin's deadline (once in all when they share a timeout). A
     plugin past its deadline has its task cancelled, which cancels what it awaits (a sandboxed proxy's
     worker call), and gets a timeout result.
     """
     loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
+    waiter: asyncio.Future[None] = loop.create_future()
     tasks: list[asyncio.Future[Any]] = []
     ends: dict[asyncio.Future[Any], float] = {}  # when each task finished (its duration's end)
 
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
     def finished(task: asyncio.Future[Any]) -> None:
         ends[task] = _perf()
-        if len(ends) == len(tasks) and not waiter.done():
-            waiter.set_result(None)
+        if len(ends) == len(tasks):
+            wake()
 
     now = loop.time()
     deadlines = [now + impl.timeout for _, impl, _, _, _ in waiting]
@@ -304,7 +308,14 @@ async def _gather(waiting: list[tuple[int, Impl, Any, dict[str, int], float]], h
                     timed_out.add(j)
                 else:
                     live.append(deadlines[j])
-            await asyncio.wait((waiter,), timeout=min(live) - now if live else None)
+            # a timer at the next deadline rather than asyncio.wait's own future, callbacks and timeout
+            timer = loop.call_at(min(live), wake) if live else None
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            waiter = loop.create_future()
     except BaseException:  # the caller was cancelled: so is every plugin still running
         for task in tasks:
             task.cancel()
