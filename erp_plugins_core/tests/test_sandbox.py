@@ -312,6 +312,20 @@ async def test_memory_bomb(hostile: SandboxRunner, good: SandboxRunner) -> None:
     assert await attack(hostile, "nothing") == "harmless"
 
 
+async def test_cpu_budget_ends_the_worker_with_sigxcpu(plugin_site: Path, runtime_dir: Path, good: SandboxRunner,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real budget is an hour of CPU at cpu_limit (60 s at least); the same RLIMIT_CPU path with 1 s
+    limits = SandboxRunner._limits
+    monkeypatch.setattr(SandboxRunner, "_limits", lambda self: {**limits(self), "CPU": "1:2"})
+    runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=(), tenant="cpu")
+    try:
+        with pytest.raises(SandboxError, match=r"killed by signal SIGXCPU \(CPU time limit exceeded\)"):
+            await attack(runner, "spin:20")
+    finally:
+        await runner.close()
+    await still_answers(good)
+
+
 async def test_fork_bomb_stopped_by_nproc(hostile: SandboxRunner, good: SandboxRunner) -> None:
     result = await attack(hostile, "fork")
     started = int(result.split()[0].split("=")[1])

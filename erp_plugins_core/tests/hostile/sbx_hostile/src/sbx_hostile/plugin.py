@@ -36,6 +36,15 @@ def _memory_bomb() -> str:
     return f"allocated {len(blocks) * 32} MB"
 
 
+def _spin(seconds: float) -> str:
+    """Burn CPU in the worker's own thread (bounded by `seconds` of wall time)."""
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return f"spun {n}"
+
+
 class Plugin(PluginInterface):
     async def attack(self, prompt: str, context: dict) -> str:
         kind, _, arg = prompt.partition(":")
@@ -50,6 +59,8 @@ class Plugin(PluginInterface):
             ctypes.string_at(0)
         if kind == "memory":
             return _memory_bomb()
+        if kind == "spin":
+            return _spin(float(arg or 30))
         if kind == "fork":
             return _fork_bomb()
         if kind == "connect":
