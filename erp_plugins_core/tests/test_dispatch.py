@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from erp_plugins_core._context import current_usage
-from erp_plugins_core._dispatch import Impl, TenantDispatcher, bind_arguments, call_all, call_one
+from erp_plugins_core._dispatch import Impl, StreamDeadline, TenantDispatcher, bind_arguments, call_all, call_one
+from erp_plugins_core._errors import HookTimeout
 from erp_plugins_core._hookspecs import HOOKS
 from erp_plugins_core._redact import Redactor
 from erp_plugins_core._services import current_call_files
@@ -260,3 +261,66 @@ async def test_one_async_plugin_times_out_in_the_callers_task() -> None:
 
     result = await call_one(impl("hang", hang, timeout=0.05), "ai_request", ARGS)
     assert result.error_kind == "timeout" and not result.success
+
+
+# --- stream idle deadline -----------------------------------------------------------------------------------
+
+
+async def _chunks(delays: list[float]):
+    for i, delay in enumerate(delays):
+        await asyncio.sleep(delay)
+        yield i
+
+
+async def _consume(deadline: StreamDeadline, iterator: Any, pause: float = 0.0) -> list[int]:
+    got = []
+    try:
+        while True:
+            got.append(await deadline.next(iterator))
+            await asyncio.sleep(pause)
+    except StopAsyncIteration:
+        return got
+    finally:
+        deadline.close()
+
+
+async def test_stream_deadline_is_per_chunk_not_for_the_whole_stream() -> None:
+    deadline = StreamDeadline(impl("s", None, timeout=0.3), "ai_stream")
+    assert await _consume(deadline, _chunks([0.1] * 6)) == list(range(6))  # 0.6 s in all, 0.1 s per chunk
+
+
+async def test_stream_deadline_ignores_the_consumers_own_time() -> None:
+    deadline = StreamDeadline(impl("s", None, timeout=0.2), "ai_stream")
+    assert await _consume(deadline, _chunks([0.0] * 3), pause=0.35) == [0, 1, 2]
+
+
+async def test_stream_deadline_times_out_a_stalled_chunk_and_cancels_it() -> None:
+    cancelled = asyncio.Event()
+
+    async def stalls():
+        yield 0
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        yield 1
+
+    deadline = StreamDeadline(impl("stall", None, timeout=0.2), "ai_stream")
+    iterator = stalls()
+    start = time.perf_counter()
+    assert await deadline.next(iterator) == 0
+    with pytest.raises(HookTimeout, match="stall did not answer ai_stream within 0.2s"):
+        await deadline.next(iterator)
+    assert 0.15 < time.perf_counter() - start < 3.0 and cancelled.is_set()
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    deadline.close()
+
+
+async def test_stream_deadline_leaves_an_outside_cancellation_alone() -> None:
+    deadline = StreamDeadline(impl("s", None, timeout=5.0), "ai_stream")
+    task = asyncio.ensure_future(_consume(deadline, _chunks([0.0, 10.0])))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

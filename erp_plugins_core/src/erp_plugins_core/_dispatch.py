@@ -466,13 +466,60 @@ async def open_stream(impl: Impl, hook: str, kwargs: dict[str, Any]) -> tuple[As
     return out, first
 
 
-async def next_chunk(impl: Impl, hook: str, iterator: AsyncIterator[Any]) -> Any:
-    """The next chunk of a stream, within the plugin's timeout (an idle stream is a timeout)."""
-    try:
-        async with asyncio.timeout(impl.timeout):
+class StreamDeadline:
+    """The idle timeout of one stream: each chunk must come within the plugin's `resources.timeout` of asking.
+
+    `asyncio.timeout()` around every chunk costs about 7 µs (a Timeout, a timer in the loop's heap, its
+    cancellation), which a token-by-token stream pays per token. This keeps one timer for the whole stream,
+    re-armed only when it fires early, so a chunk costs a clock read. On expiry it cancels the task waiting for
+    the chunk and turns that cancellation into HookTimeout, as `asyncio.timeout()` does (an outside
+    cancellation stays a cancellation).
+    """
+
+    __slots__ = ("_impl", "_hook", "_loop", "_handle", "_asked", "_task", "_expired")
+
+    def __init__(self, impl: Impl, hook: str) -> None:
+        self._impl = impl
+        self._hook = hook
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = None
+        self._asked: float | None = None  # when the chunk being waited for was asked for; None between chunks
+        self._task: asyncio.Task[Any] | None = None
+        self._expired = False
+
+    async def next(self, iterator: AsyncIterator[Any]) -> Any:
+        """The next chunk of `iterator`; HookTimeout when it does not come in time."""
+        self._asked = self._loop.time()
+        self._task = asyncio.current_task()
+        if self._handle is None:
+            self._handle = self._loop.call_at(self._asked + self._impl.timeout, self._fire)
+        try:
             return await iterator.__anext__()
-    except TimeoutError:
-        raise _timeout_error(impl, hook) from None
+        except asyncio.CancelledError:
+            if self._expired:
+                self._expired = False
+                if self._task is not None and self._task.uncancel() == 0:
+                    raise _timeout_error(self._impl, self._hook) from None
+            raise
+        finally:
+            self._asked = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._asked is None:  # between chunks: the consumer's own time does not count
+            return
+        due = self._asked + self._impl.timeout
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._fire)
+        elif self._task is not None and not self._task.done():
+            self._expired = True
+            self._task.cancel()
+
+    def close(self) -> None:
+        """Drop the timer (the stream ended or was abandoned)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 #: Per hook: its bound arguments as a tuple in spec order, for implementations called positionally.

@@ -25,13 +25,13 @@ from ._discovery import PluginRecord
 from ._dispatch import (
     HookResult,
     Impl,
+    StreamDeadline,
     TenantDispatcher,
     bind_arguments,
     call_all,
     call_one,
     describe,
     finish_all,
-    next_chunk,
     open_stream,
     should_fall_back,
     start_all,
@@ -733,12 +733,13 @@ class PluginHost:
                         break
                     continue
                 count = 0
+                deadline = StreamDeadline(impl, hook)
                 try:
                     while True:
                         yield impl.redactor.redact(chunk)
                         count += 1
                         try:
-                            chunk = await next_chunk(impl, hook, iterator)
+                            chunk = await deadline.next(iterator)
                         except StopAsyncIteration:
                             return
                         except Exception as exc:
@@ -747,6 +748,7 @@ class PluginHost:
                                 f"{describe(exc, impl.redactor)}; the partial answer is not continued by another plugin"
                             ) from exc
                 finally:
+                    deadline.close()
                     # the consumer stopped early or the stream ended: let the plugin (or its worker) stop too
                     aclose = getattr(iterator, "aclose", None)
                     if aclose is not None:
