@@ -48,7 +48,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _errors, _rpc, _seccomp
 from ._context import PluginContext, current_usage, current_user_context
@@ -460,6 +460,7 @@ class _Worker:
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
+        self.pipe: asyncio.WriteTransport | None = proc.stdin.transport if proc.stdin is not None else None
         self.pid = proc.pid
         self.child_pid: int | None = None
         self.pidfd: int | None = None
@@ -505,10 +506,12 @@ class _Worker:
             self.watch(earliest, earliest.deadline - now)  # type: ignore[operator]
 
     def send(self, msg: dict[str, Any]) -> None:
+        """Frame `msg` and write it to the worker's pipe transport (a StreamWriter would only add a call)."""
         data = _rpc.encode(msg, self.packer)
-        if self.dead or self.proc.stdin is None or self.proc.stdin.is_closing():
+        pipe = self.pipe
+        if self.dead or pipe is None or pipe.is_closing():
             raise SandboxError(f"worker is not running ({self.death or 'stopped'})")
-        self.proc.stdin.write(data)
+        pipe.write(data)
 
     def new_call(self, what: str, ctx: contextvars.Context | None, stream: bool = False) -> _Call:
         call = _Call(self.next_id, what, ctx, asyncio.get_running_loop().create_future())
@@ -671,10 +674,18 @@ class SandboxRunner(PluginRunner):
             what = f"hook {hook}"
 
             async def call_proxy(*args: Any, **kwargs: Any) -> Any:
-                return await runner._request(
-                    "hook", {"method": method, "kwargs": bind(args, kwargs)}, what=what,
-                    seconds=runner.manifest.resources.timeout, ctx=contextvars.copy_context(),
-                )
+                # `_call` inlined: one coroutine between the caller and the reply
+                w = runner._worker
+                if w is None or w.dead or runner._failed is not None:
+                    w = await runner._ensure_worker()
+                ctx = contextvars.copy_context()
+                seconds = runner.manifest.resources.timeout
+                call = runner._begin(w, "hook", {"method": method, "kwargs": bind(args, kwargs)}, what, seconds, ctx)
+                try:
+                    msg = await call.future
+                except (_Expired, asyncio.CancelledError) as exc:
+                    await runner._abandon(w, exc, what, seconds)
+                return runner._result(msg, what, ctx)
 
             proxy = call_proxy
         proxy.__signature__ = sig  # type: ignore[attr-defined]
@@ -908,6 +919,20 @@ class SandboxRunner(PluginRunner):
     async def _call(self, w: _Worker | None, op: str, args: dict[str, Any], *, what: str, seconds: float,
                     ctx: contextvars.Context | None = None) -> Any:
         assert w is not None
+        call = self._begin(w, op, args, what, seconds, ctx)
+        try:
+            msg = await call.future
+        except (_Expired, asyncio.CancelledError) as exc:
+            await self._abandon(w, exc, what, seconds)
+        return self._result(msg, what, ctx)
+
+    def _begin(self, w: _Worker, op: str, args: dict[str, Any], what: str, seconds: float,
+               ctx: contextvars.Context | None) -> _Call:
+        """Send a request and arm its timeout; its reply resolves the returned call's future.
+
+        Synchronous, so the hook proxy awaits the future itself: every coroutine level between a caller and
+        the reply costs a warm round trip measurably.
+        """
         user, files = self._call_scope(ctx)
         call = w.new_call(what, ctx)
         try:
@@ -916,20 +941,20 @@ class SandboxRunner(PluginRunner):
             w.calls.pop(call.id, None)
             raise SandboxError(f"plugin {self.record.name!r}: {what}: arguments cannot be sent: {exc}") from None
         w.watch(call, seconds)
-        try:
-            msg = await call.future
-        except _Expired:
+        return call
+
+    async def _abandon(self, w: _Worker, exc: BaseException, what: str, seconds: float) -> NoReturn:
+        """A call timed out (`_Expired`) or was cancelled: kill its worker, wait until it is reaped, raise."""
+        if isinstance(exc, _Expired):
             self._kill(w, f"{what} timed out after {seconds:g} s")
             await self._reap(w)
             raise HookTimeout(
                 f"plugin {self.record.name!r}: {what} timed out after {seconds:g} s; its worker was killed and "
                 "restarts on the next call"
             ) from None
-        except asyncio.CancelledError:
-            self._kill(w, f"{what} was cancelled")
-            await self._reap(w)
-            raise
-        return self._result(msg, what, ctx)
+        self._kill(w, f"{what} was cancelled")
+        await self._reap(w)
+        raise exc
 
     def _call_scope(self, ctx: contextvars.Context | None) -> tuple[dict[str, Any], list[str]]:
         if ctx is None:

@@ -111,12 +111,17 @@ class Worker:
     def __init__(self, loop: Any) -> None:
         import asyncio
         import collections
+        import collections.abc
         import concurrent.futures
         import contextvars
+        import types
 
         self.asyncio = asyncio
         self.futures = concurrent.futures
         self.eager = sys.version_info >= (3, 12)
+        self.copy_context = contextvars.copy_context
+        self.coroutine_type = types.CoroutineType
+        collections.abc.Coroutine.register(_Resumed)
         self.loop = loop
         self.loop_thread = _thread.get_ident()
         self.frames = rpc.FrameReader()
@@ -210,17 +215,43 @@ class Worker:
             task.cancel()
 
     def start_call(self, msg: dict[str, Any]) -> None:
-        """Run the call as a Task of its own (its own context); on Python 3.12+ the Task starts eagerly.
+        """Run the call as a Task of its own (its own context) that starts eagerly.
 
-        An eager Task runs up to its first suspension right here, saving a loop iteration per call, and is
-        still a real Task (`asyncio.current_task()` works, as sniffio and anyio need). Python 3.11 has none.
+        An eager Task runs up to its first suspension right here, so a call that does not suspend (or whose
+        first step sends the reply) costs no loop iteration before its reply; and it is still a real Task:
+        `asyncio.current_task()` works from its first line on, as sniffio and anyio need. Python 3.12+ has
+        `eager_start`; on 3.11 `start_eager` does the same.
         """
         if self.eager:
             task = self.asyncio.Task(self.run_call(msg), loop=self.loop, eager_start=True)
+            running = not task.done()
         else:
-            task = self.loop.create_task(self.run_call(msg))
-        if not task.done():
+            task, running = self.start_eager(self.run_call(msg))
+        if running:
             self.tasks[msg["id"]] = task
+
+    def start_eager(self, coro: Any) -> tuple[Any, bool]:
+        """Python 3.11's eager Task: the Task for `coro`, and whether `coro` is still running.
+
+        The Task is created first (so it is current during the first step) around a `_Resumed` wrapper, then
+        the coroutine's first step runs inline, in the Task's context and with the Task entered as the loop's
+        current task. The Task's own first step, which 3.11 always schedules, then finds the coroutine
+        finished, or takes over whatever the inline step waits on.
+        """
+        tasks = self.asyncio.tasks
+        ctx = self.copy_context()
+        resumed = _Resumed(coro)
+        task = self.loop.create_task(resumed, context=ctx)
+        try:
+            tasks._enter_task(self.loop, task)
+        except RuntimeError:  # started from inside another task, not a loop callback: the Task runs it all
+            resumed.handed_over = True
+            return task, True
+        try:
+            ctx.run(resumed.first_step)
+        finally:
+            tasks._leave_task(self.loop, task)
+        return task, not resumed.finished
 
     # --- bridge to the host -------------------------------------------------------------------------------
 
@@ -293,16 +324,23 @@ class Worker:
     # --- calls --------------------------------------------------------------------------------------------
 
     async def run_call(self, msg: dict[str, Any]) -> None:
+        """Run one request in its Task and reply; a hook call goes straight to the plugin (the hot path)."""
         call, op, args = msg["id"], msg["op"], msg["args"]
         self.call_id.set(call)
         usage: dict[str, int] = {}
         scope = self.scope
         if scope is not None:
+            files = msg["files"]
             scope[0].set(msg["user"])
-            scope[1].set(frozenset(p for p in msg["files"] if isinstance(p, str)))
+            scope[1].set(frozenset(p for p in files if isinstance(p, str)) if files else frozenset())
             scope[2].set(usage)
         try:
-            value = await self.dispatch(call, op, args)
+            if op == "hook" and self.instance is not None:
+                value = getattr(self.instance, args["method"])(**args["kwargs"])
+                if type(value) is self.coroutine_type or self.awaitable(value):
+                    value = await value
+            else:
+                value = await self.dispatch(call, op, args)
         except BaseException as exc:  # everything the plugin raises goes back to the host
             if isinstance(exc, self.asyncio.CancelledError):
                 reply = {"t": "res", "id": call, "ok": False, "value": None, "usage": usage,
@@ -324,7 +362,12 @@ class Worker:
                   "error": {"type": "TypeError", "message": f"result cannot be sent to the host: {exc}",
                             "kind": "exception", "retry_after": None}})
 
+    def awaitable(self, result: Any) -> bool:
+        """Whether a hook method's result is awaited: a coroutine (of any kind) or a Future."""
+        return self.asyncio.iscoroutine(result) or isinstance(result, self.asyncio.Future)
+
     async def dispatch(self, call: int, op: str, args: dict[str, Any]) -> Any:
+        """Every operation but a hook call on a loaded plugin (which `run_call` does itself)."""
         if op == "ping":
             return None
         if op == "load":
@@ -338,11 +381,6 @@ class Worker:
             return await getattr(instance, args["method"])()
         if op == "health":
             return await instance.health_check()
-        if op == "hook":
-            result = getattr(instance, args["method"])(**args["kwargs"])
-            if self.asyncio.iscoroutine(result) or isinstance(result, self.asyncio.Future):
-                result = await result
-            return result
         if op == "stream":
             return await self.stream(call, getattr(instance, args["method"])(**args["kwargs"]), args["window"])
         raise RuntimeError(f"unknown operation {op!r}")
@@ -418,6 +456,60 @@ class Worker:
             await entry[1].wait()
         entry[0] -= 1
         send({"t": "chunk", "id": call, "value": chunk})
+
+
+class _Resumed:
+    """A call coroutine whose first step ran inline (`Worker.start_eager`); its Task drives the rest.
+
+    The Task's first `send` hands over what the inline step produced: the future it waits on (still marked
+    as blocking, as the Task expects), or the coroutine's end (its return value, or the exception it raised).
+    Later sends and throws, including a cancellation that arrives before the Task's first step, go straight
+    to the coroutine. `Worker` registers it as a `collections.abc.Coroutine` (which a Task requires), once
+    asyncio is imported: nothing imports collections.abc before the hello.
+    """
+
+    __slots__ = ("coro", "yielded", "finished", "value", "error", "handed_over")
+
+    def __init__(self, coro: Any) -> None:
+        self.coro = coro
+        self.yielded: Any = None
+        self.finished = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.handed_over = False
+
+    def first_step(self) -> None:
+        """Run the coroutine up to its first suspension (or its end), keeping what that produced."""
+        try:
+            self.yielded = self.coro.send(None)
+        except StopIteration as stop:
+            self.finished, self.value = True, stop.value
+        except BaseException as exc:  # the Task raises it in its first step, as if it had run it itself
+            self.finished, self.error = True, exc
+
+    def send(self, value: Any) -> Any:
+        if self.handed_over:
+            return self.coro.send(value)
+        self.handed_over = True
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        if self.finished:
+            raise StopIteration(self.value)
+        yielded, self.yielded = self.yielded, None
+        return yielded
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        self.handed_over = True
+        if self.finished:
+            raise typ if val is None else val
+        return self.coro.throw(typ) if val is None and tb is None else self.coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self.coro.close()
+
+    def __await__(self) -> Any:
+        raise TypeError("a resumed call is driven by its Task only")
 
 
 class _ForwardHandler:
