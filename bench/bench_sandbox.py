@@ -6,8 +6,8 @@ the worker answers a first `ping` (asyncio imported and its loop serving), which
 
 Warm round trip: a hook call through the proxy (`hook_function("ai_request")`: frame, worker task, plugin
 method, reply, usage merge) against a raw length-prefixed msgpack echo over the pipe to the same kind of worker
-(same bwrap flags, same interpreter, a blocking read/write loop), driven by the same asyncio client.
-Target ≤ 2× at p50 and p99.
+(same bwrap flags, same interpreter, a blocking read/write loop), driven by the same asyncio client, 2000
+calls each in alternating blocks of 200 (so machine noise hits both alike). Target ≤ 2× at p50 and p99.
 
 Run as root: `python bench/bench_sandbox.py`.
 """
@@ -140,28 +140,27 @@ async def main() -> None:
         print(f"cold start to a first answer (asyncio imported, loop serving; no plugin import): {r * 1e3:.1f} ms, "
               f"ratio {r / b:.2f}x")
 
-        # warm round trip through the proxy
+        # warm round trip through the proxy, and a raw echo worker with the same flags and interpreter driven by
+        # the same asyncio client; measured in alternating blocks of 200 calls so that both see the same
+        # machine (shared cores drift by 2x within seconds)
         fn = runner.hook_function("ai_request", "answer")
-        for _ in range(200):
-            await fn("x", {})
-        proxy = []
-        for _ in range(2000):
-            t = time.perf_counter()
-            await fn("x", {})
-            proxy.append(time.perf_counter() - t)
-
-        # raw echo worker with the same flags and interpreter, same asyncio client
         proc = await plain_argv_run(runner, ["-c", ECHO], stdin=True)
         frame = _rpc.encode({"t": "req", "id": 1, "op": "hook", "user": {}, "files": [],
                              "args": {"method": "answer", "kwargs": {"prompt": "x", "context": {}}}})
-        raw = []
-        for i in range(2200):
-            t = time.perf_counter()
-            proc.stdin.write(frame)
-            head = await proc.stdout.readexactly(4)
-            msgpack.unpackb(await proc.stdout.readexactly(int.from_bytes(head, "big")))
-            if i >= 200:
-                raw.append(time.perf_counter() - t)
+        proxy, raw = [], []
+        for block in range(11):  # the first block of each warms up
+            for _ in range(200):
+                t = time.perf_counter()
+                await fn("x", {})
+                if block:
+                    proxy.append(time.perf_counter() - t)
+            for _ in range(200):  # inline, exactly as before: no helper coroutine added to the reference
+                t = time.perf_counter()
+                proc.stdin.write(frame)
+                head = await proc.stdout.readexactly(4)
+                msgpack.unpackb(await proc.stdout.readexactly(int.from_bytes(head, "big")))
+                if block:
+                    raw.append(time.perf_counter() - t)
         proc.stdin.close()
         await proc.wait()
         os.close(proc.info_fd)
