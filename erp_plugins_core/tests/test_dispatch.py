@@ -254,6 +254,17 @@ async def test_cancelling_the_caller_cancels_every_running_plugin() -> None:
     assert sorted(cancelled) == [0, 1, 2]
 
 
+async def test_a_self_timed_implementation_is_left_to_time_itself() -> None:
+    async def slow(prompt: str, context: dict) -> str:
+        await asyncio.sleep(0.2)
+        return "done"
+
+    timed = impl("proxy", slow, timeout=0.05)
+    timed.self_timed = True  # as a sandbox proxy is: it enforces the timeout (and kills its worker) itself
+    assert (await call_one(timed, "ai_request", ARGS)).result == "done"
+    assert (await call_one(impl("plain", slow, timeout=0.05), "ai_request", ARGS)).error_kind == "timeout"
+
+
 async def test_one_async_plugin_times_out_in_the_callers_task() -> None:
     async def hang(prompt: str, context: dict) -> str:
         await asyncio.sleep(5)

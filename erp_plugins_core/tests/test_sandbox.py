@@ -488,6 +488,20 @@ async def test_restart_after_crash_replays_initialize_and_activate(good: Sandbox
     assert good.worker_pids != before
 
 
+async def test_a_hook_calls_timeout_covers_a_restart_of_its_worker(plugin_site: Path, runtime_dir: Path) -> None:
+    runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=(), tenant="slowrestart", backoff=10.0,
+                         max_backoff=10.0)
+    try:
+        with pytest.raises(SandboxError, match="exited with exit code 3"):
+            await attack(runner, "exit")
+        started = time.monotonic()  # the restart waits 10 s of backoff; the call may take its 3 s timeout only
+        with pytest.raises(HookTimeout, match=r"timed out after 3 s while its worker restarted"):
+            await attack(runner, "nothing")
+        assert time.monotonic() - started < 6
+    finally:
+        await runner.close()
+
+
 async def test_repeated_crashes_put_the_plugin_into_error_state(plugin_site: Path, runtime_dir: Path) -> None:
     runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=(), max_crashes=3, backoff=0.05)
     try:

@@ -66,6 +66,7 @@ class Impl:
     redactor: Redactor
     takes_all: bool = False  # takes every argument of the hook, so bound arguments are passed as they are
     positional: bool = False  # takes exactly the hook's arguments, positionally in spec order (the fast call)
+    self_timed: bool = False  # enforces `timeout` itself (a sandbox proxy): a lone call needs no timer of ours
 
 
 def error_kind(exc: BaseException) -> str:
@@ -147,7 +148,7 @@ class TenantDispatcher:
         self.tenant = tenant
         self._pm = _Manager(PROJECT)
         self._pm.add_hookspecs(HookSpecs)
-        self._meta: dict[str, tuple[int, float, frozenset[str], Redactor]] = {}
+        self._meta: dict[str, tuple[int, float, frozenset[str], Redactor, bool]] = {}
         self._tables: dict[str, list[Impl]] = {}
 
     def register(
@@ -159,14 +160,18 @@ class TenantDispatcher:
         timeout: float,
         granted: frozenset[str],
         redactor: Redactor,
+        self_timed: bool = False,
     ) -> None:
-        """Add a plugin's hook functions (hook name → callable); pluggy validates them against the specs."""
+        """Add a plugin's hook functions (hook name → callable); pluggy validates them against the specs.
+
+        `self_timed`: the functions enforce `timeout` themselves (see `PluginRunner.times_its_calls`).
+        """
         self.unregister(plugin)
         try:
             self._pm.register(_Adapter(functions), name=plugin)
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"plugin {plugin!r}: {exc}") from None
-        self._meta[plugin] = (priority, timeout, granted, redactor)
+        self._meta[plugin] = (priority, timeout, granted, redactor, self_timed)
         self._tables.clear()
 
     def unregister(self, plugin: str) -> None:
@@ -189,7 +194,7 @@ class TenantDispatcher:
         impls = []
         # pluggy calls the last registered first; keep that order among equal priorities
         for order, hi in enumerate(reversed(caller.get_hookimpls())):
-            priority, timeout, granted, redactor = self._meta[hi.plugin_name]
+            priority, timeout, granted, redactor, self_timed = self._meta[hi.plugin_name]
             denied = None
             if permission is not None and permission not in granted:
                 denied = (
@@ -199,7 +204,8 @@ class TenantDispatcher:
             names, positional = _call_names(hi.function, hook)
             impls.append(
                 (priority, order, Impl(hi.plugin_name, hi.function, names, timeout, priority, denied, redactor,
-                                       takes_all=len(names) == len(HOOKS[hook].argnames), positional=positional))
+                                       takes_all=len(names) == len(HOOKS[hook].argnames), positional=positional,
+                                       self_timed=self_timed))
             )
         table = [i for _, _, i in sorted(impls, key=lambda t: (t[0], t[1]))]
         self._tables[hook] = table
@@ -236,8 +242,11 @@ async def _finish(impl: Impl, hook: str, awaitable: Any, usage: dict[str, int], 
     """Await one async implementation under its plugin's timeout, in the caller's task."""
     current_usage.set(usage)
     try:
-        async with asyncio.timeout(impl.timeout):
+        if impl.self_timed:
             out = await awaitable
+        else:
+            async with asyncio.timeout(impl.timeout):
+                out = await awaitable
     except TimeoutError:
         return _failure(impl, _timeout_error(impl, hook), start)
     except Exception as exc:

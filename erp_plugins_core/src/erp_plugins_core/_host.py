@@ -339,6 +339,7 @@ class PluginHost:
                 timeout=manifest.resources.timeout,
                 granted=frozenset(inst.row.granted),
                 redactor=inst.redactor,
+                self_timed=inst.runner.times_its_calls,
             )
             inst.life.to(PluginState.ACTIVE)
         except Exception as exc:

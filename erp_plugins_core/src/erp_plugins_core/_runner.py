@@ -30,6 +30,9 @@ class PluginRunner(ABC):
     """Runs one plugin instance for one tenant, in process or in a worker."""
 
     sandboxed: bool = False
+    #: Whether `hook_function`'s functions enforce `resources.timeout` on every call themselves (from the start
+    #: of the call, worker restarts included), so dispatch adds no timer of its own to a lone call.
+    times_its_calls: bool = False
 
     def __init__(self, record: PluginRecord, tenant: str) -> None:
         self.record = record

@@ -551,6 +551,7 @@ class SandboxRunner(PluginRunner):
     """Runs one plugin for one tenant in a bubblewrap worker; see the module docstring for what holds it."""
 
     sandboxed = True
+    times_its_calls = True
 
     def __init__(
         self,
@@ -675,11 +676,11 @@ class SandboxRunner(PluginRunner):
 
             async def call_proxy(*args: Any, **kwargs: Any) -> Any:
                 # `_call` inlined: one coroutine between the caller and the reply
+                seconds = runner.manifest.resources.timeout
                 w = runner._worker
                 if w is None or w.dead or runner._failed is not None:
-                    w = await runner._ensure_worker()
+                    w, seconds = await runner._restart_within(seconds, what)
                 ctx = contextvars.copy_context()
-                seconds = runner.manifest.resources.timeout
                 call = runner._begin(w, "hook", {"method": method, "kwargs": bind(args, kwargs)}, what, seconds, ctx)
                 try:
                     msg = await call.future
@@ -906,6 +907,23 @@ class SandboxRunner(PluginRunner):
                 raise
             assert self._worker is not None
             return self._worker
+
+    async def _restart_within(self, seconds: float, what: str) -> tuple[_Worker, float]:
+        """A running worker for a hook call (restarted if need be) and what is left of the call's `seconds`.
+
+        A hook call's timeout covers a restart too (backoff, start, initialize and activate replayed), so
+        that `resources.timeout` bounds the call as a whole; dispatch relies on that (`times_its_calls`).
+        """
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            async with asyncio.timeout(seconds):
+                w = await self._ensure_worker()
+        except TimeoutError:
+            raise HookTimeout(
+                f"plugin {self.record.name!r}: {what} timed out after {seconds:g} s while its worker restarted"
+            ) from None
+        return w, max(seconds - (loop.time() - start), 0.001)
 
     # --- calls --------------------------------------------------------------------------------------------
 
