@@ -456,23 +456,27 @@ async def open_stream(impl: Impl, hook: str, kwargs: dict[str, Any]) -> tuple[As
     Returns the iterator and the first chunk; raises what the plugin raised, or HookTimeout.
     StopAsyncIteration means the stream ended without any chunk.
     """
+    if impl.self_timed:
+        return await _open(impl, hook, kwargs)
     try:
         async with asyncio.timeout(impl.timeout):
-            out = impl.function(**_kwargs(impl, kwargs))
-            if inspect.isawaitable(out):
-                out = await out
-            if not hasattr(out, "__anext__"):
-                if hasattr(out, "__aiter__"):
-                    out = out.__aiter__()
-                else:
-                    raise PluginError(
-                        f"{impl.plugin} returned {type(out).__name__} for {hook}; a streaming hook must return "
-                        "an async iterator (write it as an async generator)"
-                    )
-            first = await out.__anext__()
+            return await _open(impl, hook, kwargs)
     except TimeoutError:
         raise _timeout_error(impl, hook) from None
-    return out, first
+
+
+async def _open(impl: Impl, hook: str, kwargs: dict[str, Any]) -> tuple[AsyncIterator[Any], Any]:
+    out = impl.function(**_kwargs(impl, kwargs))
+    if inspect.isawaitable(out):
+        out = await out
+    if not hasattr(out, "__anext__"):
+        if not hasattr(out, "__aiter__"):
+            raise PluginError(
+                f"{impl.plugin} returned {type(out).__name__} for {hook}; a streaming hook must return "
+                "an async iterator (write it as an async generator)"
+            )
+        out = out.__aiter__()
+    return out, await out.__anext__()
 
 
 class StreamDeadline:

@@ -1016,9 +1016,11 @@ class SandboxRunner(PluginRunner):
 
     async def _stream(self, hook: str, method: str, kwargs: dict[str, Any],
                       ctx: contextvars.Context) -> AsyncIterator[Any]:
-        w = await self._ensure_worker()
         timeout = self.manifest.resources.timeout
         what = f"hook {hook}"
+        w = self._worker
+        if w is None or w.dead or self._failed is not None:
+            w, _ = await self._restart_within(timeout, what)
         user, files = self._call_scope(ctx)
         call = w.new_call(what, ctx, stream=True)
         assert call.queue is not None
