@@ -564,3 +564,37 @@ def test_describe_exit() -> None:
     assert _sandbox.describe_exit(128 + signal.SIGSEGV, "") == "was killed by signal SIGSEGV"
     assert "CPU time limit" in _sandbox.describe_exit(128 + signal.SIGXCPU, "")
     assert "out of memory" in _sandbox.describe_exit(1, "Traceback...\nMemoryError\n")
+
+
+def test_prune_removes_sites_unused_past_retention_and_dead_builds(tmp_path: Path) -> None:
+    now = time.time()
+
+    def site(name: str, age_days: float) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / ".complete").write_text("ok\n")
+        os.utime(path / ".complete", (now - age_days * 86400,) * 2)
+        return path
+
+    old, recent, keep = site("site-old", 40), site("site-recent", 1), site("site-keep", 400)
+    dead, fresh = tmp_path / ".build-dead", tmp_path / ".build-fresh"
+    dead.mkdir()
+    fresh.mkdir()
+    os.utime(dead, (now - 7200,) * 2)
+    (tmp_path / "unrelated").write_text("x")
+    removed = _sandbox.prune_runtime_sites(tmp_path, keep=keep, now=now)
+    assert sorted(p.name for p in removed) == [".build-dead", "site-old"]
+    assert not old.exists() and not dead.exists()
+    assert recent.exists() and keep.exists() and fresh.exists() and (tmp_path / "unrelated").exists()
+
+
+async def test_every_worker_start_marks_its_runtime_site_used(good: SandboxRunner) -> None:
+    complete = Path(good._runtime.site) / ".complete"  # type: ignore[union-attr]
+    os.utime(complete, (time.time() - 40 * 86400,) * 2)
+    pids = list(good.worker_pids)
+    with pytest.raises(TimeoutError):  # cancelling a call kills its worker: the next call starts a new one
+        await asyncio.wait_for(good.hook_function("ai_request", "answer")("sleep:30", {}), 0.3)
+    assert all(gone(pid) for pid in pids)
+    await still_answers(good)
+    assert time.time() - complete.stat().st_mtime < 60
+    assert complete.parent not in _sandbox.prune_runtime_sites(complete.parent.parent) and complete.exists()

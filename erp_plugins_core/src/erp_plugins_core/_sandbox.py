@@ -319,7 +319,51 @@ def build_runtime(record: PluginRecord, runtime_dir: str | os.PathLike[str] | No
     target = root / f"site-{digest.hexdigest()[:24]}"
     if not (target / ".complete").exists():
         _materialize(root, target, files)
+        prune_runtime_sites(root, keep=target)  # a new site usually means an upgrade left an old one unused
+    mark_used(target)
     return Runtime(python=python, site=str(target), binds=binds)
+
+
+#: A runtime site from which no worker started for this long is removed (when another site is built).
+SITE_RETENTION_S = 30 * 86400
+#: A `.build-*` directory this old belongs to a build that died half-way.
+STALE_BUILD_S = 3600
+
+
+def mark_used(site: str | os.PathLike[str]) -> None:
+    """Record that a worker starts from `site` now (the mtime of its `.complete`), for `prune_runtime_sites`."""
+    with contextlib.suppress(OSError):
+        os.utime(Path(site) / ".complete")
+
+
+def prune_runtime_sites(root: str | os.PathLike[str], *, keep: str | os.PathLike[str] | None = None,
+                        retention: float = SITE_RETENTION_S, now: float | None = None) -> list[Path]:
+    """Remove runtime sites unused for `retention` seconds and abandoned builds; returns what was removed.
+
+    Every worker start marks its site used, so a site is only removed after no worker of any host on this
+    machine started from it for the whole retention (30 days by default): long enough that a running host's
+    worker restarting from it is not a realistic case, and the next restart would rebuild it anyway.
+    """
+    root, now = Path(root), time.time() if now is None else now
+    removed: list[Path] = []
+    for entry in root.iterdir() if root.is_dir() else ():
+        if keep is not None and entry == Path(keep):
+            continue
+        try:
+            if entry.name.startswith("site-"):
+                stale = now - (entry / ".complete").stat().st_mtime > retention
+            elif entry.name.startswith(".build-"):
+                stale = now - entry.stat().st_mtime > STALE_BUILD_S
+            else:
+                continue
+        except FileNotFoundError:  # a site without .complete is a half-renamed build: leave it to its builder
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    if removed:
+        log.info("removed %d unused sandbox runtime site(s) under %s", len(removed), root)
+    return removed
 
 
 def _compile_worker(build: Path) -> None:
@@ -779,6 +823,8 @@ class SandboxRunner(PluginRunner):
                 "AS": str(res.memory_bytes), "CPU": f"{cpu}:{cpu + 5}"}
 
     async def _spawn(self) -> _Worker:
+        if self._runtime is not None:
+            mark_used(self._runtime.site)
         seccomp_fd = _seccomp.filter_fd(self.manifest.resources.network_access)
         info_r, info_w = os.pipe()
         out_r, out_w = os.pipe()  # the worker's replies; read by a protocol, not a StreamReader
