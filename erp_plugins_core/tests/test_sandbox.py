@@ -326,6 +326,19 @@ async def test_cpu_budget_ends_the_worker_with_sigxcpu(plugin_site: Path, runtim
     await still_answers(good)
 
 
+async def test_a_log_flood_is_cut_to_the_budget(hostile: SandboxRunner, good: SandboxRunner, caplog) -> None:
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        assert await attack(hostile, "logflood:5000") == "flooded"
+    elapsed = time.monotonic() - started
+    flood = [r for r in caplog.records if r.name == "erp_plugins.plugin.sbx_hostile"]
+    assert _sandbox.LOG_BURST <= len(flood) <= _sandbox.LOG_BURST + elapsed * _sandbox.LOG_RATE + 1
+    assert [r.getMessage() for r in flood[:2]] == ["flood 0", "flood 1"]
+    assert any("logs more than 200 messages at once" in r.getMessage() for r in caplog.records
+               if r.name == "erp_plugins.sandbox")
+    await still_answers(good)
+
+
 async def test_fork_bomb_stopped_by_nproc(hostile: SandboxRunner, good: SandboxRunner) -> None:
     result = await attack(hostile, "fork")
     started = int(result.split()[0].split("=")[1])

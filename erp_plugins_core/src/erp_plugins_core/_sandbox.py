@@ -456,6 +456,35 @@ def _expire(fut: asyncio.Future[Any]) -> None:
         fut.set_exception(_Expired())
 
 
+#: Log messages a worker may send at once, then per second; the rest are dropped (and counted), so that a
+#: plugin cannot flood the host's logs.
+LOG_BURST = 200
+LOG_RATE = 50.0
+
+
+class _LogBudget:
+    """A token bucket for one worker's log messages."""
+
+    __slots__ = ("tokens", "stamp", "dropped")
+
+    def __init__(self) -> None:
+        self.tokens = float(LOG_BURST)
+        self.stamp = time.monotonic()
+        self.dropped = 0
+
+    def take(self) -> int | None:
+        """None when this message is to be dropped; otherwise how many were dropped since the last one let through."""
+        now = time.monotonic()
+        self.tokens = min(float(LOG_BURST), self.tokens + (now - self.stamp) * LOG_RATE)
+        self.stamp = now
+        if self.tokens < 1.0:
+            self.dropped += 1
+            return None
+        self.tokens -= 1.0
+        dropped, self.dropped = self.dropped, 0
+        return dropped
+
+
 class _FromWorker(asyncio.Protocol):
     """The read end of a worker's pipe: frames are split, validated and handled as the bytes arrive.
 
@@ -521,6 +550,7 @@ class _Worker:
         self.reader: _FromWorker | None = None
         self.packer = _rpc.new_packer()
         self.watchdog: asyncio.TimerHandle | None = None
+        self.log_budget = _LogBudget()
 
     def watch(self, call: _Call, seconds: float) -> None:
         """Time out `call` after `seconds`: one timer per worker, armed for the earliest deadline.
@@ -1260,6 +1290,15 @@ class SandboxRunner(PluginRunner):
             level, message, fields = args.get("level"), args.get("message"), args.get("fields")
             if not (isinstance(level, int) and isinstance(message, str) and isinstance(fields, dict)):
                 raise _rpc.ProtocolViolation("malformed log note")
+            dropped = w.log_budget.take()
+            if dropped is None:
+                if w.log_budget.dropped == 1:
+                    log.warning("plugin %r (tenant %r) logs more than %d messages at once or %g a second; the rest "
+                                "are dropped", self.record.name, self.tenant, LOG_BURST, LOG_RATE)
+                return
+            if dropped:
+                log.warning("plugin %r (tenant %r): %d log messages were dropped", self.record.name, self.tenant,
+                            dropped)
             fields = {k: v for k, v in fields.items() if k not in {"level", "message"} and k.isidentifier()}
             if context is not None:
                 ctx.copy().run(context.log, level, message, **fields)

@@ -7,6 +7,7 @@ It must only ever be run through the sandbox (the tests fail rather than run it 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import socket
 import time
@@ -59,6 +60,11 @@ class Plugin(PluginInterface):
             ctypes.string_at(0)
         if kind == "memory":
             return _memory_bomb()
+        if kind == "logflood":
+            logger = logging.getLogger("erp_plugins.plugin.sbx_hostile")
+            for i in range(int(arg)):
+                logger.warning("flood %d", i)
+            return "flooded"
         if kind == "spin":
             return _spin(float(arg or 30))
         if kind == "fork":
