@@ -177,6 +177,20 @@ async def test_errors_name_the_fix_and_never_the_secrets(host, fake, creds, tmp_
         assert_no_secrets(str(result.exception), creds)
 
 
+async def test_credentials_from_a_key_file_reach_the_plugin(host, fake, creds, tmp_path, monkeypatch) -> None:
+    """`file:/path` for a sensitive key: the host reads the file at start (mode 600, not readable by a sandboxed
+    worker's uid) and the plugin gets its content; the state keeps only the reference."""
+    key_file = tmp_path / "google-credentials.json"
+    key_file.write_text(json.dumps(fake.user_credentials(expires_in=3600)) + "\n")
+    key_file.chmod(0o600)
+    await host.enable("google_services", tenant="initech", config={
+        "credentials_file": f"file:{key_file}", "root_url": fake.url})
+    [listed] = await host.call("list_calendar_events", tenant="initech", calendar_id="primary")
+    assert listed.success, listed.error
+    assert host.config_of("google_services", tenant="initech")["credentials_file"] == f"file:{key_file}"
+    assert_no_secrets(listed.to_json(), json.loads(key_file.read_text()))
+
+
 async def test_health_names_revoked_credentials(host, fake, tmp_path, monkeypatch, request) -> None:
     """`erp-plugins health` shows HealthReport.error for an unhealthy plugin: it must say what to fix."""
     expired = fake.user_credentials(expires_in=-60)  # the health check must refresh, and the refresh is refused

@@ -231,6 +231,44 @@ def test_env_reference_for_a_sensitive_key_is_never_stored(manifest: Manifest, b
     assert runtime["api_key"] == SECRET and secrets == [SECRET]
 
 
+def test_file_reference_for_a_sensitive_key_is_read_at_start_and_never_stored(
+        manifest: Manifest, box: SecretBox, tmp_path: Path) -> None:
+    key_file = tmp_path / "api_key"
+    key_file.write_text(SECRET + "\n")  # as secret files usually end
+    given = validate_config(parse_cli_config([f"api_key=file:{key_file}", "pin=1234"], manifest), manifest)
+    stored = to_stored(given, manifest, box)
+    assert stored["api_key"] == f"file:{key_file}" and SECRET not in repr(stored)
+    assert redacted(stored, manifest)["api_key"] == f"file:{key_file}"
+    runtime, secrets = resolve(stored, manifest, box)
+    assert runtime["api_key"] == SECRET and SECRET in secrets  # one trailing newline dropped, redacted later
+    key_file.write_text("short")  # read again at every start, and validated again
+    with pytest.raises(ConfigError, match="config key api_key: .*10") as info:
+        resolve(stored, manifest, box)
+    assert "short" not in str(info.value)
+
+
+def test_file_references_only_for_sensitive_keys(manifest: Manifest) -> None:
+    given = parse_cli_config(["base_url=file:/etc/hostname"], manifest)  # not sensitive: an ordinary string
+    assert given["base_url"] == "file:/etc/hostname"
+    with pytest.raises(ConfigError, match="'relative/key' is not an absolute path; use file:/path/to/the/file"):
+        parse_cli_config(["api_key=file:relative/key"], manifest)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "cannot read {path}: No such file or directory"),
+    (b"\xff\xfe", "{path} is not UTF-8 text"),
+    (b"x" * (1024 * 1024 + 1), "{path} is larger than 1024 KiB"),
+])
+def test_unreadable_key_file_is_a_clear_error(manifest: Manifest, box: SecretBox, tmp_path: Path,
+                                              content: bytes | None, message: str) -> None:
+    path = tmp_path / "key"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        resolve({"api_key": f"file:{path}"}, manifest, box)
+    assert str(info.value).startswith(f"plugin demo_ai config key api_key: {message.format(path=path)}; fix the file")
+
+
 def test_unset_environment_variable_names_it(manifest: Manifest, box: SecretBox) -> None:
     with pytest.raises(ConfigError) as info:
         resolve({"api_key": "env:OPENAI_API_KEY"}, manifest, box, environ={})

@@ -277,7 +277,8 @@ def _host(ctx: click.Context, tenant: str | None) -> Any:
 @click.argument("name")
 @click.option("--tenant", required=True, help="Tenant to enable the plugin for.")
 @click.option("--config", "config_items", multiple=True, metavar="KEY=VALUE",
-              help="A config value (converted to the schema's type); env:NAME reads it from the environment at start.")
+              help="A config value (converted to the schema's type); env:NAME reads it from the environment at start, "
+                   "file:/PATH (sensitive keys) from a file.")
 @click.option("--grant", multiple=True, metavar="PERM", help="Grant only these declared permissions (default: all).")
 @click.option("--trust", is_flag=True, help="Allow a plugin that asks to run unsandboxed in the host's process.")
 @click.option("--priority", type=int, help="Order among providers for first/stream: lower first (default 100).")

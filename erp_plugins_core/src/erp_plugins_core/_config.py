@@ -7,8 +7,10 @@ literal becomes `{"$secret": "<fernet token>"}`. The *runtime* form is what the 
 read from the environment, secrets decrypted, everything validated again. Every error names the plugin, the key
 and the rule, on one line, and never shows a sensitive value.
 
-`env:NAME` is recognised on top-level keys only. `config show` shows a reference as `env:NAME` even for a
-sensitive key: it names where the value comes from, not the value.
+`env:NAME` is recognised on top-level keys only. So is `file:/absolute/path`, for sensitive keys only (as with
+Docker or Kubernetes secrets mounted as files): the file's text, without one trailing newline, is read when the
+plugin starts, so a sandboxed plugin gets the content without any file system. `config show` shows a reference
+as it was given even for a sensitive key: it names where the value comes from, not the value.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from ._secrets import SecretBox
 
 __all__ = [
     "ENV_PREFIX",
+    "FILE_PREFIX",
     "SECRET_MARK",
     "apply_defaults",
     "env_reference",
+    "file_reference",
     "parse_cli_config",
     "redacted",
     "resolve",
@@ -40,6 +44,9 @@ __all__ = [
 ]
 
 ENV_PREFIX = "env:"
+FILE_PREFIX = "file:"
+#: Largest file a `file:` reference may name (secrets and key files are small; this keeps a mistake cheap).
+MAX_FILE_BYTES = 1024 * 1024
 SECRET_MARK = "$secret"  # noqa: S105 - the marker key, not a password
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TRUE = {"true", "1", "yes", "on"}
@@ -52,6 +59,35 @@ def env_reference(value: Any) -> str | None:
     if isinstance(value, str) and value.startswith(ENV_PREFIX):
         return value[len(ENV_PREFIX):]
     return None
+
+
+def file_reference(value: Any, key: str, manifest: Manifest) -> str | None:
+    """The path if `value` is a `file:/path` reference given for a sensitive key, else None."""
+    if key in manifest.sensitive_keys and isinstance(value, str) and value.startswith(FILE_PREFIX):
+        return value[len(FILE_PREFIX):]
+    return None
+
+
+def _is_reference(value: Any, key: str, manifest: Manifest) -> bool:
+    """Whether `value` names where the value comes from (`env:` or, for a sensitive key, `file:`)."""
+    return env_reference(value) is not None or file_reference(value, key, manifest) is not None
+
+
+def _read_file(path: str, key: str, manifest: Manifest) -> str:
+    """The text of a `file:` reference's file, for `resolve`; ConfigError naming the file and the fix."""
+    fix = f"fix the file, or enable the plugin again with another --config {key}=..."
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{_where(manifest, key)}: cannot read {path}: {exc.strerror or exc}; {fix}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{_where(manifest, key)}: {path} is larger than {MAX_FILE_BYTES // 1024} KiB; {fix}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{_where(manifest, key)}: {path} is not UTF-8 text; {fix}") from None
+    return text[:-1] if text.endswith("\n") else text
 
 
 def _is_secret_mark(value: Any) -> bool:
@@ -158,6 +194,14 @@ def parse_cli_config(pairs: Iterable[str], manifest: Manifest) -> dict[str, Any]
                 )
             out[key] = text
             continue
+        path = file_reference(text, key, manifest)
+        if path is not None:
+            if not os.path.isabs(path):
+                raise ConfigError(
+                    f"{_where(manifest, key)}: {path!r} is not an absolute path; use file:/path/to/the/file"
+                )
+            out[key] = text
+            continue
         try:
             out[key] = _convert(text, prop)
         except ValueError as exc:
@@ -253,7 +297,7 @@ def _sensitive_values(config: Mapping[str, Any], manifest: Manifest) -> list[str
     out = []
     for key in manifest.sensitive_keys:
         value = config.get(key)
-        if value is None or env_reference(value) is not None or _is_secret_mark(value):
+        if value is None or _is_reference(value, key, manifest) or _is_secret_mark(value):
             continue
         out.append(value if isinstance(value, str) else json.dumps(value, default=str))
         if not isinstance(value, str):
@@ -269,11 +313,11 @@ def _unknown_keys(config: Mapping[str, Any], manifest: Manifest) -> None:
 def validate_config(config: Mapping[str, Any], manifest: Manifest) -> dict[str, Any]:
     """The given config with defaults applied, validated (Draft 2020-12); ConfigError listing every problem.
 
-    `env:NAME` values are not type-checked here (that happens in `resolve`); unknown keys are errors.
+    `env:` and `file:` references are not type-checked here (that happens in `resolve`); unknown keys are errors.
     """
     _unknown_keys(config, manifest)
     full = apply_defaults(config, manifest.schema)
-    skip = {k for k, v in full.items() if env_reference(v) is not None}
+    skip = {k for k, v in full.items() if _is_reference(v, k, manifest)}
     problems = _errors(full, manifest, skip, _sensitive_values(full, manifest))
     if problems:
         raise ConfigError("; ".join(problems))
@@ -287,7 +331,7 @@ def to_stored(config: Mapping[str, Any], manifest: Manifest, box: SecretBox) -> 
     """The stored form: sensitive literals encrypted as `{"$secret": token}` (JSON of the value inside)."""
     out: dict[str, Any] = {}
     for key, value in config.items():
-        if key in manifest.sensitive_keys and value is not None and env_reference(value) is None:
+        if key in manifest.sensitive_keys and value is not None and not _is_reference(value, key, manifest):
             if not _is_secret_mark(value):  # already stored (a config carried over): keep its token
                 value = {SECRET_MARK: box.encrypt(json.dumps(value))}
         out[key] = value
@@ -327,6 +371,15 @@ def resolve(
                 raise ConfigError(
                     f"{_where(manifest, key)}: environment variable {name}: expected {exc}, {got}"
                 ) from None
+        elif (path := file_reference(value, key, manifest)) is not None:
+            text = _read_file(path, key, manifest)
+            secret_values.append(text)
+            try:
+                value = _convert(text, _key_schema(manifest, key))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{_where(manifest, key)}: {path}: expected {exc}, (sensitive value not shown)"
+                ) from None
         elif _is_secret_mark(value):
             plain = box.decrypt(value[SECRET_MARK], what=f"secret for {_where(manifest, key)}")
             try:
@@ -344,11 +397,11 @@ def resolve(
 
 
 def redacted(stored: Mapping[str, Any], manifest: Manifest) -> dict[str, Any]:
-    """The stored config for display: sensitive values as `***` (an `env:NAME` reference shown as is)."""
+    """The stored config for display: sensitive values as `***` (an `env:` or `file:` reference shown as is)."""
     out: dict[str, Any] = {}
     for key, value in stored.items():
         if _is_secret_mark(value) or (key in manifest.sensitive_keys and value is not None
-                                      and env_reference(value) is None):
+                                      and not _is_reference(value, key, manifest)):
             value = REDACTED
         out[key] = value
     return out
