@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -400,3 +401,36 @@ def test_lock_held_too_long_is_a_clear_state_error(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.communicate()
+
+
+def test_opening_a_fresh_file_while_another_connection_writes_to_it_waits(tmp_path: Path) -> None:
+    """Two processes creating one state file at once: SQLite answers 'locked' at once, without its busy handler,
+    to the one that reads while the other holds the write lock (a possible deadlock); the store retries."""
+    path = tmp_path / "state.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # the write lock on a fresh rollback-journal file, as the other opener has it
+    released = threading.Timer(0.3, other.execute, ("COMMIT",))
+    released.start()
+    started = time.monotonic()
+    try:
+        with SQLiteStateStore(path, busy_timeout=10) as store:
+            assert time.monotonic() - started >= 0.25  # it waited for the other connection instead of failing
+            store.set_setting("k", "v")
+            assert store.get_setting("k") == "v"
+    finally:
+        released.join()
+        other.close()
+
+
+def test_opening_a_file_locked_past_the_timeout_is_a_clear_state_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StateError, match="locked by another process for more than 0.3 s") as info:
+            SQLiteStateStore(path, busy_timeout=0.3)
+        assert time.monotonic() - started >= 0.3  # retried until the timeout, not given up at the first 'locked'
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+    finally:
+        other.close()

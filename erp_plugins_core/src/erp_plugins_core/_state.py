@@ -12,6 +12,7 @@ import contextlib
 import getpass
 import json
 import os
+import random
 import re
 import sqlite3
 import threading
@@ -42,6 +43,10 @@ STATE_ENV = "ERP_PLUGINS_STATE"
 APP_NAME = "erp-plugins"
 #: Seconds a writer waits for another process's transaction before giving up.
 BUSY_TIMEOUT_S = 30.0
+
+#: Backoff between attempts to open a file another process holds locked (see SQLiteStateStore.__init__).
+_OPEN_RETRY_FIRST_S = 0.005
+_OPEN_RETRY_MAX_S = 0.2
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -305,6 +310,12 @@ class _SQLiteTransaction(StateTransaction):
         self._check().execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
 
 
+def _is_busy(exc: BaseException) -> bool:
+    """Whether an sqlite3 error means another connection holds the lock (SQLITE_BUSY or SQLITE_LOCKED)."""
+    low = str(exc).lower()
+    return "locked" in low or "busy" in low
+
+
 def _get(conn: sqlite3.Connection, tenant: str, plugin: str) -> TenantPlugin | None:
     row = conn.execute(
         f"SELECT {_COLUMNS} FROM tenant_plugins WHERE tenant = ? AND plugin = ?",  # noqa: S608
@@ -338,29 +349,39 @@ class SQLiteStateStore(StateStore):
         self._in_tx = False
         self._conn: sqlite3.Connection | None = None
         self._create_file()
+        # SQLite does not call its busy handler where waiting could deadlock: two processes opening a fresh
+        # file both switch it to WAL, and the one that holds a read lock while the other holds the write lock
+        # gets "database is locked" at once. So the whole opening is retried, with backoff, up to the timeout.
+        deadline = time.monotonic() + busy_timeout
+        delay = _OPEN_RETRY_FIRST_S
+        while True:
+            try:
+                self._conn = self._open()
+                return
+            except sqlite3.Error as exc:
+                remaining = deadline - time.monotonic()
+                if not _is_busy(exc) or remaining <= 0:
+                    raise self._error(exc) from None
+            time.sleep(min(delay * random.uniform(0.5, 1.5), remaining))  # noqa: S311 (jitter, not a secret)
+            delay = min(delay * 2, _OPEN_RETRY_MAX_S)
+
+    def _open(self) -> sqlite3.Connection:
+        """A connection to the file, in WAL mode and migrated to this version's schema; closed again on error."""
+        conn = sqlite3.connect(
+            str(self.path), timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
         try:
-            conn = sqlite3.connect(
-                str(self.path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise self._error(exc) from None
-        self._conn = conn
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             self._check_is_ours(conn)
             if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise StateError(f"state file {self.path}: cannot switch to WAL mode; put it on a local file system")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
-        except StateError:
+        except BaseException:
             conn.close()
-            self._conn = None
             raise
-        except sqlite3.Error as exc:
-            conn.close()
-            self._conn = None
-            raise self._error(exc) from None
+        return conn
 
     def __repr__(self) -> str:
         return f"SQLiteStateStore({str(self.path)!r})"
@@ -392,7 +413,7 @@ class SQLiteStateStore(StateStore):
                 f"state file {self.path} is not a valid erp-plugins state database ({text}); "
                 f"move it away to start afresh, or pass --state with another file"
             )
-        if "locked" in low or "busy" in low:
+        if _is_busy(exc):
             return StateError(
                 f"state file {self.path} stayed locked by another process for more than {self._busy_timeout:g} s "
                 f"({text}); retry when the other erp-plugins command has finished"
