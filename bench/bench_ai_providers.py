@@ -15,8 +15,12 @@ file and a fresh Fernet key, has that provider alone enabled for its own tenant.
   target ≤ 1.10× each.
 - ai_stream, N concurrent: streams per second (target ≥ 0.90×) and the median first chunk under that load
   (no target: it is mostly queueing).
+- Sandboxed only, the floor (no target): the same SDK calls (`bench/_sdk_calls.py`) in a bare process started
+  with the plugin's own bwrap command line, interpreter and runtime site, behind a raw length-prefixed pipe:
+  what any out-of-process plugin pays here. Rows `[floor vs SDK]` and `[ours vs floor]`, measured in the same
+  rounds as the sequential rows above (the three sides take turns going first).
 
-Sequential: 150 rounds of one call per side (`--rounds`, `--calls`), the side going first alternating, so
+Sequential: 150 rounds of one call per side (`--rounds`, `--calls`), the side going first rotating, so
 both see the same moment of a noisy machine; garbage collector off meanwhile, as timeit does; medians over
 every call. Concurrent: one warm-up burst per side (both connection pools grow to their size), then 4
 alternating rounds of one burst per side (`--burst-rounds`; even, so each side goes first equally often);
@@ -50,18 +54,14 @@ from typing import Any
 
 sys.dont_write_bytecode = True
 
+from _sandbox_raw import raw_process  # noqa: E402
+from _sdk_calls import ANSWER, API_KEY, CALLS, OLLAMA_MODEL, OPENAI_MODEL, PROMPT, TIMEOUT, SdkCalls  # noqa: E402
 from _synthetic import fmt_time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ROOT / "tests" / "servers"
-PROMPT = "Summarise invoice 4711 for the customer."
-ANSWER = f"echo: {PROMPT}"  # what both fakes answer (answer_for)
-API_KEY = "sk-test-fake-0123456789abcdef"  # the fake's default key; given to the plugin as env:BENCH_OPENAI_KEY
-KEY_ENV = "BENCH_OPENAI_KEY"
-TIMEOUT = 30.0  # the SDKs' request timeout, the same on both sides
-TEMPERATURE = 0.7  # both plugins' default, sent by both sides
-OPENAI_MODEL = "gpt-4o-mini"
-OLLAMA_MODEL = "llama3.2"
+SDK_CALLS = Path(__file__).resolve().parent / "_sdk_calls.py"  # also the floor's program
+KEY_ENV = "BENCH_OPENAI_KEY"  # the plugin gets the fake's key as env:BENCH_OPENAI_KEY
 UNSAFE_ENV = "ERP_PLUGINS_UNSAFE_NO_SANDBOX"
 LATENCY_TARGET = 1.10
 THROUGHPUT_TARGET = 0.90
@@ -106,80 +106,87 @@ class FakeProcess:
 # --- the two sides of each provider ------------------------------------------------------------------------
 
 
+class Floor:
+    """The provider's SDK in a bare process under the plugin's own bwrap command line, behind a raw pipe.
+
+    What any out-of-process plugin costs here (interpreter, sandbox, two pipe hops) without the host's RPC
+    machinery: `bench/_sdk_calls.py` run with the worker's interpreter and runtime site, driven by a
+    length-prefixed frame per call (and per stream chunk) through an asyncio StreamReader.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, runner: Any, provider: str, url: str) -> Floor:
+        from erp_plugins_core._sandbox import SANDBOX_SITE
+
+        proc = await raw_process(runner, ["-c", SDK_CALLS.read_text(), SANDBOX_SITE], pipes=True)
+        floor = cls(proc)
+        floor._send(json.dumps({"provider": provider, "url": url, "api_key": API_KEY}).encode())
+        if await floor.call() != ANSWER:
+            await floor.close()
+            raise RuntimeError("the floor process answers differently from the SDK")
+        return floor
+
+    def _send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(len(data).to_bytes(4, "big") + data)
+
+    async def _receive(self) -> bytes:
+        assert self.proc.stdout is not None
+        head = await self.proc.stdout.readexactly(4)
+        return await self.proc.stdout.readexactly(int.from_bytes(head, "big"))
+
+    async def call(self) -> str:
+        self._send(b"c")
+        return (await self._receive()).decode()
+
+    async def burst(self, n: int) -> None:
+        """`n` concurrent calls in the floor process (its connection pool grows to the size the others' reach)."""
+        self._send(b"b%d" % n)
+        await self._receive()
+
+    async def stream(self) -> AsyncIterator[str]:
+        self._send(b"s")
+        while piece := await self._receive():
+            yield piece.decode()
+
+    async def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        os.close(self.proc.info_fd)  # type: ignore[attr-defined]
+
+
 @dataclass
 class Sides:
-    """What is compared for one provider in one mode: a call and a stream, ours (host) and the SDK's."""
+    """What is compared for one provider in one mode: ours (through the host), the SDK's, and when sandboxed
+    the floor's calls and streams."""
 
     ours_call: Callable[[], Awaitable[Any]]
-    ref_call: Callable[[], Awaitable[Any]]
     ours_stream: Callable[[], AsyncIterator[Any]]
-    ref_stream: Callable[[], AsyncIterator[Any]]
-    ref_call_text: str
-    ref_stream_text: str
-    close_ref: Callable[[], Awaitable[Any]]
+    sdk: SdkCalls
+    floor: Floor | None = None
+
+    async def close(self) -> None:
+        await self.sdk.close()
+        if self.floor is not None:
+            await self.floor.close()
 
 
-def openai_sides(host: Any, tenant: str, url: str) -> Sides:
-    import openai
-
-    client = openai.AsyncOpenAI(api_key=API_KEY, base_url=url, timeout=TIMEOUT, max_retries=0)
-    messages = [{"role": "user", "content": PROMPT}]
-
-    async def ref_call() -> str:
-        completion = await client.chat.completions.create(model=OPENAI_MODEL, messages=messages,
-                                                          temperature=TEMPERATURE)
-        return completion.choices[0].message.content or ""
-
-    async def ref_stream() -> AsyncIterator[str]:
-        stream = await client.chat.completions.create(model=OPENAI_MODEL, messages=messages, temperature=TEMPERATURE,
-                                                      stream=True, stream_options={"include_usage": True})
-        async with stream:
-            async for chunk in stream:
-                for choice in chunk.choices:
-                    if choice.delta is not None and choice.delta.content:
-                        yield choice.delta.content
-
-    ours_call, ours_stream = _host_sides(host, tenant)
-    return Sides(ours_call=ours_call, ref_call=ref_call, ours_stream=ours_stream, ref_stream=ref_stream,
-                 ref_call_text="AsyncOpenAI(...).chat.completions.create(model, messages, temperature)",
-                 ref_stream_text="the same with stream=True, stream_options={include_usage: True}, content deltas",
-                 close_ref=client.close)
-
-
-def ollama_sides(host: Any, tenant: str, url: str) -> Sides:
-    import ollama
-
-    client = ollama.AsyncClient(host=url, timeout=TIMEOUT)
-    messages = [{"role": "user", "content": PROMPT}]
-    options = {"temperature": TEMPERATURE}
-
-    async def ref_call() -> str:
-        response = await client.chat(model=OLLAMA_MODEL, messages=messages, options=options, stream=False)
-        return response.message.content or ""
-
-    async def ref_stream() -> AsyncIterator[str]:
-        async for part in await client.chat(model=OLLAMA_MODEL, messages=messages, options=options, stream=True):
-            if part.message is not None and part.message.content:
-                yield part.message.content
-
-    async def close() -> None:
-        close = getattr(client, "close", None)
-        await (close() if close is not None else client._client.aclose())
-
-    ours_call, ours_stream = _host_sides(host, tenant)
-    return Sides(ours_call=ours_call, ref_call=ref_call, ours_stream=ours_stream, ref_stream=ref_stream,
-                 ref_call_text="ollama.AsyncClient(...).chat(model, messages, options, stream=False)",
-                 ref_stream_text="the same with stream=True, message contents", close_ref=close)
-
-
-def _host_sides(host: Any, tenant: str) -> tuple[Callable[[], Awaitable[Any]], Callable[[], AsyncIterator[Any]]]:
+def host_sides(host: Any, tenant: str, provider: str, url: str) -> Sides:
     def ours_call() -> Awaitable[Any]:
         return host.first("ai_request", tenant=tenant, prompt=PROMPT, context={})
 
     def ours_stream() -> AsyncIterator[Any]:
         return host.stream("ai_stream", tenant=tenant, prompt=PROMPT, context={})
 
-    return ours_call, ours_stream
+    return Sides(ours_call, ours_stream, CALLS[provider](url, API_KEY))
 
 
 PROVIDERS: dict[str, dict[str, Any]] = {
@@ -188,13 +195,11 @@ PROVIDERS: dict[str, dict[str, Any]] = {
         "server": "openai_fake.py",
         "config": lambda url: {"api_key": f"env:{KEY_ENV}", "base_url": url, "model": OPENAI_MODEL,
                                "max_retries": 0, "timeout": TIMEOUT},
-        "sides": openai_sides,
     },
     "ollama": {
         "plugin": "local_llm_provider",
         "server": "ollama_fake.py",
         "config": lambda url: {"host": url, "model": OLLAMA_MODEL, "timeout": TIMEOUT},
-        "sides": ollama_sides,
     },
 }
 
@@ -265,24 +270,21 @@ def _failures(outcomes: list[Any]) -> int:
 _FIRST_FAILURE: list[str] = []
 
 
-async def _alternate(ours: Callable[[], Awaitable[Any]], ref: Callable[[], Awaitable[Any]],
-                     rounds: int, *, gc_off: bool = False) -> tuple[list[Any], list[Any]]:
-    """Each side once per round, the side going first alternating; every round's outcome of each.
+async def _rotate(sides: list[Callable[[], Awaitable[Any]]], rounds: int, *,
+                  gc_off: bool = False) -> list[list[Any]]:
+    """Each side once per round, the order rotating by one each round (two sides alternate which goes first);
+    every round's outcome of each side.
 
     With `gc_off` the collector stays off for all rounds (sequential blocks are short; collecting before
     each one would cost more than the block); bursts turn it off themselves, one burst at a time.
     """
-    a: list[Any] = []
-    b: list[Any] = []
+    out: list[list[Any]] = [[] for _ in sides]
     with _NoGC() if gc_off else contextlib.nullcontext():
         for r in range(rounds):
-            if r % 2 == 0:
-                a.append(await ours())
-                b.append(await ref())
-            else:
-                b.append(await ref())
-                a.append(await ours())
-    return a, b
+            for i in range(len(sides)):
+                k = (r + i) % len(sides)
+                out[k].append(await sides[k]())
+    return out
 
 
 def _flat(rounds: list[list[Any]]) -> list[Any]:
@@ -327,40 +329,57 @@ def info_row(name: str, ours: list[float], ref: list[float], reference: str) -> 
 
 
 async def measure(label: str, sides: Sides, args: argparse.Namespace) -> list[dict[str, Any]]:
-    got, want = await sides.ours_call(), await sides.ref_call()
+    sdk, floor = sides.sdk, sides.floor
+    got, want = await sides.ours_call(), await sdk.call()
     chunks = [c async for c in sides.ours_stream()]
-    ref_chunks = [c async for c in sides.ref_stream()]
+    ref_chunks = [c async for c in sdk.stream()]
     if not (got == want == ANSWER and chunks == ref_chunks and "".join(chunks) == ANSWER and len(chunks) > 1):
         raise SystemExit(f"{label}: host and SDK answer differently: {got!r} / {want!r}, {chunks!r} / {ref_chunks!r}")
+    if floor is not None and [c async for c in floor.stream()] != ref_chunks:
+        raise SystemExit(f"{label}: the floor process streams differently from the SDK")
     n, c, rounds, bursts = args.calls, args.concurrency, args.rounds, args.burst_rounds
-    # warm both sides: connections open in each pool, code paths and caches hot
+    calls = [sides.ours_call, sdk.call] + ([floor.call] if floor is not None else [])
+    streams = [sides.ours_stream, sdk.stream] + ([floor.stream] if floor is not None else [])
+    # warm every side: connections open in each pool, code paths and caches hot
     for _ in range(3):
-        await _latencies(sides.ours_call, 5)
-        await _latencies(sides.ref_call, 5)
-    await _burst(sides.ours_call, c)  # both pools open their connections (the streams reuse them)
-    await _burst(sides.ref_call, c)
+        for fn in calls:
+            await _latencies(fn, 5)
+    await _burst(sides.ours_call, c)  # every pool opens its connections (the streams reuse them)
+    await _burst(sdk.call, c)
+    if floor is not None:  # a pool of c connections costs each request more: the floor's must match
+        await floor.burst(c)
 
     rows: list[dict[str, Any]] = []
-    a, b = await _alternate(lambda: _latencies(sides.ours_call, n), lambda: _latencies(sides.ref_call, n), rounds,
-                            gc_off=True)
-    rows.append(latency_row(f"{label}: ai_request p50", _flat(a), _flat(b), sides.ref_call_text))
-    a, b = await _alternate(lambda: _burst(sides.ours_call, c), lambda: _burst(sides.ref_call, c), bursts)
+    lat = [_flat(x) for x in await _rotate([lambda f=f: _latencies(f, n) for f in calls], rounds, gc_off=True)]
+    rows.append(latency_row(f"{label}: ai_request p50", lat[0], lat[1], sdk.call_text))
+    rows += floor_rows(f"{label}: ai_request p50", lat, sdk.call_text)
+    a, b = await _rotate([lambda: _burst(sides.ours_call, c), lambda: _burst(sdk.call, c)], bursts)
     rows.append(throughput_row(f"{label}: ai_request ×{c} concurrent", c, a, b,
-                               f"asyncio.gather of {c} of: {sides.ref_call_text}, one shared client"))
-    a, b = await _alternate(lambda: _stream_times(sides.ours_stream, n),
-                            lambda: _stream_times(sides.ref_stream, n), rounds, gc_off=True)
-    sa, sb = _flat(a), _flat(b)
-    rows.append(latency_row(f"{label}: ai_stream first chunk p50", [f for f, _ in sa], [f for f, _ in sb],
-                            sides.ref_stream_text))
-    rows.append(latency_row(f"{label}: ai_stream total p50", [t for _, t in sa], [t for _, t in sb],
-                            sides.ref_stream_text))
-    a, b = await _alternate(lambda: _stream_burst(sides.ours_stream, c), lambda: _stream_burst(sides.ref_stream, c),
-                            bursts)
+                               f"asyncio.gather of {c} of: {sdk.call_text}, one shared client"))
+    st = [_flat(x) for x in await _rotate([lambda f=f: _stream_times(f, n) for f in streams], rounds, gc_off=True)]
+    firsts, totals = [[f for f, _ in x] for x in st], [[t for _, t in x] for x in st]
+    rows.append(latency_row(f"{label}: ai_stream first chunk p50", firsts[0], firsts[1], sdk.stream_text))
+    rows += floor_rows(f"{label}: ai_stream first chunk p50", firsts, sdk.stream_text)
+    rows.append(latency_row(f"{label}: ai_stream total p50", totals[0], totals[1], sdk.stream_text))
+    rows += floor_rows(f"{label}: ai_stream total p50", totals, sdk.stream_text)
+    a, b = await _rotate([lambda: _stream_burst(sides.ours_stream, c), lambda: _stream_burst(sdk.stream, c)], bursts)
     rows.append(throughput_row(f"{label}: ai_stream ×{c} concurrent", c, a, b,
                                f"asyncio.gather of {c} SDK streams, one shared client"))
     rows.append(info_row(f"{label}: ai_stream ×{c}, first chunk p50", _flat([f for *_, f in a]),
                          _flat([f for *_, f in b]), "the same bursts"))
     return rows
+
+
+def floor_rows(name: str, samples: list[list[float]], reference: str) -> list[dict[str, Any]]:
+    """With a floor (samples[2]): the floor against the SDK, and ours against the floor (no targets)."""
+    if len(samples) < 3:
+        return []
+    ours, sdk, floor = samples
+    return [info_row(f"{name}  [floor vs SDK]", floor, sdk, f"{FLOOR_TEXT}; vs: {reference}"),
+            info_row(f"{name}  [ours vs floor]", ours, floor, FLOOR_TEXT)]
+
+
+FLOOR_TEXT = "the same SDK call in a bare process under the plugin's bwrap command line, behind a raw pipe"
 
 
 async def run_mode(mode: str, urls: dict[str, str], args: argparse.Namespace, tmp: Path,
@@ -381,15 +400,18 @@ async def run_mode(mode: str, urls: dict[str, str], args: argparse.Namespace, tm
                 start = _perf()
                 await host.enable(spec["plugin"], tenant=tenant, config=spec["config"](urls[provider]))
                 phases[f"{label}: enable"] = round(_perf() - start, 2)
-                sides = spec["sides"](host, tenant, urls[provider])
+                sides = host_sides(host, tenant, provider, urls[provider])
                 start = _perf()
                 try:
+                    if mode == "sandboxed":
+                        runner = host._instances[(tenant, spec["plugin"])].runner
+                        sides.floor = await Floor.start(runner, provider, urls[provider])
                     rows += await measure(label, sides, args)
                 except Exception as exc:  # reported as a row: a benchmark reports, it does not crash
                     rows.append({"name": label, "kind": "failed", "error": f"{type(exc).__name__}: {exc}",
                                  "met": False, "reference": ""})
                 finally:
-                    await sides.close_ref()
+                    await sides.close()
                 phases[f"{label}: measure"] = round(_perf() - start, 2)
     finally:
         os.environ.pop(UNSAFE_ENV, None)
@@ -483,6 +505,7 @@ def main() -> None:
             extra["sandboxed"] = f"skipped: the sandbox cannot start here: {why}"
         else:
             extra["interpreters"] = _interpreters()
+            extra["floor"] = FLOOR_TEXT + " (the worker's interpreter and runtime site, no RPC machinery)"
     rows: list[dict[str, Any]] = []
     phases: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="erp-bench-ai-") as tmp, \

@@ -26,12 +26,16 @@ from pathlib import Path
 
 import msgpack
 
-from erp_plugins_core import _rpc, _seccomp
+from erp_plugins_core import _rpc
 from erp_plugins_core._context import PluginContext
 from erp_plugins_core._discovery import PluginRecord
 from erp_plugins_core._manifest import load_manifest
 from erp_plugins_core._redact import Redactor
 from erp_plugins_core._sandbox import SandboxRunner, sandbox_available
+
+sys.dont_write_bytecode = True
+
+from _sandbox_raw import raw_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "erp_plugins_core" / "tests" / "hostile" / "sbx_good"
@@ -83,26 +87,6 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def plain_argv_run(runner: SandboxRunner, code_args: list[str], *, stdin: bool = False):
-    fd = _seccomp.filter_fd(False)
-    r, w = os.pipe()
-    try:
-        argv = runner.argv(w, fd)
-        argv = argv[: argv.index("-B") + 1] + code_args
-        kwargs = {"user": runner.uid, "group": runner.uid, "extra_groups": []} if runner.uid is not None else {}
-        proc = await asyncio.create_subprocess_exec(
-            *argv, pass_fds=(fd, w), cwd="/", env={}, start_new_session=True,
-            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL, **kwargs)
-    finally:
-        os.close(fd)
-        os.close(w)
-    # keep the info pipe's read end open until bwrap has written to it: a closed one kills bwrap by SIGPIPE
-    # half-way through setting up, leaving its child waiting forever
-    proc.info_fd = r
-    return proc
-
-
 async def main() -> None:
     reason = sandbox_available()
     if reason:
@@ -129,7 +113,7 @@ async def main() -> None:
             ready.append(time.perf_counter() - t)
             await runner._stop(w, "bench")
             t = time.perf_counter()
-            proc = await plain_argv_run(runner, ["-c", "pass"])
+            proc = await raw_process(runner, ["-c", "pass"])
             await proc.wait()
             os.close(proc.info_fd)
             base.append(time.perf_counter() - t)
@@ -144,7 +128,7 @@ async def main() -> None:
         # the same asyncio client; measured in alternating blocks of 200 calls so that both see the same
         # machine (shared cores drift by 2x within seconds)
         fn = runner.hook_function("ai_request", "answer")
-        proc = await plain_argv_run(runner, ["-c", ECHO], stdin=True)
+        proc = await raw_process(runner, ["-c", ECHO], pipes=True)
         frame = _rpc.encode({"t": "req", "id": 1, "op": "hook", "user": {}, "files": [],
                              "args": {"method": "answer", "kwargs": {"prompt": "x", "context": {}}}})
         proxy, raw = [], []
