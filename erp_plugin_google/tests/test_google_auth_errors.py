@@ -207,3 +207,45 @@ async def test_health_judges_only_granted_hooks(make_plugin, fake):
     assert health["healthy"] is True, health
     assert health["hooks"] == ["create_calendar_event", "list_calendar_events"]
     assert ALL_PERMISSIONS > frozenset({"calendar.read"})
+
+
+async def test_health_notices_a_token_revoked_before_it_expires(make_plugin, fake):
+    plugin, _ = await make_plugin()  # a token valid for an hour: nothing local says anything is wrong
+    assert (await plugin.health_check())["healthy"] is True
+    fake.revoke_all()  # the user removed the app's access
+    health = await plugin.health_check()
+    assert health["healthy"] is False
+    assert "re-authorise" in health["detail"] and health["error"] == "AuthenticationError"
+    assert fake.requests_to("tokeninfo")[-1].headers.get("authorization") is None
+
+
+async def test_health_refreshes_an_access_token_google_stopped_accepting(make_plugin, fake):
+    plugin, _ = await make_plugin()
+    fake.expire_access_tokens()  # the refresh token still works
+    health = await plugin.health_check()
+    assert health["healthy"] is True, health
+    assert len(fake.token_requests) == 1
+    assert len(fake.requests_to("tokeninfo")) == 2  # rejected, then accepted after the refresh
+    await plugin.list_calendar_events(calendar_id="primary")  # the refreshed token serves calls too
+
+
+async def test_health_judges_the_scopes_google_says_the_token_carries(make_plugin, fake):
+    everything = [AUTH + "gmail.send", AUTH + "drive.file", AUTH + "calendar"]
+    # the credentials file claims every scope, but the token Google issued carries only calendar
+    creds = fake.user_credentials(scopes=everything, token_scopes=[AUTH + "calendar"])
+    plugin, _ = await make_plugin(credentials=creds)
+    health = await plugin.health_check()
+    assert health["healthy"] is False
+    assert "send_email needs scope https://www.googleapis.com/auth/gmail.send" in health["detail"]
+    assert "upload_file needs scope https://www.googleapis.com/auth/drive.file" in health["detail"]
+    assert "create_calendar_event" not in health["detail"]
+
+
+async def test_health_when_google_cannot_check_the_token(make_plugin, fake):
+    plugin, _ = await make_plugin()
+    fake.fail("tokeninfo", 503, times=1)
+    health = await plugin.health_check()
+    assert health["healthy"] is False
+    assert health["error"] == "UnavailableError" and "503" in health["detail"]
+    assert "access_token" not in health["detail"] and "ya29" not in health["detail"]
+    assert (await plugin.health_check())["healthy"] is True

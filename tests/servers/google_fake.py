@@ -2,6 +2,7 @@
 
 Endpoints, as Google serves them (paths under the fake's root URL):
 - `POST /token`: OAuth token endpoint (refresh_token grant and the service-account JWT-bearer grant);
+- `GET /oauth2/v3/tokeninfo?access_token=...`: a valid token's scopes and lifetime, 400 `invalid_token` otherwise;
 - `POST /upload/gmail/v1/users/{userId}/messages/send?uploadType=multipart`: Gmail send, metadata + message/rfc822;
 - `POST /upload/drive/v3/files?uploadType=resumable` -> 200 + `Location` (an upload session), then
   `PUT <Location>` chunks with `Content-Range` -> 308 with `Range` ... -> 200 with the file's JSON; a PUT with
@@ -286,6 +287,7 @@ class GoogleFake(LoopbackFake):
 
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/token$"), "token"),
+    ("GET", re.compile(r"^/oauth2/v3/tokeninfo$"), "tokeninfo"),
     ("POST", re.compile(r"^/upload/gmail/v1/users/(?P<user>[^/]+)/messages/send$"), "gmail.send"),
     ("POST", re.compile(r"^/upload/drive/v3/files$"), "drive.create"),
     ("PUT", re.compile(r"^/upload/drive/v3/files$"), "drive.chunk"),
@@ -369,7 +371,7 @@ class _Handler(LoopbackHandler):
             self._reject(411, "requests must carry a Content-Length")
             return
 
-        if endpoint != "token" and endpoint != "drive.chunk":  # upload sessions are authorised by their id
+        if endpoint not in ("token", "tokeninfo", "drive.chunk"):  # upload sessions are authorised by their id
             if not self._authorized(endpoint, token):
                 return
         fault = self.fake._fault_for(endpoint)
@@ -435,7 +437,25 @@ class _Handler(LoopbackHandler):
         else:
             self._error(status, "Backend Error" if status >= 500 else "Error", fault.reason or "backendError")
 
-    # --- token endpoint --------------------------------------------------------------------------------
+    # --- token endpoints -------------------------------------------------------------------------------
+
+    def _tokeninfo(self, match: re.Match[str], query: dict[str, str], fault: Fault | None) -> None:
+        if self.headers.get("authorization"):
+            self._reject(400, "tokeninfo takes the token as access_token, not as a credential")
+            return
+        token = query.get("access_token", "")
+        with self.fake.lock:
+            known = token in self.fake.access_tokens
+            scopes = self.fake.access_tokens.get(token)
+        if not known:
+            self._send(400, {"error": "invalid_token", "error_description": "Invalid Value"})
+            return
+        info: dict[str, Any] = {"azp": "fake.apps.example", "aud": "fake.apps.example",
+                                "exp": str(int(time.time()) + 3599), "expires_in": "3599", "access_type": "offline"}
+        if scopes is not None:  # a token "accepted everywhere" has no scope list to show
+            info["scope"] = " ".join(sorted(scopes))
+        self._send(200, info)
+
 
     def _token(self, match: re.Match[str], query: dict[str, str], fault: Fault | None) -> None:
         form = {k: v[-1] for k, v in parse_qs(self._read(self._length()).decode(), keep_blank_values=True).items()}

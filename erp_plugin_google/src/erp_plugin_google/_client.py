@@ -6,6 +6,9 @@ the upload session URLs all go to `root_url`.
 
 httplib2 connections are not thread-safe, so each worker thread has its own authorized connection (over
 the one shared credentials object); connections stay open between calls.
+
+`token_info` asks Google's tokeninfo endpoint about the current access token: only a live check notices a
+token that was revoked before it expired, and it says which scopes the token really carries.
 """
 
 from __future__ import annotations
@@ -13,15 +16,23 @@ from __future__ import annotations
 import json
 import threading
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urlencode, urljoin
 
 import google_auth_httplib2
 from google.auth.credentials import Credentials
 from googleapiclient import discovery
 from googleapiclient.discovery_cache import get_static_doc
+from googleapiclient.errors import HttpError
 from googleapiclient.http import build_http
 
 APIS = {"gmail": "v1", "drive": "v3", "calendar": "v3"}
+#: Where Google's APIs (and the tokeninfo endpoint, under oauth2/v3/) live unless `root_url` moves them.
+GOOGLE_ROOT_URL = "https://www.googleapis.com/"
+TOKENINFO_PATH = "oauth2/v3/tokeninfo"
+
+
+class TokenRejected(Exception):
+    """Google's tokeninfo endpoint says the access token is not valid (revoked, or ended before its expiry)."""
 
 
 def discovery_document(api: str, version: str, root_url: str | None) -> dict[str, Any]:
@@ -42,6 +53,7 @@ class GoogleClient:
 
     def __init__(self, credentials: Credentials, root_url: str | None, timeout: float = 60.0) -> None:
         self.credentials = credentials
+        self._root_url = root_url or GOOGLE_ROOT_URL
         self._timeout = timeout
         self._local = threading.local()
         self.services: dict[str, Any] = {
@@ -62,3 +74,27 @@ class GoogleClient:
     def refresh(self) -> None:
         """Refresh the access token now (blocking), e.g. for a health check of expired credentials."""
         self.credentials.refresh(google_auth_httplib2.Request(self.http().http))
+
+    def token_info(self) -> dict[str, Any]:
+        """Google's view of the current access token (blocking): `scope`, `expires_in`, ... as Google sends them.
+
+        TokenRejected when Google calls the token invalid; an HttpError (without the token in its URL) for any
+        other failure. Sent without the Authorization header: the token is the question, not the credential.
+        """
+        token = self.credentials.token
+        if not token:
+            raise TokenRejected("there is no access token to check")
+        url = urljoin(self._root_url, TOKENINFO_PATH)
+        resp, content = self.http().http.request(url + "?" + urlencode({"access_token": token}), "GET")
+        if resp.status == 400:  # Google: {"error": "invalid_token", "error_description": "Invalid Value"}
+            raise TokenRejected("Google no longer accepts the access token")
+        if resp.status != 200:
+            raise HttpError(resp, content, uri=url)
+        try:
+            info = json.loads(content)
+        except ValueError:
+            info = None
+        if not isinstance(info, dict):
+            raise HttpError(resp, b'{"error": {"message": "tokeninfo answered with something other than JSON"}}',
+                            uri=url)
+        return info

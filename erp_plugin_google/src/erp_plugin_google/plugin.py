@@ -25,7 +25,7 @@ from erp_plugins_core import BadRequestError, PluginError, PluginInterface, Unav
 
 from . import _scopes
 from ._calendar import check_range, validate_event
-from ._client import GoogleClient
+from ._client import GoogleClient, TokenRejected
 from ._config import GoogleConfig, parse_config
 from ._credentials import load_credentials
 from ._errors import TRANSPORT_ERRORS, map_error
@@ -78,18 +78,32 @@ class GoogleServicesPlugin(PluginInterface):
         return True
 
     async def health_check(self) -> dict[str, Any]:
-        """Healthy when the credentials hold a valid token (refreshing an expired one) whose scopes cover the
-        hooks the tenant granted."""
+        """Healthy when Google accepts the access token (refreshing an expired or rejected one) and the scopes
+        it carries cover the hooks the tenant granted."""
         if self._client is None or self._settings is None:
             return {"healthy": False, "detail": "google_services is not initialized"}
-        creds = self._client.credentials
-        if not creds.valid:
+        client = self._client
+        creds = client.credentials
+        try:
+            if not creds.valid:
+                await self._run(client.refresh)
             try:
-                await self._run(self._client.refresh)
-            except Exception as exc:  # noqa: BLE001 - every failure is reported as unhealthy, mapped
-                mapped = map_error(exc, hook="health_check", resource="credentials")
-                return {"healthy": False, "detail": str(mapped), "error": type(mapped).__name__}
-        granted_scopes = getattr(creds, "granted_scopes", None) or self._granted_hint or self._settings.scopes
+                info = await self._run(client.token_info)
+            except TokenRejected:  # revoked, or ended early: a refresh tells which
+                await self._run(client.refresh)
+                info = await self._run(client.token_info)
+        except TokenRejected:
+            return {"healthy": False, "error": "AuthenticationError",
+                    "detail": "Google rejects even a freshly refreshed access token; re-authorise: create a new "
+                              "credentials file and update the config"}
+        except Exception as exc:  # noqa: BLE001 - every failure is reported as unhealthy, mapped
+            mapped = map_error(exc, hook="health_check", resource="credentials")
+            return {"healthy": False, "detail": str(mapped), "error": type(mapped).__name__}
+        live = info.get("scope")  # what the token really carries, whatever the credentials file says
+        granted_scopes = (
+            (live.split() if isinstance(live, str) else None)
+            or getattr(creds, "granted_scopes", None) or self._granted_hint or self._settings.scopes
+        )
         scopes = set(self._settings.scopes) & set(granted_scopes) if granted_scopes else set(self._settings.scopes)
         permissions = self._granted_permissions()
         problems: list[str] = []
