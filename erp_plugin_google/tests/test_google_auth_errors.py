@@ -249,3 +249,11 @@ async def test_health_when_google_cannot_check_the_token(make_plugin, fake):
     assert health["error"] == "UnavailableError" and "503" in health["detail"]
     assert "access_token" not in health["detail"] and "ya29" not in health["detail"]
     assert (await plugin.health_check())["healthy"] is True
+
+
+async def test_health_with_a_root_url_that_lacks_tokeninfo_says_so(make_plugin, fake):
+    plugin, _ = await make_plugin()
+    fake.fail("tokeninfo", 404, times=1)
+    health = await plugin.health_check()
+    assert health["healthy"] is False and health["error"] == "UnavailableError"
+    assert "oauth2/v3/tokeninfo" in health["detail"] and "root_url" in health["detail"]

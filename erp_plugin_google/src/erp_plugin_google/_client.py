@@ -25,6 +25,8 @@ from googleapiclient.discovery_cache import get_static_doc
 from googleapiclient.errors import HttpError
 from googleapiclient.http import build_http
 
+from erp_plugins_core import UnavailableError
+
 APIS = {"gmail": "v1", "drive": "v3", "calendar": "v3"}
 #: Where Google's APIs (and the tokeninfo endpoint, under oauth2/v3/) live unless `root_url` moves them.
 GOOGLE_ROOT_URL = "https://www.googleapis.com/"
@@ -88,6 +90,9 @@ class GoogleClient:
         resp, content = self.http().http.request(url + "?" + urlencode({"access_token": token}), "GET")
         if resp.status == 400:  # Google: {"error": "invalid_token", "error_description": "Invalid Value"}
             raise TokenRejected("Google no longer accepts the access token")
+        if resp.status == 404:  # a root_url that serves the APIs but not Google's oauth2 endpoints
+            raise UnavailableError(f"{url} does not exist (HTTP 404), so the access token cannot be checked; "
+                                   f"root_url must serve Google's {TOKENINFO_PATH} as well as the APIs")
         if resp.status != 200:
             raise HttpError(resp, content, uri=url)
         try:
