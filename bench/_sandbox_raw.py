@@ -1,7 +1,7 @@
 """A bare process under a sandboxed plugin's own bubblewrap command line: the benchmarks' floor for the sandbox.
 
 Same namespaces, seccomp filter, uid, interpreter and runtime site as the plugin's worker, but running the
-benchmark's own code (`python -I -S -B <code_args>`) instead of the worker, so a benchmark can set what the
+benchmark's own code (`python -I -S -B <code_args>`) instead of the worker, so a benchmark can tell what the
 sandbox itself costs apart from what the host's RPC adds.
 """
 

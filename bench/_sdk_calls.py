@@ -67,7 +67,7 @@ def openai_calls(url: str, api_key: str = API_KEY) -> SdkCalls:
                     "the same with stream=True, stream_options={include_usage: True}, content deltas")
 
 
-def ollama_calls(url: str, api_key: str = "") -> SdkCalls:
+def ollama_calls(url: str, api_key: str = "") -> SdkCalls:  # api_key unused: Ollama has none (same signature)
     import ollama
 
     client = ollama.AsyncClient(host=url, timeout=TIMEOUT)

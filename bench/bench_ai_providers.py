@@ -103,7 +103,7 @@ class FakeProcess:
         self.proc = None
 
 
-# --- the two sides of each provider ------------------------------------------------------------------------
+# --- the sides of each provider: ours, the SDK's, and (sandboxed) the floor --------------------------------
 
 
 class Floor:

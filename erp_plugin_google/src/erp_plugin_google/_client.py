@@ -80,8 +80,9 @@ class GoogleClient:
     def token_info(self) -> dict[str, Any]:
         """Google's view of the current access token (blocking): `scope`, `expires_in`, ... as Google sends them.
 
-        TokenRejected when Google calls the token invalid; an HttpError (without the token in its URL) for any
-        other failure. Sent without the Authorization header: the token is the question, not the credential.
+        TokenRejected when Google calls the token invalid; UnavailableError when `root_url` has no tokeninfo
+        endpoint (404); an HttpError (without the token in its URL) for any other failure. Sent without the
+        Authorization header: the token is the question, not the credential.
         """
         token = self.credentials.token
         if not token:
