@@ -8,10 +8,11 @@ sandbox itself costs apart from what the host's RPC adds.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import os
 
 from erp_plugins_core import _seccomp
-from erp_plugins_core._sandbox import SandboxRunner
+from erp_plugins_core._sandbox import SandboxRunner, worker_loop
 
 
 async def raw_process(runner: SandboxRunner, code_args: list[str], *,
@@ -35,3 +36,13 @@ async def raw_process(runner: SandboxRunner, code_args: list[str], *,
         os.close(w)
     proc.info_fd = r  # type: ignore[attr-defined]
     return proc
+
+
+def worker_loop_name() -> str:
+    """The event loop sandboxed workers run here: `uvloop <version>` or `asyncio` (ERP_PLUGINS_SANDBOX_LOOP)."""
+    if worker_loop() == "auto":
+        try:
+            return f"uvloop {importlib.metadata.version('uvloop')}"
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return "asyncio"

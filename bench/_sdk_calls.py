@@ -7,7 +7,7 @@ length-prefixed pipe (fd 0 in, fd 1 out). The floor is what any out-of-process p
 of the host's RPC machinery (no msgpack, no validation, no task per call). So this file imports only the
 standard library and, when asked, one SDK.
 
-    python -I -S -B -c "$(cat bench/_sdk_calls.py)" <site dir>
+    python -I -S -B -c "$(cat bench/_sdk_calls.py)" <site dir> <auto|asyncio>  (the workers' event loop)
     then frames: a JSON config {"provider", "url", "api_key"}, then b"c" (one call: one frame back), b"s" (one
     stream: a frame per chunk, then an empty frame) or b"b<N>" (N concurrent calls: an empty frame back), until
     fd 0 closes.
@@ -132,4 +132,12 @@ async def serve() -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, sys.argv[1])  # the runtime site, as the worker adds it (the interpreter runs with -I -S)
-    asyncio.run(serve())
+    run = asyncio.run
+    if sys.argv[2:] == ["auto"]:  # the event loop the workers run (ERP_PLUGINS_SANDBOX_LOOP): uvloop if installed
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            run = uvloop.run
+    run(serve())

@@ -54,7 +54,7 @@ from typing import Any
 
 sys.dont_write_bytecode = True
 
-from _sandbox_raw import raw_process  # noqa: E402
+from _sandbox_raw import raw_process, worker_loop_name  # noqa: E402
 from _sdk_calls import ANSWER, API_KEY, CALLS, OLLAMA_MODEL, OPENAI_MODEL, PROMPT, TIMEOUT, SdkCalls  # noqa: E402
 from _synthetic import fmt_time  # noqa: E402
 
@@ -119,9 +119,9 @@ class Floor:
 
     @classmethod
     async def start(cls, runner: Any, provider: str, url: str) -> Floor:
-        from erp_plugins_core._sandbox import SANDBOX_SITE
+        from erp_plugins_core._sandbox import SANDBOX_SITE, worker_loop
 
-        proc = await raw_process(runner, ["-c", SDK_CALLS.read_text(), SANDBOX_SITE], pipes=True)
+        proc = await raw_process(runner, ["-c", SDK_CALLS.read_text(), SANDBOX_SITE, worker_loop()], pipes=True)
         floor = cls(proc)
         floor._send(json.dumps({"provider": provider, "url": url, "api_key": API_KEY}).encode())
         if await floor.call() != ANSWER:
@@ -461,8 +461,9 @@ def report(rows: list[dict[str, Any]], extra: dict[str, Any], as_json: bool) -> 
 
 
 def _interpreters() -> str:
-    """The host's and the sandbox workers' interpreters: they differ when the host's is not reachable by the
-    workers' uids (pyenv under a private home), and a different build runs the same SDK code faster or slower."""
+    """The host's and the sandbox workers' interpreters and the workers' event loop: the interpreters differ when
+    the host's is not reachable by the workers' uids (pyenv under a private home), and a different build or loop
+    runs the same SDK code faster or slower."""
     from erp_plugins_core._sandbox import choose_python
 
     worker = choose_python()[0]
@@ -470,7 +471,8 @@ def _interpreters() -> str:
                              capture_output=True, text=True, timeout=30, check=False).stdout.strip()
     host = f"{os.path.realpath(sys.executable)} {sys.version.split()[0]}"
     same = os.path.realpath(worker) == os.path.realpath(sys.executable)
-    return f"host {host}; sandbox worker {worker} {version}" + (" (the same)" if same else "")
+    return (f"host {host}; sandbox worker {worker} {version}" + (" (the same)" if same else "")
+            + f"; workers' and floor's event loop {worker_loop_name()} (ERP_PLUGINS_SANDBOX_LOOP)")
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from erp_plugins_core._sandbox import SandboxRunner, sandbox_available
 
 sys.dont_write_bytecode = True
 
-from _sandbox_raw import raw_process  # noqa: E402
+from _sandbox_raw import raw_process, worker_loop_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "erp_plugins_core" / "tests" / "hostile" / "sbx_good"
@@ -163,6 +163,7 @@ async def main() -> None:
         slept = time.perf_counter() - t
         print(f"100 concurrent calls: {took * 1e3:.1f} ms total ({took * 1e4:.0f} us/call); "
               f"100 concurrent 200 ms calls: {slept * 1e3:.0f} ms total")
+        print(f"worker event loop: {worker_loop_name()} (ERP_PLUGINS_SANDBOX_LOOP; the raw echo needs none)")
         await runner.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)

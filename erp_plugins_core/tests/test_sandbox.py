@@ -33,7 +33,7 @@ from erp_plugins_core._discovery import PluginRecord
 from erp_plugins_core._errors import HookTimeout, PermissionDenied, SandboxError
 from erp_plugins_core._manifest import load_manifest
 from erp_plugins_core._redact import Redactor
-from erp_plugins_core._sandbox import PluginRaised, SandboxRunner, sandbox_available
+from erp_plugins_core._sandbox import LOOP_ENV, PluginRaised, SandboxRunner, sandbox_available
 from erp_plugins_core._services import FilesService, allowed_files, current_call_files
 
 HOSTILE = Path(__file__).parent / "hostile"
@@ -380,6 +380,27 @@ async def test_ptrace_and_kill_the_host(hostile: SandboxRunner, good: SandboxRun
         await attack(hostile, f"kill:{os.getpid()}")
     os.kill(os.getpid(), 0)  # the host is alive
     await still_answers(good)
+
+
+async def test_io_uring_refused(hostile: SandboxRunner, good: SandboxRunner) -> None:
+    with pytest.raises(SandboxError, match="refused access by the sandbox: PermissionError: .*io_uring_setup"):
+        await attack(hostile, "io_uring")
+    await still_answers(good)
+
+
+async def test_worker_event_loop_is_uvloop_unless_the_host_asks_for_asyncio(
+        plugin_site: Path, runtime_dir: Path, hostile: SandboxRunner, monkeypatch) -> None:
+    assert await attack(hostile, "loop") == "uvloop"  # the runtime site carries uvloop (a core dependency)
+    monkeypatch.setenv(LOOP_ENV, "asyncio")
+    runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=())
+    try:
+        assert await attack(runner, "loop") == "asyncio.unix_events"
+    finally:
+        await runner.close()
+    monkeypatch.setenv(LOOP_ENV, "trio")
+    with pytest.raises(SandboxError, match=r"ERP_PLUGINS_SANDBOX_LOOP='trio' is not a worker event loop; set it to"
+                                           r" one of auto, asyncio"):
+        await start(plugin_site, runtime_dir, "sbx_hostile", granted=())
 
 
 async def test_state_store_unreachable(hostile: SandboxRunner, good: SandboxRunner, tmp_path: Path) -> None:

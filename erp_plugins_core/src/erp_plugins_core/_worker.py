@@ -1,10 +1,11 @@
 """The sandboxed worker: runs one plugin instance inside bubblewrap and answers the host over its pipe.
 
-Started as `python -I -S -B <this file> <site dir> <NAME=soft:hard,...>` (only a path and limits, never
-config or secrets). Before anything of the plugin is imported it sets its resource limits, moves the pipe to
-private descriptors (so the plugin's `print()` goes to stderr, not into the protocol) and closes every other
-inherited descriptor. It imports only the standard library and msgpack until the host asks it to load the
-plugin. Config, permissions and secret values arrive over the pipe with `initialize`.
+Started as `python -I -S -B <this file> <site dir> <NAME=soft:hard,...> <auto|asyncio>` (a path, limits and
+the event loop to run; never config or secrets). Before anything of the plugin is imported it sets its
+resource limits, moves the pipe to private descriptors (so the plugin's `print()` goes to stderr, not into the
+protocol) and closes every other inherited descriptor. It imports only the standard library and msgpack
+(and uvloop once it greeted the host) until the host asks it to load the plugin. Config, permissions and
+secret values arrive over the pipe with `initialize`.
 
 Reading: the event loop reads the host's pipe (non-blocking, `add_reader`) and runs each call as a task, so
 a message costs no thread hand-off. A synchronous bridge request (the files service's reader) made on the
@@ -632,6 +633,20 @@ def _resolve(fut: Any, msg: dict[str, Any]) -> None:
         fut.set_result(msg)
 
 
+def new_loop(kind: str) -> Any:
+    """uvloop's loop when installed and `kind` is `auto`, else asyncio's (the host's ERP_PLUGINS_SANDBOX_LOOP)."""
+    import asyncio
+
+    if kind == "auto":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def main() -> None:
     """Set up, greet the host, and serve calls until the host closes the pipe."""
     global rpc, _packer
@@ -641,7 +656,7 @@ def main() -> None:
     send({"t": "hello", "pid": os.getpid()})
     import asyncio
 
-    loop = asyncio.new_event_loop()
+    loop = new_loop(sys.argv[3] if len(sys.argv) > 3 else "auto")
     asyncio.set_event_loop(loop)
     worker = Worker(loop)
     os.set_blocking(_RPC_IN, False)

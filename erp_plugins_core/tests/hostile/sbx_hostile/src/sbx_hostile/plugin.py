@@ -91,6 +91,19 @@ class Plugin(PluginInterface):
                 err = ctypes.get_errno()
                 raise OSError(err, f"ptrace: {os.strerror(err)}")
             return "attached"
+        if kind == "io_uring":  # io_uring_setup(1, params): a way around seccomp's view of syscalls
+            libc = ctypes.CDLL(None, use_errno=True)
+            params = ctypes.create_string_buffer(120)
+            fd = libc.syscall(425, 1, params)
+            if fd < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"io_uring_setup: {os.strerror(err)}")
+            os.close(fd)
+            return "io_uring ring created"
+        if kind == "loop":
+            import asyncio
+
+            return type(asyncio.get_running_loop()).__module__
         if kind == "kill":
             os.kill(int(arg), 9)
             return "killed"
