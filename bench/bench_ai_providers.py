@@ -507,7 +507,7 @@ def main() -> None:
             extra["sandboxed"] = f"skipped: the sandbox cannot start here: {why}"
         else:
             extra["interpreters"] = _interpreters()
-            extra["floor"] = FLOOR_TEXT + " (the worker's interpreter and runtime site, no RPC machinery)"
+            extra["floor"] = FLOOR_TEXT + " (the worker's interpreter, runtime site and event loop; no RPC machinery)"
     rows: list[dict[str, Any]] = []
     phases: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="erp-bench-ai-") as tmp, \
