@@ -356,6 +356,8 @@ async def measure(label: str, sides: Sides, args: argparse.Namespace) -> list[di
     a, b = await _rotate([lambda: _burst(sides.ours_call, c), lambda: _burst(sdk.call, c)], bursts)
     rows.append(throughput_row(f"{label}: ai_request ×{c} concurrent", c, a, b,
                                f"asyncio.gather of {c} of: {sdk.call_text}, one shared client"))
+    if floor is not None:  # idle connections expire after 5 s: its pool must be as full as the two that just burst
+        await floor.burst(c)
     st = [_flat(x) for x in await _rotate([lambda f=f: _stream_times(f, n) for f in streams], rounds, gc_off=True)]
     firsts, totals = [[f for f, _ in x] for x in st], [[t for _, t in x] for x in st]
     rows.append(latency_row(f"{label}: ai_stream first chunk p50", firsts[0], firsts[1], sdk.stream_text))
