@@ -284,6 +284,21 @@ async def test_hang_past_timeout_kills_the_worker(hostile: SandboxRunner, good: 
     assert await attack(hostile, "nothing") == "harmless"  # restarted
 
 
+async def test_stream_that_stalls_past_timeout_kills_the_worker(hostile: SandboxRunner, good: SandboxRunner) -> None:
+    stream = hostile.hook_function("ai_stream", "stream")
+    assert [c async for c in stream("stall:1", {})] == ["h0", "h1", "h2"]  # 1 s gaps: within its 3 s
+    pids = list(hostile.worker_pids)
+    got: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(HookTimeout, match=r"hook ai_stream sent nothing for 3 s; its worker was killed"):
+        async for chunk in stream("stall:60", {}):
+            got.append(chunk)
+    assert got == ["h0"] and time.monotonic() - started < 6
+    assert all(gone(pid) for pid in pids), pids
+    await still_answers(good)
+    assert [c async for c in stream("x", {})] == ["h0", "h1", "h2"]  # restarted
+
+
 async def test_cancellation_kills_the_worker(good: SandboxRunner) -> None:
     pids = list(good.worker_pids)
     with pytest.raises(TimeoutError):

@@ -447,7 +447,14 @@ class _Call:
     queue: collections.deque[Any] | None = None  # a stream's chunks not yet taken, then its _End
     waiter: asyncio.Future[None] | None = None  # the stream's consumer, while its queue is empty
     credit: int = 0
-    deadline: float | None = None  # loop time after which a request/reply call has timed out
+    deadline: float | None = None  # loop time after which the call (a stream: its wait for a chunk) times out
+
+    def timer_target(self) -> asyncio.Future[Any] | None:
+        """What the worker's watchdog expires at the deadline: the reply's future, or a stream's waiting consumer."""
+        if self.queue is None:
+            return None if self.future.done() else self.future
+        waiter = self.waiter
+        return None if waiter is None or waiter.done() else waiter
 
     def put(self, item: Any) -> None:
         assert self.queue is not None
@@ -572,8 +579,8 @@ class _Worker:
     def watch(self, call: _Call, seconds: float) -> None:
         """Time out `call` after `seconds`: one timer per worker, armed for the earliest deadline.
 
-        Cheaper than a timer (or wait_for) per call: calls of a runner share one timeout, so a new call's
-        deadline is almost never the earliest and costs only a clock read.
+        Cheaper than a timer (or wait_for) per call, or per chunk a stream waits for: calls of a runner share
+        one timeout, so a new deadline is almost never the earliest and costs only a clock read.
         """
         loop = asyncio.get_running_loop()
         call.deadline = deadline = loop.time() + seconds
@@ -587,10 +594,11 @@ class _Worker:
         now = asyncio.get_running_loop().time()
         earliest: _Call | None = None
         for call in self.calls.values():
-            if call.deadline is None or call.future.done():
+            target = call.timer_target() if call.deadline is not None else None
+            if target is None:
                 continue
-            if call.deadline <= now:
-                _expire(call.future)
+            if call.deadline <= now:  # type: ignore[operator]
+                _expire(target)
             elif earliest is None or call.deadline < earliest.deadline:  # type: ignore[operator]
                 earliest = call
         if earliest is not None:
@@ -1127,14 +1135,13 @@ class SandboxRunner(PluginRunner):
             while True:
                 if not queue:
                     waiter = call.waiter = loop.create_future()
-                    timer = loop.call_later(timeout, _expire, waiter)
+                    w.watch(call, timeout)
                     try:
                         await waiter
                     except _Expired:
                         waiter = None
                     finally:
-                        timer.cancel()
-                        call.waiter = None
+                        call.waiter = call.deadline = None
                     if waiter is not None:
                         continue
                     self._kill(w, f"{what} sent nothing for {timeout:g} s")

@@ -131,6 +131,8 @@ class Plugin(PluginInterface):
     async def stream(self, prompt: str, context: dict):
         for i in range(3):
             yield f"h{i}"
+            if prompt.startswith("stall:"):  # then nothing for longer than its timeout
+                time.sleep(float(prompt.partition(":")[2]))
 
     async def read_path(self, file_path: str, folder_id: str | None) -> str:
         with open(file_path, "rb") as fh:  # the host's state store: must not be reachable
