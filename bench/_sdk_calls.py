@@ -5,7 +5,7 @@ and also run whole as the program of its "floor" side: a bare process started wi
 command line, interpreter and runtime site, that makes the same calls for the benchmark over a raw
 length-prefixed pipe (fd 0 in, fd 1 out). The floor is what any out-of-process plugin must pay here, with none
 of the host's RPC machinery (no msgpack, no validation, no task per call). So this file imports only the
-standard library and, when asked, one SDK.
+standard library and, when asked, one SDK (and uvloop, when the workers run it).
 
     python -I -S -B -c "$(cat bench/_sdk_calls.py)" <site dir> <auto|asyncio>  (the workers' event loop)
     then frames: a JSON config {"provider", "url", "api_key"}, then b"c" (one call: one frame back), b"s" (one

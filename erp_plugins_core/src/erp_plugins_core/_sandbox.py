@@ -142,8 +142,8 @@ def sandbox_available() -> str | None:
 def worker_loop() -> str:
     """The event loop workers run: `auto` (uvloop when installed, else asyncio; the default) or `asyncio`.
 
-    uvloop runs the plugin's own network I/O and the pipe ≈ 10% faster than asyncio's loop (measured with the
-    SDKs on this project's benchmarks); `ERP_PLUGINS_SANDBOX_LOOP=asyncio` keeps the standard loop.
+    uvloop runs the plugin's own network I/O and the pipe 3–9% faster than asyncio's loop (the SDK calls of
+    `bench/bench_ai_providers.py`); `ERP_PLUGINS_SANDBOX_LOOP=asyncio` keeps the standard loop.
     """
     value = os.environ.get(LOOP_ENV, "").strip().lower() or "auto"
     if value not in WORKER_LOOPS:

@@ -3,8 +3,8 @@
 Compiling on the host costs the worker nothing at start-up, and the worker never needs libseccomp. The filter
 allows everything except what a plugin has no business doing and what could weaken the other layers:
 debugging other processes, mounting, new namespaces, kernel modules and keyrings, io_uring, and (unless the
-manifest allows network access) any socket other than a local AF_UNIX one. Refused calls fail with EPERM, so a plugin
-sees an ordinary PermissionError that the host reports as refused access.
+manifest allows network access) any socket other than a local AF_UNIX one. Refused calls fail with EPERM, so
+a plugin sees an ordinary PermissionError that the host reports as refused access.
 """
 
 from __future__ import annotations
