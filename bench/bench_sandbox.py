@@ -2,12 +2,16 @@
 
 Cold start: `SandboxRunner` spawning a worker until its hello (limits set, pipe moved, msgpack imported)
 against the same bwrap command line running `python -I -S -B -c pass`. Target ≤ 1.5×. Also printed: until
-the worker answers a first `ping` (asyncio imported and its loop serving), which the hello does not include.
+the worker answers a first `ping` (asyncio and its event loop imported, serving), which the hello does not include.
 
 Warm round trip: a hook call through the proxy (`hook_function("ai_request")`: frame, worker task, plugin
 method, reply, usage merge) against a raw length-prefixed msgpack echo over the pipe to the same kind of worker
 (same bwrap flags, same interpreter, a blocking read/write loop), driven by the same asyncio client, 2000
 calls each in alternating blocks of 200 (so machine noise hits both alike). Target ≤ 2× at p50 and p99.
+Also measured in the same blocks, with no target: the floor of any event-loop worker, an echo that reads and
+writes the pipe from an `add_reader` callback on the workers' own loop (uvloop, or asyncio under
+ERP_PLUGINS_SANDBOX_LOOP=asyncio) with no decoding at all. What the proxy costs above it is our RPC: frames,
+checks, the task per call, the plugin method, on both sides.
 
 Run as root: `python bench/bench_sandbox.py`.
 """
@@ -31,7 +35,7 @@ from erp_plugins_core._context import PluginContext
 from erp_plugins_core._discovery import PluginRecord
 from erp_plugins_core._manifest import load_manifest
 from erp_plugins_core._redact import Redactor
-from erp_plugins_core._sandbox import SandboxRunner, sandbox_available
+from erp_plugins_core._sandbox import SANDBOX_SITE, SandboxRunner, sandbox_available, worker_loop
 
 sys.dont_write_bytecode = True
 
@@ -51,6 +55,27 @@ ECHO = (
     "    return b\n"
     "while True:\n"
     "    h=rd(4); p=rd(struct.unpack('>I',h)[0]); os.write(o,h+p)\n"
+)
+
+
+#: The event-loop floor: `python -c LOOP_ECHO <site> <auto|asyncio>` echoes from an add_reader callback.
+LOOP_ECHO = (
+    "import os,sys\n"
+    "sys.path.insert(0,sys.argv[1])\n"
+    "loop=None\n"
+    "if sys.argv[2]=='auto':\n"
+    "    try:\n"
+    "        import uvloop; loop=uvloop.new_event_loop()\n"
+    "    except ImportError: pass\n"
+    "if loop is None:\n"
+    "    import asyncio; loop=asyncio.new_event_loop()\n"
+    "os.set_blocking(0,False)\n"
+    "def echo():\n"
+    "    data=os.read(0,65536)\n"
+    "    if not data: loop.stop(); return\n"
+    "    os.write(1,data)\n"
+    "loop.add_reader(0,echo)\n"
+    "loop.run_forever()\n"
 )
 
 
@@ -121,37 +146,43 @@ async def main() -> None:
         print(f"cold start: worker to hello {o * 1e3:.1f} ms, bwrap python -c pass {b * 1e3:.1f} ms, "
               f"ratio {o / b:.2f}x (target <= 1.5x)")
         r = statistics.median(ready)
-        print(f"cold start to a first answer (asyncio imported, loop serving; no plugin import): {r * 1e3:.1f} ms, "
-              f"ratio {r / b:.2f}x")
+        print(f"cold start to a first answer (asyncio and the worker loop imported, serving; no plugin import): "
+              f"{r * 1e3:.1f} ms, ratio {r / b:.2f}x")
 
         # warm round trip through the proxy, and a raw echo worker with the same flags and interpreter driven by
         # the same asyncio client; measured in alternating blocks of 200 calls so that both see the same
         # machine (shared cores drift by 2x within seconds)
         fn = runner.hook_function("ai_request", "answer")
-        proc = await raw_process(runner, ["-c", ECHO], pipes=True)
+        echoes = [await raw_process(runner, ["-c", ECHO], pipes=True),
+                  await raw_process(runner, ["-c", LOOP_ECHO, SANDBOX_SITE, worker_loop()], pipes=True)]
         frame = _rpc.encode({"t": "req", "id": 1, "op": "hook", "user": {}, "files": [],
                              "args": {"method": "answer", "kwargs": {"prompt": "x", "context": {}}}})
-        proxy, raw = [], []
+        proxy: list[float] = []
+        raw: list[list[float]] = [[], []]  # the blocking echo, the event-loop echo
         for block in range(11):  # the first block of each warms up
             for _ in range(200):
                 t = time.perf_counter()
                 await fn("x", {})
                 if block:
                     proxy.append(time.perf_counter() - t)
-            for _ in range(200):  # inline, exactly as before: no helper coroutine added to the reference
-                t = time.perf_counter()
-                proc.stdin.write(frame)
-                head = await proc.stdout.readexactly(4)
-                msgpack.unpackb(await proc.stdout.readexactly(int.from_bytes(head, "big")))
-                if block:
-                    raw.append(time.perf_counter() - t)
-        proc.stdin.close()
-        await proc.wait()
-        os.close(proc.info_fd)
+            for proc, out in zip(echoes, raw, strict=True):
+                for _ in range(200):  # inline, exactly as before: no helper coroutine added to the reference
+                    t = time.perf_counter()
+                    proc.stdin.write(frame)
+                    head = await proc.stdout.readexactly(4)
+                    msgpack.unpackb(await proc.stdout.readexactly(int.from_bytes(head, "big")))
+                    if block:
+                        out.append(time.perf_counter() - t)
+        for proc in echoes:
+            proc.stdin.close()
+            await proc.wait()
+            os.close(proc.info_fd)
+        loop_name = worker_loop_name()
         for q, name in ((0.5, "p50"), (0.99, "p99")):
-            a, c = pct(proxy, q), pct(raw, q)
+            a, c, e = pct(proxy, q), pct(raw[0], q), pct(raw[1], q)
             print(f"warm round trip {name}: proxy {a * 1e6:.0f} us, raw pipe {c * 1e6:.0f} us, "
-                  f"ratio {a / c:.2f}x (target <= 2x)")
+                  f"ratio {a / c:.2f}x (target <= 2x); {loop_name} echo {e * 1e6:.0f} us "
+                  f"({e / c:.2f}x raw; proxy {a / e:.2f}x it)")
 
         # 100 concurrent calls
         t = time.perf_counter()
@@ -163,7 +194,7 @@ async def main() -> None:
         slept = time.perf_counter() - t
         print(f"100 concurrent calls: {took * 1e3:.1f} ms total ({took * 1e4:.0f} us/call); "
               f"100 concurrent 200 ms calls: {slept * 1e3:.0f} ms total")
-        print(f"worker event loop: {worker_loop_name()} (ERP_PLUGINS_SANDBOX_LOOP; the raw echo needs none)")
+        print(f"worker event loop: {loop_name} (ERP_PLUGINS_SANDBOX_LOOP; the raw echo needs none)")
         await runner.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
