@@ -167,7 +167,7 @@ class Worker:
                     raise rpc.ProtocolViolation("pipe closed in the middle of a frame")
                 os._exit(0)
             for payload in self.frames.feed(data):
-                msg = rpc.decode(payload, rpc.TO_WORKER)
+                msg = rpc.decode(payload, rpc.TO_WORKER, nested=False)  # from the trusted host
                 if msg["t"] == "bres":
                     self.deliver(msg)
                 else:
