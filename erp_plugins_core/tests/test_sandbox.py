@@ -28,6 +28,7 @@ import msgpack
 import pytest
 
 from erp_plugins_core import _rpc, _sandbox
+from erp_plugins_core._cgroup import MemoryCgroup
 from erp_plugins_core._context import PluginContext, current_usage, current_user_context
 from erp_plugins_core._discovery import PluginRecord
 from erp_plugins_core._errors import HookTimeout, PermissionDenied, SandboxError
@@ -321,17 +322,100 @@ async def test_segfault(hostile: SandboxRunner, good: SandboxRunner) -> None:
 
 
 async def test_memory_bomb(hostile: SandboxRunner, good: SandboxRunner) -> None:
-    with pytest.raises(SandboxError, match=r"ran out of memory \(MemoryError at its memory_limit 256MB\)"):
+    # a MemoryError at the address-space cap, or the OOM killer where a memory cgroup holds the worker
+    out_of_memory = r"ran out of memory \((MemoryError|the kernel's OOM killer ended it) at its memory_limit 256MB\)"
+    with pytest.raises(SandboxError, match=out_of_memory):
         await attack(hostile, "memory")
     await still_answers(good)
     assert await attack(hostile, "nothing") == "harmless"
+
+
+def _memory_cgroups() -> bool:
+    group = MemoryCgroup.create(1 << 30)
+    if group is not None:
+        group.remove()
+    return group is not None
+
+
+needs_memory_cgroup = pytest.mark.skipif(not _memory_cgroups(), reason="the host cannot create a memory cgroup here")
+
+
+@needs_memory_cgroup
+async def test_worker_runs_in_a_memory_cgroup_with_its_limit(hostile: SandboxRunner) -> None:
+    group = hostile._worker.cgroup
+    assert group is not None and group.version in (1, 2)
+    limit = (group.path / ("memory.limit_in_bytes" if group.version == 1 else "memory.max")).read_text()
+    assert int(limit) == 256 * 1024 * 1024
+    inside = {int(p) for p in (group.path / "cgroup.procs").read_text().split()}
+    pids = list(hostile.worker_pids)
+    assert {*pids, *descendants(pids[-1])} <= inside  # bwrap, the sandbox's PID 1 and the worker
+
+
+@needs_memory_cgroup
+async def test_memory_used_past_the_limit_ends_the_worker_as_out_of_memory(hostile: SandboxRunner,
+                                                                           good: SandboxRunner) -> None:
+    path = hostile._worker.cgroup.path
+    with pytest.raises(SandboxError, match=r"worker ran out of memory \(the kernel's OOM killer ended it at its "
+                                           r"memory_limit 256MB\); it is restarted on the next call"):
+        await attack(hostile, "touch")
+    for _ in range(40):  # removed with its worker (its last processes may take a moment to leave)
+        if not path.exists():
+            break
+        await asyncio.sleep(0.025)
+    assert not path.exists()
+    await still_answers(good)
+    assert await attack(hostile, "nothing") == "harmless"
+    assert hostile._worker.cgroup is not None and hostile._worker.cgroup.path != path
+
+
+@needs_memory_cgroup
+async def test_a_worker_that_cannot_enter_its_cgroup_is_stopped(plugin_site: Path, runtime_dir: Path,
+                                                                 monkeypatch) -> None:
+    def refuse(self, pid: int) -> bool:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(MemoryCgroup, "add", refuse)
+    before = set(_erp_cgroups())
+    with pytest.raises(SandboxError, match=r"worker could not be placed in its memory cgroup .*Permission denied"):
+        await start(plugin_site, runtime_dir, "sbx_hostile", granted=(), tenant="nocg")
+    assert set(_erp_cgroups()) <= before  # its cgroup is removed with it
+    if os.geteuid() == 0:  # the worker ran as its own uid: no process of that uid is left
+        uid = _sandbox.uid_for("sbx_hostile", "nocg")
+        assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _uid_of(pid) == uid and not gone(int(pid))]
+
+
+def _erp_cgroups() -> list[Path]:
+    group = MemoryCgroup.create(1 << 30)
+    assert group is not None
+    group.remove()
+    return [p for p in group.path.parent.iterdir() if p.name.startswith("erp-plugins-")]
+
+
+def _uid_of(pid: str) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:")), None)
+
+
+async def test_without_a_memory_cgroup_the_address_space_is_the_limit(plugin_site: Path, runtime_dir: Path,
+                                                                      monkeypatch) -> None:
+    monkeypatch.setattr(MemoryCgroup, "create", classmethod(lambda cls, limit, base=None: None))
+    runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=())
+    try:
+        assert runner._worker.cgroup is None
+        with pytest.raises(SandboxError, match=r"ran out of memory \(MemoryError at its memory_limit 256MB\)"):
+            await attack(runner, "touch")
+    finally:
+        await runner.close()
 
 
 async def test_cpu_budget_ends_the_worker_with_sigxcpu(plugin_site: Path, runtime_dir: Path, good: SandboxRunner,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # The real budget is an hour of CPU at cpu_limit (60 s at least); the same RLIMIT_CPU path with 1 s
     limits = SandboxRunner._limits
-    monkeypatch.setattr(SandboxRunner, "_limits", lambda self: {**limits(self), "CPU": "1:2"})
+    monkeypatch.setattr(SandboxRunner, "_limits", lambda self, *a: {**limits(self, *a), "CPU": "1:2"})
     runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=(), tenant="cpu")
     try:
         with pytest.raises(SandboxError, match=r"killed by signal SIGXCPU \(CPU time limit exceeded\)"):

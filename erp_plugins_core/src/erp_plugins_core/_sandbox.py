@@ -7,7 +7,9 @@ What holds the plugin (measured on Debian 12, see docs and notes/sandbox.md):
 - an unprivileged uid per (plugin, tenant) when the host runs as root, so RLIMIT_NPROC binds;
 - rlimits set by the worker before any plugin import: AS from `memory_limit`, a lifetime CPU budget from
   `cpu_limit`, NPROC 32, NOFILE 256 (4096 with network access), CORE 0, FSIZE 64 MB; the host's
-  `resources.timeout` per call.
+  `resources.timeout` per call;
+- where the host can create one, a memory cgroup per worker limited to `memory_limit` (`_cgroup`); AS is then
+  4× `memory_limit`, a backstop, and the OOM killer's end of a worker is reported as out of memory.
 
 What the worker sees of the file system: /usr (the system interpreter and libraries), and a private
 read-only "runtime site" at /sandbox/site: hard links (copies across file systems) of exactly the files of the
@@ -51,6 +53,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import _errors, _rpc, _seccomp
+from ._cgroup import MemoryCgroup
 from ._context import PluginContext, current_usage, current_user_context
 from ._discovery import PluginRecord
 from ._errors import HookTimeout, PluginError, PluginLoadError, SandboxError
@@ -79,6 +82,9 @@ _LAUNCH = ("import sys;p=sys.argv[1]+'/erp_plugins_core';sys.path.insert(0,p);im
            "sys.path.remove(p);_worker.main()")
 _WORKER_MODULES = ("erp_plugins_core/_worker.py", "erp_plugins_core/_rpc.py")
 _MAX_BRIDGE_TASKS = 64
+#: With a memory cgroup counting what a worker really uses, its address space is capped at this many times
+#: `memory_limit` instead of once (a backstop against address-space bombs; stacks and arenas are mostly untouched).
+AS_FACTOR_WITH_CGROUP = 4
 #: Environment variable that chooses the workers' event loop (see `worker_loop`).
 LOOP_ENV = "ERP_PLUGINS_SANDBOX_LOOP"
 WORKER_LOOPS = ("auto", "asyncio")
@@ -575,6 +581,7 @@ class _Worker:
         self.packer = _rpc.new_packer()
         self.watchdog: asyncio.TimerHandle | None = None
         self.log_budget = _LogBudget()
+        self.cgroup: MemoryCgroup | None = None
 
     def watch(self, call: _Call, seconds: float) -> None:
         """Time out `call` after `seconds`: one timer per worker, armed for the earliest deadline.
@@ -836,8 +843,9 @@ class SandboxRunner(PluginRunner):
             raise SandboxError(f"data_root {self._data_root} (or a parent) is not traversable by unprivileged users")
         return path
 
-    def argv(self, info_fd: int, seccomp_fd: int) -> list[str]:
-        """The bwrap command line of a worker (no config or secrets: those go over the pipe)."""
+    def argv(self, info_fd: int, seccomp_fd: int, *, cgroup: bool = False) -> list[str]:
+        """The bwrap command line of a worker (no config or secrets: those go over the pipe); `cgroup`: a memory
+        cgroup will hold the worker, so its address space gets the looser cap."""
         assert self._runtime is not None
         res = self.manifest.resources
         bwrap = bwrap_path() or "bwrap"
@@ -865,27 +873,29 @@ class SandboxRunner(PluginRunner):
                  "--hostname", "sandbox", "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd),
                  "--remount-ro", "/", "--",
                  self._runtime.python, "-I", "-S", "-B", "-c", _LAUNCH,
-                 SANDBOX_SITE, ",".join(f"{k}={v}" for k, v in self._limits().items()), worker_loop()]
+                 SANDBOX_SITE, ",".join(f"{k}={v}" for k, v in self._limits(cgroup).items()), worker_loop()]
         return argv
 
-    def _limits(self) -> dict[str, str]:
+    def _limits(self, cgroup: bool = False) -> dict[str, str]:
         """rlimits as `soft[:hard]`; CPU is a lifetime budget (an hour at `cpu_limit`), SIGXCPU past it."""
         res = self.manifest.resources
+        memory = res.memory_bytes * (AS_FACTOR_WITH_CGROUP if cgroup else 1)
         cpu = int(max(60, res.cpu_limit * 3600))
         # a plugin with network access keeps a connection pool: 256 descriptors broke 200 concurrent calls
         nofile = "4096" if self.manifest.resources.network_access else "256"
         return {"CORE": "0", "NOFILE": nofile, "NPROC": "32", "FSIZE": str(FSIZE_BYTES),
-                "AS": str(res.memory_bytes), "CPU": f"{cpu}:{cpu + 5}"}
+                "AS": str(memory), "CPU": f"{cpu}:{cpu + 5}"}
 
     async def _spawn(self) -> _Worker:
         if self._runtime is not None:
             mark_used(self._runtime.site)
+        group = MemoryCgroup.create(self.manifest.resources.memory_bytes)
         seccomp_fd = _seccomp.filter_fd(self.manifest.resources.network_access)
         info_r, info_w = os.pipe()
         out_r, out_w = os.pipe()  # the worker's replies; read by a protocol, not a StreamReader
         _grow_pipe(out_r)
         try:
-            argv = self.argv(info_w, seccomp_fd)
+            argv = self.argv(info_w, seccomp_fd, cgroup=group is not None)
             kwargs: dict[str, Any] = {}
             if self.uid is not None:
                 kwargs = {"user": self.uid, "group": self.uid, "extra_groups": []}
@@ -896,6 +906,8 @@ class SandboxRunner(PluginRunner):
         except BaseException:
             os.close(info_r)
             os.close(out_r)
+            if group is not None:
+                group.remove()
             raise
         finally:
             os.close(seccomp_fd)
@@ -904,6 +916,7 @@ class SandboxRunner(PluginRunner):
         if proc.stdin is not None:
             _grow_pipe(proc.stdin.get_extra_info("pipe").fileno())
         w = _Worker(proc)
+        w.cgroup = group  # removed by _finish, however the worker ends
         protocol = _FromWorker(functools.partial(self._handle, w))
         w.reader = protocol
         await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, os.fdopen(out_r, "rb", buffering=0))
@@ -930,7 +943,25 @@ class SandboxRunner(PluginRunner):
             w.pidfd = os.pidfd_open(w.child_pid)
         except (ValueError, KeyError, OSError):
             w.child_pid = None
+        if group is not None:
+            await self._enter_cgroup(w, group)
         return w
+
+    async def _enter_cgroup(self, w: _Worker, group: MemoryCgroup) -> None:
+        """Move bwrap, the sandbox's PID 1 and the worker into `group`; what they fork later is born there.
+
+        Done once the worker said hello: until `load` it runs only our own code, so no plugin code runs
+        outside the cgroup. A worker that cannot be placed is stopped: its limits must hold.
+        """
+        pids = [w.pid] + ([w.child_pid, *_children(w.child_pid)] if w.child_pid is not None else [])
+        try:
+            for pid in pids:
+                group.add(pid)
+        except OSError as exc:
+            self._kill(w, f"could not be placed in its memory cgroup {group.path} ({exc})", crash=False)
+            await self._reap(w)
+            raise SandboxError(f"plugin {self.record.name!r}: worker could not be placed in its memory cgroup "
+                               f"{group.path}: {exc}") from None
 
     async def _start(self) -> None:
         w = await self._spawn()
@@ -1204,6 +1235,9 @@ class SandboxRunner(PluginRunner):
             os.close(w.pidfd)
             w.pidfd = None
         reason = w.kill_reason or describe_exit(w.proc.returncode, self._stderr(w))
+        if w.kill_reason is None and w.cgroup is not None and w.cgroup.oom_kills():
+            reason = (f"ran out of memory (the kernel's OOM killer ended it at its memory_limit "
+                      f"{self.manifest.resources.memory_limit})")
         message = f"plugin {self.record.name!r}: worker {reason}"
         counted = getattr(w, "count_crash", True)
         if counted and self._loaded:
@@ -1242,6 +1276,17 @@ class SandboxRunner(PluginRunner):
             w.proc.stdin.close()
         if counted:
             log.warning("%s", self._redactor.redact(message))
+        if w.cgroup is not None:
+            await self._remove_cgroup(w.cgroup)
+
+    @staticmethod
+    async def _remove_cgroup(group: MemoryCgroup) -> None:
+        """Remove a dead worker's cgroup; its last processes may take a moment to leave it."""
+        for _ in range(40):
+            if group.remove():
+                return
+            await asyncio.sleep(0.025)
+        log.warning("could not remove the worker cgroup %s (processes still in it)", group.path)
 
     async def _drain_stderr(self, w: _Worker) -> None:
         assert w.proc.stderr is not None
@@ -1370,6 +1415,14 @@ class SandboxRunner(PluginRunner):
             await self._context.emit_event(event_type, data)
             return None
         raise SandboxError(f"unknown bridge operation {op[:40]!r}")
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid` (empty when it is gone)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
 
 
 def _grow_pipe(fd: int) -> None:

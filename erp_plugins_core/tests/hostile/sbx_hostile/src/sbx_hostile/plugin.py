@@ -37,6 +37,13 @@ def _memory_bomb() -> str:
     return f"allocated {len(blocks) * 32} MB"
 
 
+def _touch_memory() -> str:
+    blocks = []
+    for _ in range(64):  # bounded: 64 x 16 MB = 1 GB, every page written (counted by a memory cgroup)
+        blocks.append(b"x" * (16 * 1024 * 1024))
+    return f"touched {len(blocks) * 16} MB"
+
+
 def _spin(seconds: float) -> str:
     """Burn CPU in the worker's own thread (bounded by `seconds` of wall time)."""
     end = time.monotonic() + seconds
@@ -60,6 +67,8 @@ class Plugin(PluginInterface):
             ctypes.string_at(0)
         if kind == "memory":
             return _memory_bomb()
+        if kind == "touch":
+            return _touch_memory()
         if kind == "logflood":
             logger = logging.getLogger("erp_plugins.plugin.sbx_hostile")
             for i in range(int(arg)):
