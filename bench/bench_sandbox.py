@@ -2,7 +2,9 @@
 
 Cold start: `SandboxRunner` spawning a worker until its hello (limits set, pipe moved, msgpack imported)
 against the same bwrap command line running `python -I -S -B -c pass`. Target ≤ 1.5×. Also printed: until
-the worker answers a first `ping` (asyncio and its event loop imported, serving), which the hello does not include.
+the worker answers a first `ping` (asyncio and its event loop imported, serving), which the hello does not
+include; and, where the host can make memory cgroups, the cold start with ERP_PLUGINS_SANDBOX_CGROUP=1 (no
+target: moving a process into a cgroup waits for a kernel RCU grace period).
 
 Warm round trip: a hook call through the proxy (`hook_function("ai_request")`: frame, worker task, plugin
 method, reply, usage merge) against a raw length-prefixed msgpack echo over the pipe to the same kind of worker
@@ -31,6 +33,8 @@ from pathlib import Path
 import msgpack
 
 from erp_plugins_core import _rpc
+from erp_plugins_core._cgroup import ENV as CGROUP_ENV
+from erp_plugins_core._cgroup import MemoryCgroup
 from erp_plugins_core._context import PluginContext
 from erp_plugins_core._discovery import PluginRecord
 from erp_plugins_core._manifest import load_manifest
@@ -128,8 +132,11 @@ async def main() -> None:
                             bridge=_Bridge(), redactor=Redactor())
         await runner.initialize(config, ctx)
 
-        # cold start, alternating
-        ours, ready, base = [], [], []
+        # cold start, alternating; also with a memory cgroup where one can be made (opt-in, no target)
+        cgroups = MemoryCgroup.create(1 << 30)
+        if cgroups is not None:
+            cgroups.remove()
+        ours, ready, base, in_cgroup = [], [], [], []
         for _ in range(15):
             t = time.perf_counter()
             w = await runner._spawn()
@@ -142,12 +149,25 @@ async def main() -> None:
             await proc.wait()
             os.close(proc.info_fd)
             base.append(time.perf_counter() - t)
+            if cgroups is not None:
+                os.environ[CGROUP_ENV] = "1"
+                try:
+                    t = time.perf_counter()
+                    w = await runner._spawn()
+                    in_cgroup.append(time.perf_counter() - t)
+                    await runner._stop(w, "bench")
+                finally:
+                    del os.environ[CGROUP_ENV]
         o, b = statistics.median(ours), statistics.median(base)
         print(f"cold start: worker to hello {o * 1e3:.1f} ms, bwrap python -c pass {b * 1e3:.1f} ms, "
               f"ratio {o / b:.2f}x (target <= 1.5x)")
         r = statistics.median(ready)
         print(f"cold start to a first answer (asyncio and the worker loop imported, serving; no plugin import): "
               f"{r * 1e3:.1f} ms, ratio {r / b:.2f}x")
+        if in_cgroup:
+            c = statistics.median(in_cgroup)
+            print(f"cold start with a memory cgroup ({CGROUP_ENV}=1; no target): worker to hello {c * 1e3:.1f} ms, "
+                  f"ratio {c / b:.2f}x")
 
         # warm round trip through the proxy, and a raw echo worker with the same flags and interpreter driven by
         # the same asyncio client; measured in alternating blocks of 200 calls so that both see the same

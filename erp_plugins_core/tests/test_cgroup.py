@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from erp_plugins_core import _cgroup
-from erp_plugins_core._cgroup import MemoryCgroup, _memory_base
+from erp_plugins_core._cgroup import MemoryCgroup, _memory_base, wanted
+from erp_plugins_core._errors import SandboxError
 
 MOUNTS_V1 = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -77,3 +80,14 @@ def test_cgroups_of_hosts_that_are_gone_are_pruned(tmp_path: Path) -> None:
         d.mkdir()
     MemoryCgroup.create(1 << 20, base=(tmp_path, 2))
     assert not dead.exists() and alive.exists() and other.exists()
+
+
+def test_wanted_reads_its_environment_variable(monkeypatch) -> None:
+    monkeypatch.delenv(_cgroup.ENV, raising=False)
+    assert wanted() is False  # off by default
+    for value, expected in (("1", True), ("on", True), ("0", False), ("off", False)):
+        monkeypatch.setenv(_cgroup.ENV, value)
+        assert wanted() is expected
+    monkeypatch.setenv(_cgroup.ENV, "2")
+    with pytest.raises(SandboxError, match="ERP_PLUGINS_SANDBOX_CGROUP='2' is not understood"):
+        wanted()

@@ -27,7 +27,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from erp_plugins_core import _rpc, _sandbox
+from erp_plugins_core import _cgroup, _rpc, _sandbox
 from erp_plugins_core._cgroup import MemoryCgroup
 from erp_plugins_core._context import PluginContext, current_usage, current_user_context
 from erp_plugins_core._discovery import PluginRecord
@@ -340,8 +340,26 @@ def _memory_cgroups() -> bool:
 needs_memory_cgroup = pytest.mark.skipif(not _memory_cgroups(), reason="the host cannot create a memory cgroup here")
 
 
+@pytest.fixture
+async def cgroup_hostile(plugin_site: Path, runtime_dir: Path, monkeypatch):
+    """The hostile plugin with ERP_PLUGINS_SANDBOX_CGROUP=1 (memory cgroups are off by default)."""
+    monkeypatch.setenv(_cgroup.ENV, "1")
+    runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=(), tenant="cg")
+    yield runner
+    await runner.close()
+
+
+async def test_memory_cgroups_are_off_by_default_and_a_bad_setting_is_refused(
+        hostile: SandboxRunner, plugin_site: Path, runtime_dir: Path, monkeypatch) -> None:
+    assert hostile._worker.cgroup is None
+    monkeypatch.setenv(_cgroup.ENV, "maybe")
+    with pytest.raises(SandboxError, match=r"ERP_PLUGINS_SANDBOX_CGROUP='maybe' is not understood; set it to 1"):
+        await start(plugin_site, runtime_dir, "sbx_hostile", granted=(), tenant="bad")
+
+
 @needs_memory_cgroup
-async def test_worker_runs_in_a_memory_cgroup_with_its_limit(hostile: SandboxRunner) -> None:
+async def test_worker_runs_in_a_memory_cgroup_with_its_limit(cgroup_hostile: SandboxRunner) -> None:
+    hostile = cgroup_hostile
     group = hostile._worker.cgroup
     assert group is not None and group.version in (1, 2)
     limit = (group.path / ("memory.limit_in_bytes" if group.version == 1 else "memory.max")).read_text()
@@ -352,8 +370,9 @@ async def test_worker_runs_in_a_memory_cgroup_with_its_limit(hostile: SandboxRun
 
 
 @needs_memory_cgroup
-async def test_memory_used_past_the_limit_ends_the_worker_as_out_of_memory(hostile: SandboxRunner,
+async def test_memory_used_past_the_limit_ends_the_worker_as_out_of_memory(cgroup_hostile: SandboxRunner,
                                                                            good: SandboxRunner) -> None:
+    hostile = cgroup_hostile
     path = hostile._worker.cgroup.path
     with pytest.raises(SandboxError, match=r"worker ran out of memory \(the kernel's OOM killer ended it at its "
                                            r"memory_limit 256MB\); it is restarted on the next call"):
@@ -374,6 +393,7 @@ async def test_a_worker_that_cannot_enter_its_cgroup_is_stopped(plugin_site: Pat
     def refuse(self, pid: int) -> bool:
         raise PermissionError(13, "Permission denied")
 
+    monkeypatch.setenv(_cgroup.ENV, "1")
     monkeypatch.setattr(MemoryCgroup, "add", refuse)
     before = set(_erp_cgroups())
     with pytest.raises(SandboxError, match=r"worker could not be placed in its memory cgroup .*Permission denied"):
@@ -401,6 +421,7 @@ def _uid_of(pid: str) -> int | None:
 
 async def test_without_a_memory_cgroup_the_address_space_is_the_limit(plugin_site: Path, runtime_dir: Path,
                                                                       monkeypatch) -> None:
+    monkeypatch.setenv(_cgroup.ENV, "1")  # asked for, but the host cannot create one
     monkeypatch.setattr(MemoryCgroup, "create", classmethod(lambda cls, limit, base=None: None))
     runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=())
     try:

@@ -6,6 +6,11 @@ cgroup (v1's memory controller, or v2 with `memory` enabled for its children, as
 worker gets one whose limit is the manifest's `memory_limit`. The kernel then counts what the worker really
 uses and ends it with its OOM killer past the limit, and `oom_kills` tells the host that this is how it died.
 Elsewhere the workers keep RLIMIT_AS alone.
+
+Off unless `ERP_PLUGINS_SANDBOX_CGROUP=1`: moving a process into a cgroup waits for an RCU grace period of
+the kernel, 14–25 ms per worker start on these machines, which would take the worker's cold start past its
+target (1.5× a bare `bwrap ... python -c pass`). RLIMIT_AS already bounds what a worker can use; the cgroup
+makes the bound count real memory (and tmpfs pages) rather than address space.
 """
 
 from __future__ import annotations
@@ -16,9 +21,24 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._errors import SandboxError
+
+#: Environment variable that turns memory cgroups on (`1`) or off (`0`, the default).
+ENV = "ERP_PLUGINS_SANDBOX_CGROUP"
 #: Prefix of the cgroups this host creates: `<prefix><host pid>-<n>`, under the host's own memory cgroup.
 PREFIX = "erp-plugins-"
 _counter = itertools.count(1)
+
+
+def wanted() -> bool:
+    """Whether the administrator turned memory cgroups on (`ERP_PLUGINS_SANDBOX_CGROUP`)."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("", "0", "off", "no"):
+        return False
+    if value in ("1", "on", "yes"):
+        return True
+    raise SandboxError(f"{ENV}={value[:40]!r} is not understood; set it to 1 (a memory cgroup per worker, "
+                       "where the host can create one) or 0 (address-space limit only, the default)")
 
 
 def _memory_base(mountinfo: str, cgroups: str) -> tuple[Path, int] | None:

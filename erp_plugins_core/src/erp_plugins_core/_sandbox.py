@@ -8,8 +8,9 @@ What holds the plugin (measured on Debian 12, see docs and notes/sandbox.md):
 - rlimits set by the worker before any plugin import: AS from `memory_limit`, a lifetime CPU budget from
   `cpu_limit`, NPROC 32, NOFILE 256 (4096 with network access), CORE 0, FSIZE 64 MB; the host's
   `resources.timeout` per call;
-- where the host can create one, a memory cgroup per worker limited to `memory_limit` (`_cgroup`); AS is then
-  4× `memory_limit`, a backstop, and the OOM killer's end of a worker is reported as out of memory.
+- with ERP_PLUGINS_SANDBOX_CGROUP=1 and where the host can create one, a memory cgroup per worker limited to
+  `memory_limit` (`_cgroup`); AS is then 4× `memory_limit`, a backstop, and the OOM killer's end of a worker
+  is reported as out of memory.
 
 What the worker sees of the file system: /usr (the system interpreter and libraries), and a private
 read-only "runtime site" at /sandbox/site: hard links (copies across file systems) of exactly the files of the
@@ -52,7 +53,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import _errors, _rpc, _seccomp
+from . import _cgroup, _errors, _rpc, _seccomp
 from ._cgroup import MemoryCgroup
 from ._context import PluginContext, current_usage, current_user_context
 from ._discovery import PluginRecord
@@ -889,7 +890,7 @@ class SandboxRunner(PluginRunner):
     async def _spawn(self) -> _Worker:
         if self._runtime is not None:
             mark_used(self._runtime.site)
-        group = MemoryCgroup.create(self.manifest.resources.memory_bytes)
+        group = MemoryCgroup.create(self.manifest.resources.memory_bytes) if _cgroup.wanted() else None
         seccomp_fd = _seccomp.filter_fd(self.manifest.resources.network_access)
         info_r, info_w = os.pipe()
         out_r, out_w = os.pipe()  # the worker's replies; read by a protocol, not a StreamReader
