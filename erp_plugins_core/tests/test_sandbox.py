@@ -300,6 +300,19 @@ async def test_stream_that_stalls_past_timeout_kills_the_worker(hostile: Sandbox
     assert [c async for c in stream("x", {})] == ["h0", "h1", "h2"]  # restarted
 
 
+async def test_a_worker_that_never_says_hello_is_killed_after_the_start_timeout(plugin_site: Path, runtime_dir: Path,
+                                                                               monkeypatch) -> None:
+    monkeypatch.setattr(_sandbox, "START_TIMEOUT", 1.0)
+    monkeypatch.setattr(_sandbox, "_LAUNCH", "import time; time.sleep(60)")  # starts, never greets the host
+    uid = _sandbox.uid_for("sbx_hostile", "mute")
+    started = time.monotonic()
+    with pytest.raises(SandboxError, match=r"worker did not start within 1 s"):
+        await start(plugin_site, runtime_dir, "sbx_hostile", granted=(), tenant="mute")
+    assert time.monotonic() - started < 10
+    if os.geteuid() == 0:  # nothing of it is left: no process runs as its uid
+        assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _uid_of(pid) == uid and not gone(int(pid))]
+
+
 async def test_cancellation_kills_the_worker(good: SandboxRunner) -> None:
     pids = list(good.worker_pids)
     with pytest.raises(TimeoutError):
