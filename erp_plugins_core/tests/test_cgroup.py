@@ -84,7 +84,7 @@ def test_cgroups_of_hosts_that_are_gone_are_pruned(tmp_path: Path) -> None:
 
 def test_wanted_reads_its_environment_variable(monkeypatch) -> None:
     monkeypatch.delenv(_cgroup.ENV, raising=False)
-    assert wanted() is False  # off by default
+    assert wanted() is True  # on by default (where the host can make one)
     for value, expected in (("1", True), ("on", True), ("0", False), ("off", False)):
         monkeypatch.setenv(_cgroup.ENV, value)
         assert wanted() is expected

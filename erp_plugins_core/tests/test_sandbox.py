@@ -355,16 +355,23 @@ needs_memory_cgroup = pytest.mark.skipif(not _memory_cgroups(), reason="the host
 
 @pytest.fixture
 async def cgroup_hostile(plugin_site: Path, runtime_dir: Path, monkeypatch):
-    """The hostile plugin with ERP_PLUGINS_SANDBOX_CGROUP=1 (memory cgroups are off by default)."""
+    """The hostile plugin with memory cgroups asked for (the default, but set: the environment may say 0)."""
     monkeypatch.setenv(_cgroup.ENV, "1")
     runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=(), tenant="cg")
     yield runner
     await runner.close()
 
 
-async def test_memory_cgroups_are_off_by_default_and_a_bad_setting_is_refused(
-        hostile: SandboxRunner, plugin_site: Path, runtime_dir: Path, monkeypatch) -> None:
-    assert hostile._worker.cgroup is None
+async def test_memory_cgroups_can_be_turned_off_and_a_bad_setting_is_refused(
+        plugin_site: Path, runtime_dir: Path, monkeypatch) -> None:
+    monkeypatch.setenv(_cgroup.ENV, "0")
+    runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=(), tenant="nocgroup")
+    try:
+        assert runner._worker.cgroup is None
+        with pytest.raises(SandboxError, match=r"ran out of memory \(MemoryError at its memory_limit 256MB\)"):
+            await attack(runner, "touch")  # the address-space cap alone, at memory_limit
+    finally:
+        await runner.close()
     monkeypatch.setenv(_cgroup.ENV, "maybe")
     with pytest.raises(SandboxError, match=r"ERP_PLUGINS_SANDBOX_CGROUP='maybe' is not understood; set it to 1"):
         await start(plugin_site, runtime_dir, "sbx_hostile", granted=(), tenant="bad")
