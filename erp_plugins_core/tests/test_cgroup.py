@@ -30,6 +30,12 @@ def test_v1_memory_controller_is_preferred_where_mounted() -> None:
     assert _memory_base(MOUNTS_V1, CGROUPS_V1) == (Path("/sys/fs/cgroup/memory/process_api/abc"), 1)
 
 
+def test_a_mount_of_a_subtree_is_joined_without_its_root() -> None:
+    mounts = "35 31 0:32 /docker/abc /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+    assert _memory_base(mounts, "4:memory:/docker/abc/worker\n") == (Path("/sys/fs/cgroup/memory/worker"), 1)
+    assert _memory_base(mounts, "4:memory:/docker/abc\n") == (Path("/sys/fs/cgroup/memory"), 1)
+
+
 def test_v2_only_where_memory_is_enabled_for_children(tmp_path: Path) -> None:
     mounts = MOUNTS_V2.replace("/sys/fs/cgroup", str(tmp_path))
     base = tmp_path / "system.slice" / "erp.service"

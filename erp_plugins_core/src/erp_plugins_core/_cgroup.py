@@ -41,18 +41,21 @@ def wanted() -> bool:
 
 
 def _memory_base(mountinfo: str, cgroups: str) -> tuple[Path, int] | None:
-    """The host's own memory cgroup directory and its version, from /proc/self/mountinfo and /proc/self/cgroup."""
+    """The host's own memory cgroup directory and its version, from /proc/self/mountinfo and /proc/self/cgroup.
+
+    A mount may show only a subtree of its hierarchy (a container's): its root is taken off the host's path.
+    """
     v1_mount = v2_mount = None
     for line in mountinfo.splitlines():
         fields = line.split(" - ", 1)
-        if len(fields) != 2:
+        if len(fields) != 2 or len(fields[0].split()) < 5:
             continue
-        mount_point = fields[0].split()[4]
+        root, mount_point = fields[0].split()[3:5]
         fstype, _source, options = (fields[1].split() + ["", ""])[:3]
         if fstype == "cgroup" and "memory" in options.split(","):
-            v1_mount = mount_point
+            v1_mount = (root, mount_point)
         elif fstype == "cgroup2":
-            v2_mount = mount_point
+            v2_mount = (root, mount_point)
     v1_path = v2_path = None
     for line in cgroups.splitlines():
         _hid, _, rest = line.partition(":")
@@ -62,13 +65,21 @@ def _memory_base(mountinfo: str, cgroups: str) -> tuple[Path, int] | None:
         elif controllers == "":
             v2_path = path
     if v1_mount is not None and v1_path is not None:
-        return Path(v1_mount, v1_path.lstrip("/")), 1
+        return _inside(v1_mount, v1_path), 1
     if v2_mount is not None and v2_path is not None:
-        base = Path(v2_mount, v2_path.lstrip("/"))
+        base = _inside(v2_mount, v2_path)
         with contextlib.suppress(OSError):
             if "memory" in (base / "cgroup.subtree_control").read_text().split():
                 return base, 2
     return None
+
+
+def _inside(mount: tuple[str, str], path: str) -> Path:
+    """Where cgroup `path` of a hierarchy is, given the (root, mount point) that hierarchy is mounted with."""
+    root, mount_point = mount
+    if root != "/" and (path == root or path.startswith(root + "/")):
+        path = path[len(root):]
+    return Path(mount_point, path.lstrip("/"))
 
 
 @dataclass
