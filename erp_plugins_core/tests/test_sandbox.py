@@ -390,6 +390,24 @@ async def test_worker_runs_in_a_memory_cgroup_with_its_limit(cgroup_hostile: San
 
 
 @needs_memory_cgroup
+async def test_what_the_early_move_missed_is_moved_after_the_hello(plugin_site: Path, runtime_dir: Path,
+                                                                   monkeypatch) -> None:
+    async def missed(w, group) -> None:  # as if the worker process had not shown up in time
+        return None
+
+    monkeypatch.setenv(_cgroup.ENV, "1")
+    monkeypatch.setattr(SandboxRunner, "_place_early", staticmethod(missed))
+    runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=(), tenant="late")
+    try:
+        group = runner._worker.cgroup
+        inside = {int(p) for p in (group.path / "cgroup.procs").read_text().split()}
+        pids = list(runner.worker_pids)
+        assert {*pids, *descendants(pids[-1])} <= inside
+    finally:
+        await runner.close()
+
+
+@needs_memory_cgroup
 async def test_memory_used_past_the_limit_ends_the_worker_as_out_of_memory(cgroup_hostile: SandboxRunner,
                                                                            good: SandboxRunner) -> None:
     hostile = cgroup_hostile

@@ -944,12 +944,14 @@ class SandboxRunner(PluginRunner):
             os.close(info_r)
             if placing is not None and not started:
                 placing.cancel()
+                placing.add_done_callback(_retrieved)  # a move that failed as well is not logged as unretrieved
         try:
             w.child_pid = int(json.loads(info.decode())["child-pid"])
             w.pidfd = os.pidfd_open(w.child_pid)
         except (ValueError, KeyError, OSError):
             w.child_pid = None
-        if group is not None and placing is not None:
+        if placing is not None:
+            assert group is not None
             await self._enter_cgroup(w, group, placing)
         return w
 
@@ -982,7 +984,9 @@ class SandboxRunner(PluginRunner):
             await placing
             pids = [w.pid] + ([w.child_pid, *_children(w.child_pid)] if w.child_pid is not None else [])
             inside = group.pids()
-            _add_all(group, [pid for pid in pids if pid not in inside])
+            missing = [pid for pid in pids if pid not in inside]
+            if missing:  # a move can wait ~20 ms for the kernel: not on the event loop
+                await asyncio.to_thread(_add_all, group, missing)
         except OSError as exc:
             self._kill(w, f"could not be placed in its memory cgroup {group.path} ({exc})", crash=False)
             await self._reap(w)
@@ -1441,6 +1445,11 @@ class SandboxRunner(PluginRunner):
             await self._context.emit_event(event_type, data)
             return None
         raise SandboxError(f"unknown bridge operation {op[:40]!r}")
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _add_all(group: MemoryCgroup, pids: list[int]) -> None:
