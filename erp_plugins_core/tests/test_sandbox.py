@@ -458,10 +458,13 @@ def _uid_of(pid: str) -> int | None:
 
 
 async def test_without_a_memory_cgroup_the_address_space_is_the_limit(plugin_site: Path, runtime_dir: Path,
-                                                                      monkeypatch) -> None:
+                                                                      monkeypatch, caplog) -> None:
     monkeypatch.setenv(_cgroup.ENV, "1")  # asked for, but the host cannot create one
     monkeypatch.setattr(MemoryCgroup, "create", classmethod(lambda cls, limit, base=None: None))
-    runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=())
+    _sandbox._say_no_cgroup.cache_clear()
+    with caplog.at_level(logging.INFO, logger="erp_plugins.sandbox"):
+        runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=())
+    assert "sandbox workers get no memory cgroup here" in caplog.text  # said once, for the administrator
     try:
         assert runner._worker.cgroup is None
         with pytest.raises(SandboxError, match=r"ran out of memory \(MemoryError at its memory_limit 256MB\)"):

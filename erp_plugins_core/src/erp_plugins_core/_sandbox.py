@@ -890,7 +890,10 @@ class SandboxRunner(PluginRunner):
     async def _spawn(self) -> _Worker:
         if self._runtime is not None:
             mark_used(self._runtime.site)
-        group = MemoryCgroup.create(self.manifest.resources.memory_bytes) if _cgroup.wanted() else None
+        wanted = _cgroup.wanted()
+        group = MemoryCgroup.create(self.manifest.resources.memory_bytes) if wanted else None
+        if wanted and group is None:
+            _say_no_cgroup()
         seccomp_fd = _seccomp.filter_fd(self.manifest.resources.network_access)
         info_r, info_w = os.pipe()
         out_r, out_w = os.pipe()  # the worker's replies; read by a protocol, not a StreamReader
@@ -1445,6 +1448,14 @@ class SandboxRunner(PluginRunner):
             await self._context.emit_event(event_type, data)
             return None
         raise SandboxError(f"unknown bridge operation {op[:40]!r}")
+
+
+@functools.cache
+def _say_no_cgroup() -> None:
+    """Tell the administrator once why workers get no memory cgroup here."""
+    log.info("sandbox workers get no memory cgroup here (it needs a writable memory controller: the host as root, "
+             "or one delegated to it); their memory is capped by address space only (%s=0 silences this)",
+             _cgroup.ENV)
 
 
 def _retrieved(fut: asyncio.Future[Any]) -> None:
