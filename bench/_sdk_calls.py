@@ -5,7 +5,7 @@ and also run whole as the program of its "floor" side: a bare process started wi
 command line, interpreter and runtime site, that makes the same calls for the benchmark over a raw
 length-prefixed pipe (fd 0 in, fd 1 out). The floor is what any out-of-process plugin must pay here, with none
 of the host's RPC machinery (no msgpack, no validation, no task per call). So this file imports only the
-standard library and, when asked, one SDK (and uvloop, when the workers run it).
+standard library, when asked one SDK, and the worker's `new_loop` (so it runs the workers' event loop).
 
     python -I -S -B -c "$(cat bench/_sdk_calls.py)" <site dir> <auto|asyncio>  (the workers' event loop)
     then frames: a JSON config {"provider", "url", "api_key"}, then b"c" (one call: one frame back), b"s" (one
@@ -131,13 +131,10 @@ async def serve() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, sys.argv[1])  # the runtime site, as the worker adds it (the interpreter runs with -I -S)
-    run = asyncio.run
-    if sys.argv[2:] == ["auto"]:  # the event loop the workers run (ERP_PLUGINS_SANDBOX_LOOP): uvloop if installed
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            run = uvloop.run
-    run(serve())
+    site, kind = sys.argv[1], sys.argv[2]
+    sys.path.insert(0, site)  # the runtime site, as the worker adds it (the interpreter runs with -I -S)
+    sys.path.insert(0, os.path.join(site, "erp_plugins_core"))
+    from _worker import new_loop  # the worker's own choice of event loop (ERP_PLUGINS_SANDBOX_LOOP)
+
+    with asyncio.Runner(loop_factory=lambda: new_loop(kind)) as runner:
+        runner.run(serve())

@@ -61,17 +61,13 @@ ECHO = (
 )
 
 
-#: The event-loop floor: `python -c LOOP_ECHO <site> <auto|asyncio>` echoes from an add_reader callback.
+#: The event-loop floor: `python -c LOOP_ECHO <site> <auto|asyncio>` echoes from an add_reader callback on the
+#: loop the worker's own `new_loop` makes.
 LOOP_ECHO = (
     "import os,sys\n"
-    "sys.path.insert(0,sys.argv[1])\n"
-    "loop=None\n"
-    "if sys.argv[2]=='auto':\n"
-    "    try:\n"
-    "        import uvloop; loop=uvloop.new_event_loop()\n"
-    "    except ImportError: pass\n"
-    "if loop is None:\n"
-    "    import asyncio; loop=asyncio.new_event_loop()\n"
+    "sys.path[:0]=[sys.argv[1],sys.argv[1]+'/erp_plugins_core']\n"
+    "from _worker import new_loop\n"
+    "loop=new_loop(sys.argv[2])\n"
     "os.set_blocking(0,False)\n"
     "def echo():\n"
     "    data=os.read(0,65536)\n"
