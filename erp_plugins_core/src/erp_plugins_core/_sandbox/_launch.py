@@ -1,0 +1,405 @@
+"""Starting and ending worker processes: the bwrap command line and limits, spawning, cgroup moves, kills, reaping.
+
+A worker is started by `_spawn` (bwrap as the worker's uid, seccomp filter and info pipe passed by fd, the
+memory cgroup entered while its Python starts) and ends in `_finish`, however it ends (exit, kill, protocol
+violation, closed pipe): every call in flight gets its death as an error, a crash is counted unless the host
+stopped it on purpose, and its cgroup is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import _cgroup, _seccomp
+from .._cgroup import MemoryCgroup
+from .._discovery import PluginRecord
+from .._errors import SandboxError
+from .._manifest import Manifest
+from .._redact import Redactor
+from ._availability import bwrap_path, worker_loop
+from ._process import _End, _FromWorker, _Worker, describe_exit
+from ._site import SANDBOX_SITE, Runtime, _others_can_read, mark_used
+
+log = logging.getLogger("erp_plugins.sandbox")
+
+START_TIMEOUT = 20.0
+TMPFS_BYTES = 64 * 1024 * 1024
+FSIZE_BYTES = 64 * 1024 * 1024
+_STDERR_TAIL = 16 * 1024
+#: How bwrap starts the worker: imported (from the bytecode `build_runtime` compiled), not run as a script,
+#: which Python would compile from source on every start. argv[1] is the site, argv[2] the limits, argv[3] the
+#: event loop (`worker_loop`).
+_LAUNCH = ("import sys;p=sys.argv[1]+'/erp_plugins_core';sys.path.insert(0,p);import _worker;"
+           "sys.path.remove(p);_worker.main()")
+#: With a memory cgroup counting what a worker really uses, its address space is capped at this many times
+#: `memory_limit` instead of once (a backstop against address-space bombs; stacks and arenas are mostly untouched).
+AS_FACTOR_WITH_CGROUP = 4
+
+
+class WorkerLauncher:
+    """The part of `SandboxRunner` that starts, places, kills and reaps its worker processes."""
+
+    record: PluginRecord
+    tenant: str
+    manifest: Manifest
+    uid: int | None
+    max_crashes: int
+    crash_window: float
+    _runtime: Runtime | None
+    _data_root: Path | None
+    _loaded: bool
+    _crashes: collections.deque[float]
+    _failed: str | None
+    _redactor: Redactor
+    _handle: Callable[[_Worker, dict[str, Any]], None]
+
+    def _data_dir(self) -> Path | None:
+        mode = self.manifest.security.file_permissions
+        if mode == "none":
+            return None
+        if self._data_root is None:
+            raise SandboxError(
+                f"plugin {self.record.name!r} asks for file_permissions {mode!r}, but the host gave the sandbox no "
+                "data_root for plugin data"
+            )
+        tenant = self.tenant if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.tenant) and self.tenant not in {
+            ".", ".."} else hashlib.sha256(self.tenant.encode()).hexdigest()[:32]
+        path = self._data_root / self.record.name / tenant
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.uid is not None:
+            os.chown(path, self.uid, self.uid)
+        os.chmod(path, 0o700)
+        if not _others_can_read(str(path.parent)):
+            raise SandboxError(f"data_root {self._data_root} (or a parent) is not traversable by unprivileged users")
+        return path
+
+    def argv(self, info_fd: int, seccomp_fd: int, *, cgroup: bool = False) -> list[str]:
+        """The bwrap command line of a worker (no config or secrets: those go over the pipe); `cgroup`: a memory
+        cgroup will hold the worker, so its address space gets the looser cap."""
+        assert self._runtime is not None
+        res = self.manifest.resources
+        bwrap = bwrap_path() or "bwrap"
+        argv = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        if res.network_access:
+            argv += ["--share-net"]
+        argv += ["--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+                 "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
+                 "--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache",
+                 "--ro-bind-try", "/etc/localtime", "/etc/localtime"]
+        if res.network_access:
+            for path in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/ssl",
+                         "/etc/ca-certificates"):
+                argv += ["--ro-bind-try", path, path]
+        for src, dst in self._runtime.binds:
+            argv += ["--ro-bind", src, dst]
+        argv += ["--ro-bind", self._runtime.site, SANDBOX_SITE,
+                 "--proc", "/proc", "--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]  # noqa: S108
+        data = self._data_dir()
+        if data is not None:
+            rw = self.manifest.security.file_permissions == "read-write"
+            argv += ["--bind" if rw else "--ro-bind", str(data), "/data"]
+        argv += ["--disable-userns", "--chdir", "/tmp", "--clearenv", "--setenv", "HOME", "/tmp",  # noqa: S108
+                 "--setenv", "PATH", "/usr/bin", "--setenv", "MALLOC_ARENA_MAX", "2", "--setenv", "LANG", "C.UTF-8",
+                 "--hostname", "sandbox", "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd),
+                 "--remount-ro", "/", "--",
+                 self._runtime.python, "-I", "-S", "-B", "-c", _LAUNCH,
+                 SANDBOX_SITE, ",".join(f"{k}={v}" for k, v in self._limits(cgroup).items()), worker_loop()]
+        return argv
+
+    def _limits(self, cgroup: bool = False) -> dict[str, str]:
+        """rlimits as `soft[:hard]`; CPU is a lifetime budget (an hour at `cpu_limit`), SIGXCPU past it."""
+        res = self.manifest.resources
+        memory = res.memory_bytes * (AS_FACTOR_WITH_CGROUP if cgroup else 1)
+        cpu = int(max(60, res.cpu_limit * 3600))
+        # a plugin with network access keeps a connection pool: 256 descriptors broke 200 concurrent calls
+        nofile = "4096" if self.manifest.resources.network_access else "256"
+        return {"CORE": "0", "NOFILE": nofile, "NPROC": "32", "FSIZE": str(FSIZE_BYTES),
+                "AS": str(memory), "CPU": f"{cpu}:{cpu + 5}"}
+
+    async def _spawn(self) -> _Worker:
+        if self._runtime is not None:
+            mark_used(self._runtime.site)
+        wanted = _cgroup.wanted()
+        group = MemoryCgroup.create(self.manifest.resources.memory_bytes) if wanted else None
+        if wanted and group is None:
+            _say_no_cgroup()
+        seccomp_fd = _seccomp.filter_fd(self.manifest.resources.network_access)
+        info_r, info_w = os.pipe()
+        out_r, out_w = os.pipe()  # the worker's replies; read by a protocol, not a StreamReader
+        _grow_pipe(out_r)
+        try:
+            argv = self.argv(info_w, seccomp_fd, cgroup=group is not None)
+            kwargs: dict[str, Any] = {}
+            if self.uid is not None:
+                kwargs = {"user": self.uid, "group": self.uid, "extra_groups": []}
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=out_w, stderr=asyncio.subprocess.PIPE,
+                pass_fds=(seccomp_fd, info_w), start_new_session=True, cwd="/", env={}, limit=1 << 20, **kwargs,
+            )
+        except BaseException:
+            os.close(info_r)
+            os.close(out_r)
+            if group is not None:
+                group.remove()
+            raise
+        finally:
+            os.close(seccomp_fd)
+            os.close(info_w)
+            os.close(out_w)
+        if proc.stdin is not None:
+            _grow_pipe(proc.stdin.get_extra_info("pipe").fileno())
+        w = _Worker(proc)
+        w.cgroup = group  # removed by _finish, however the worker ends
+        protocol = _FromWorker(functools.partial(self._handle, w))
+        w.reader = protocol
+        await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, os.fdopen(out_r, "rb", buffering=0))
+        w.tasks = [asyncio.create_task(self._read_loop(w)), asyncio.create_task(self._drain_stderr(w))]
+        placing = asyncio.ensure_future(self._place_early(w, group)) if group is not None else None
+        started = False
+        try:
+            await asyncio.wait_for(asyncio.shield(w.hello), START_TIMEOUT)
+            info = await asyncio.to_thread(_read_all, info_r)
+            started = True
+        except TimeoutError:
+            os.set_blocking(info_r, False)
+            with contextlib.suppress(OSError, ValueError, KeyError):  # kill the namespace too, if it exists
+                w.pidfd = os.pidfd_open(int(json.loads(os.read(info_r, 65536).decode())["child-pid"]))
+            self._kill(w, f"did not start within {START_TIMEOUT:g} s")
+            self._kill_group(w)
+            await self._reap(w)
+            raise SandboxError(f"plugin {self.record.name!r}: worker did not start within {START_TIMEOUT:g} s; "
+                               f"stderr: {self._stderr(w)[-500:]}") from None
+        except SandboxError:
+            await self._reap(w)
+            raise
+        finally:
+            os.close(info_r)
+            if placing is not None and not started:
+                placing.cancel()
+                placing.add_done_callback(_retrieved)  # a move that failed as well is not logged as unretrieved
+        try:
+            w.child_pid = int(json.loads(info.decode())["child-pid"])
+            w.pidfd = os.pidfd_open(w.child_pid)
+        except (ValueError, KeyError, OSError):
+            w.child_pid = None
+        if placing is not None:
+            assert group is not None
+            await self._enter_cgroup(w, group, placing)
+        return w
+
+    @staticmethod
+    async def _place_early(w: _Worker, group: MemoryCgroup) -> None:
+        """Move bwrap, the sandbox's PID 1 and the worker into `group` as soon as the worker process exists.
+
+        A move waits for a kernel RCU grace period (14–25 ms here) and holds up every fork on the machine
+        meanwhile; started once bwrap's forks are done, it runs while the worker's Python starts up (≈ 20 ms)
+        instead of after its hello. `_enter_cgroup` checks the result before any plugin code runs.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while loop.time() < deadline and not w.hello.done() and w.proc.returncode is None:
+            init = _children(w.pid)
+            workers = _children(init[0]) if init else []
+            if workers:
+                await asyncio.to_thread(_add_all, group, [w.pid, init[0], *workers])
+                return
+            await asyncio.sleep(0.001)
+
+    async def _enter_cgroup(self, w: _Worker, group: MemoryCgroup, placing: asyncio.Future[None]) -> None:
+        """Make sure bwrap, the sandbox's PID 1 and the worker are in `group`; what they fork later is born there.
+
+        Runs once the worker said hello: until `load` it runs only our own code, so no plugin code runs
+        outside the cgroup. Whatever `_place_early` did not move is moved now. A worker that cannot be placed
+        is stopped: its limits must hold.
+        """
+        try:
+            await placing
+            pids = [w.pid] + ([w.child_pid, *_children(w.child_pid)] if w.child_pid is not None else [])
+            inside = group.pids()
+            missing = [pid for pid in pids if pid not in inside]
+            if missing:  # a move can wait ~20 ms for the kernel: not on the event loop
+                await asyncio.to_thread(_add_all, group, missing)
+        except OSError as exc:
+            self._kill(w, f"could not be placed in its memory cgroup {group.path} ({exc})", crash=False)
+            await self._reap(w)
+            raise SandboxError(f"plugin {self.record.name!r}: worker could not be placed in its memory cgroup "
+                               f"{group.path}: {exc}") from None
+
+    async def _stop(self, w: _Worker, reason: str) -> None:
+        self._kill(w, reason, crash=False)
+        await self._reap(w)
+
+    def _kill(self, w: _Worker, reason: str, *, crash: bool = True) -> None:
+        """SIGKILL the worker's PID namespace (its PID 1), then bwrap's process group; reaping is async."""
+        if w.kill_reason is None:
+            w.kill_reason = reason
+            w.count_crash = crash  # type: ignore[attr-defined]
+        if w.pidfd is not None:
+            try:  # bwrap reaps its PID 1 only after the kernel has killed every process of the namespace
+                signal.pidfd_send_signal(w.pidfd, signal.SIGKILL)
+                return
+            except OSError:
+                pass
+        self._kill_group(w)
+
+    @staticmethod
+    def _kill_group(w: _Worker) -> None:
+        if w.proc.returncode is None:
+            try:
+                os.killpg(w.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    async def _reap(self, w: _Worker) -> None:
+        try:
+            await asyncio.shield(w.finished.wait())
+        except asyncio.CancelledError:
+            raise
+
+
+    async def _read_loop(self, w: _Worker) -> None:
+        """Wait until the worker's pipe closes (or it broke the protocol), then end the worker."""
+        assert w.reader is not None
+        await w.reader.closed
+        if w.reader.violation is not None:
+            self._kill(w, f"broke the protocol (protocol violation: {w.reader.violation})")
+        await self._finish(w)
+
+    async def _finish(self, w: _Worker) -> None:
+        try:
+            await asyncio.wait_for(w.proc.wait(), 3.0)
+        except TimeoutError:
+            self._kill(w, w.kill_reason or "closed its pipe but did not exit")
+            try:
+                await asyncio.wait_for(w.proc.wait(), 2.0)
+            except TimeoutError:
+                self._kill_group(w)
+                await w.proc.wait()
+        for task in w.tasks[1:]:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 1.0)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+        w.dead = True
+        if w.pidfd is not None:
+            os.close(w.pidfd)
+            w.pidfd = None
+        reason = w.kill_reason or describe_exit(w.proc.returncode, self._stderr(w))
+        if w.kill_reason is None and w.cgroup is not None and w.cgroup.oom_kills():
+            reason = (f"ran out of memory (the kernel's OOM killer ended it at its memory_limit "
+                      f"{self.manifest.resources.memory_limit})")
+        message = f"plugin {self.record.name!r}: worker {reason}"
+        counted = getattr(w, "count_crash", True)
+        if counted and self._loaded:
+            now = time.monotonic()
+            self._crashes.append(now)
+            while self._crashes and self._crashes[0] < now - self.crash_window:
+                self._crashes.popleft()
+            if len(self._crashes) >= self.max_crashes and self._failed is None:
+                self._failed = (
+                    f"plugin {self.record.name!r} for tenant {self.tenant!r}: its worker failed "
+                    f"{len(self._crashes)} times within {self.crash_window:g} s (last: {reason}); "
+                    "the plugin is put into its error state"
+                )
+        if self._failed is not None and counted:
+            message = self._failed
+        elif counted:
+            message += "; it is restarted on the next call"
+        w.death = message
+        error = {"type": "SandboxError", "message": message, "kind": "died", "retry_after": None}
+        if not w.hello.done():
+            w.hello.set_exception(SandboxError(f"{message}; stderr: {self._stderr(w)[-800:]}"))
+        for call in list(w.calls.values()):
+            end = {"t": "res", "id": call.id, "ok": False, "value": None, "error": error, "usage": {}}
+            if call.queue is not None:
+                call.put(_End(end))
+            elif not call.future.done():
+                call.future.set_result(end)
+        w.calls.clear()
+        if w.watchdog is not None:
+            w.watchdog.cancel()
+            w.watchdog = None
+        for bt in list(w.bridge_tasks):
+            bt.cancel()
+        w.finished.set()
+        if w.proc.stdin is not None:
+            w.proc.stdin.close()
+        if counted:
+            log.warning("%s", self._redactor.redact(message))
+        if w.cgroup is not None:
+            await self._remove_cgroup(w.cgroup)
+
+    @staticmethod
+    async def _remove_cgroup(group: MemoryCgroup) -> None:
+        """Remove a dead worker's cgroup; its last processes may take a moment to leave it."""
+        for _ in range(40):
+            if group.remove():
+                return
+            await asyncio.sleep(0.025)
+        log.warning("could not remove the worker cgroup %s (processes still in it)", group.path)
+
+    async def _drain_stderr(self, w: _Worker) -> None:
+        assert w.proc.stderr is not None
+        while chunk := await w.proc.stderr.read(65536):
+            w.stderr_tail += chunk
+            del w.stderr_tail[:-_STDERR_TAIL]
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("plugin %s stderr: %s", self.record.name,
+                          self._redactor.redact(chunk.decode(errors="replace")))
+
+    def _stderr(self, w: _Worker) -> str:
+        return self._redactor.redact(w.stderr_tail.decode(errors="replace"))
+
+
+@functools.cache
+def _say_no_cgroup() -> None:
+    """Tell the administrator once why workers get no memory cgroup here."""
+    log.info("sandbox workers get no memory cgroup here (it needs a writable memory controller: the host as root, "
+             "or one delegated to it); their memory is capped by address space only (%s=0 silences this)",
+             _cgroup.ENV)
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _add_all(group: MemoryCgroup, pids: list[int]) -> None:
+    for pid in pids:
+        group.add(pid)
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid` (empty when it is gone)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _grow_pipe(fd: int) -> None:
+    """Let a pipe hold 1 MiB (64 KiB by default) so large frames cross in fewer reads; best effort."""
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1024 * 1024)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
