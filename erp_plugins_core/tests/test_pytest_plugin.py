@@ -149,7 +149,8 @@ async def test_good_plugins_conform():
         ("conf_noparam", "hooks: on_event -> method on_event: has no parameter 'data'"),
         ("conf_extra", "parameter 'x' is not an argument of on_event"),
         ("conf_init_none", "initialize() must return True (bool), got None"),
-        ("conf_bad_health", "health_check() must return a dict with healthy: bool, got 'fine'"),
+        ("conf_bad_health", "health_check() must return a dict with healthy: bool or status: text (healthy, ok, up or "
+                            "pass mean healthy), got 'fine'"),
         ("conf_hang", "activate() did not return within 0.3s"),
         ("conf_no_method", "names method 'nope', which ConfNoMethodPlugin does not have"),
         ("conf_no_perm", "ai_request needs permission 'ai.generate', which permissions does not declare"),

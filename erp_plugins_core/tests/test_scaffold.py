@@ -96,6 +96,8 @@ def test_cli_new(tmp_path):
     ok = runner.invoke(cli, ["new", "invoice_ocr", "--type", "ai_provider", "--dir", str(tmp_path)])
     assert ok.exit_code == 0, ok.output
     assert f"created {tmp_path / 'invoice_ocr'}" in ok.output
+    # the hint installs the test extra (pytest-asyncio), without which the generated tests cannot run
+    assert f"next: pip install -e '{tmp_path / 'invoice_ocr'}[test]' && " in ok.output
     manifest = (tmp_path / "invoice_ocr" / "src" / "erp_plugin_invoice_ocr" / "plugin.yaml").read_text()
     assert "plugin_type: ai_provider" in manifest
     again = runner.invoke(cli, ["new", "invoice_ocr", "--dir", str(tmp_path)])
@@ -151,7 +153,8 @@ def test_check_and_list_see_the_scaffold(tmp_path, monkeypatch):
     listed = runner.invoke(cli, ["--state", str(tmp_path / "s.db"), "list", "--json"])
     [entry] = [p for p in json.loads(listed.output) if p["name"] == "seen_plugin"]
     assert entry["distribution"] == "erp-plugin-seen-plugin" and entry["valid"] is True
-    assert entry["hooks"] == ["on_event"] and entry["plugin_type"] == "notification"
+    assert entry["hooks"] == ["send_notification"] and entry["plugin_type"] == "notification"
+    assert entry["permissions"] == ["notifications.send"]
 
 
 def test_templates_are_package_resources():

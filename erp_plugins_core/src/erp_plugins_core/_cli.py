@@ -519,7 +519,8 @@ def new(name: str, plugin_type: str, directory: str) -> None:
 
     path = scaffold(name, plugin_type, Path(directory))
     click.echo(f"created {path}")
-    click.echo(f"next: pip install -e {path} && erp-plugins check {name} && pytest {path}")
+    # the test extra brings pytest-asyncio, without which the generated async tests cannot run
+    click.echo(f"next: pip install -e '{path}[test]' && erp-plugins check {name} && pytest {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ from ._catalog import Catalog, deep_check
 from ._config import resolve, to_stored, validate_config
 from ._context import PluginContext
 from ._errors import PluginError
+from ._health import health_verdict
 from ._hookspecs import HOOKS, HookInfo
 from ._redact import Redactor
 from ._runner import InProcessRunner
@@ -197,9 +198,10 @@ async def check_conformance(
         return report
     health = await _step(report, "health_check()", manifest.health_check.timeout, instance.health_check)
     if health is not _FAILED:
-        if not isinstance(health, dict) or not isinstance(health.get("healthy"), bool):
-            report.problems.append(f"health_check() must return a dict with healthy: bool, got {health!r}")
-        elif not health["healthy"]:
+        healthy, problem = health_verdict(health, Redactor(secrets))
+        if problem is not None:
+            report.problems.append(problem)
+        elif not healthy:
             report.problems.append(f"health_check() reports unhealthy right after activate: {health!r}")
     _expect_true(report, "deactivate()", await _step(report, "deactivate()", limit, instance.deactivate))
     _expect_true(report, "cleanup()", await _step(report, "cleanup()", limit, instance.cleanup))

@@ -417,6 +417,8 @@ def start_all(impls: list[Impl], hook: str, kwargs: dict[str, Any]) -> tuple[lis
         current_usage.reset(t_usage)
         if t_files is not None:
             current_call_files.reset(t_files)
+    if not waiting and hook in RESULT_CHECKS:
+        check_results(hook, results)  # type: ignore[arg-type]
     return results, (Pending(waiting, files) if waiting else None)
 
 
@@ -434,7 +436,30 @@ async def finish_all(pending: Pending, hook: str, results: list[HookResult | Non
     finally:
         current_usage.reset(t_usage)
         current_call_files.reset(t_files)
+    if hook in RESULT_CHECKS:
+        check_results(hook, results)  # type: ignore[arg-type]
     return results  # type: ignore[return-value]
+
+
+def _ui_problem(result: Any) -> str | None:
+    from ._ui import component_problem
+
+    return component_problem(result)
+
+
+#: Per hook: what is wrong with a plugin's successful result (None when nothing), for hooks whose results the
+#: host checks before handing them on (`ui_components`: data-only components).
+RESULT_CHECKS: dict[str, Callable[[Any], str | None]] = {"ui_components": _ui_problem}
+
+
+def check_results(hook: str, results: list[HookResult]) -> None:
+    """Turn each successful result that fails its hook's result check into that plugin's failure, in place."""
+    check = RESULT_CHECKS[hook]
+    for r in results:
+        if r is not None and r.success:
+            problem = check(r.result)
+            if problem is not None:
+                r.success, r.result, r.error, r.error_kind = False, None, f"{r.plugin}: {problem}", "invalid_result"
 
 
 async def call_all(impls: list[Impl], hook: str, kwargs: dict[str, Any]) -> list[HookResult]:

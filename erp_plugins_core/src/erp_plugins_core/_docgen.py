@@ -267,11 +267,34 @@ def render_hooks_doc() -> str:
                 "them with `context.get_service(\"files\").open(path)` during the call (needs `files.read`)"
             )
         lines.append("")
+    lines += _ui_section()
     lines += ["## Permissions", "", "| permission | allows |", "| --- | --- |"]
     lines += [f"| `{p}` | {_cell(what)} |" for p, what in PERMISSIONS.items()]
     lines += ["", "Host services (`context.get_service(name)`): "
               + ", ".join(f"`{s}` (needs `{p}`)" for s, p in SERVICE_PERMISSIONS.items()) + ".", ""]
     return "\n".join(lines)
+
+
+def _ui_section() -> list[str]:
+    """The UI component schema `ui_components` results are checked against."""
+    import json
+
+    from ._ui import COMPONENT_SCHEMA, MAX_COMPONENTS
+
+    return [
+        "## UI components",
+        "",
+        "`ui_components` returns data, never HTML or script. The host checks each component against this JSON",
+        "Schema, and refuses any string holding an HTML tag or a script URL (`javascript:`, `vbscript:`,",
+        "`data:text/html`); links (`url`) are relative paths or http(s) URLs. An invalid component fails that",
+        f"plugin's result (`error_kind` `invalid_result`) with a message naming the field. At most {MAX_COMPONENTS}",
+        "components per result.",
+        "",
+        "```json",
+        json.dumps(COMPONENT_SCHEMA, indent=2),
+        "```",
+        "",
+    ]
 
 
 def generated() -> dict[str, str]:

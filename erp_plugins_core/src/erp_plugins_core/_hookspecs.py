@@ -52,6 +52,19 @@ class HookSpecs:
     def on_event(self, event_type: str, data: dict) -> None:
         """Receive an event emitted by another plugin of the same tenant."""
 
+    @hookspec
+    def send_notification(self, channel: str, recipient: str, subject: str, message: str, data: dict) -> str:  # type: ignore[empty-body]
+        """Deliver a notification (SMS, chat, push, ...) on `channel` to `recipient`; return the delivery id."""
+
+    @hookspec
+    def workflow_step(self, workflow: str, step: str, payload: dict) -> dict:  # type: ignore[empty-body]
+        """Run one step of a workflow on `payload`; return the step's output (the next step's payload)."""
+
+    @hookspec
+    def ui_components(self, placement: str, context: dict) -> list[dict]:  # type: ignore[empty-body]
+        """UI components (data only, no HTML or script) to show at `placement`; each is checked against
+        the core's component schema (kinds menu_item, action, panel)."""
+
 
 @dataclass(frozen=True, slots=True)
 class HookInfo:
@@ -93,6 +106,14 @@ HOOKS: dict[str, HookInfo] = {
             defaults=(("time_min", None), ("time_max", None)),
         ),
         HookInfo("on_event", None, ("event_type", "data")),
+        HookInfo(
+            "send_notification",
+            "notifications.send",
+            ("channel", "recipient", "subject", "message", "data"),
+            defaults=(("subject", ""), ("data", {})),
+        ),
+        HookInfo("workflow_step", "workflow.execute", ("workflow", "step", "payload"), defaults=(("payload", {}),)),
+        HookInfo("ui_components", "ui.extend", ("placement", "context"), defaults=(("context", {}),)),
     )
 }
 
@@ -115,6 +136,13 @@ ARG_TYPES: dict[str, tuple[type, ...]] = {
     "time_max": (str, _NONE),
     "event_type": (str,),
     "data": (dict,),
+    "channel": (str,),
+    "recipient": (str,),
+    "message": (str,),
+    "workflow": (str,),
+    "step": (str,),
+    "payload": (dict,),
+    "placement": (str,),
 }
 #: Arguments that are lists whose items must be strings.
 STR_LISTS = frozenset({"texts", "attachments"})

@@ -48,6 +48,7 @@ from ._errors import (
     UnknownHookError,
     UnknownPluginError,
 )
+from ._health import health_verdict, unhealthy_reason
 from ._hookspecs import HOOKS
 from ._lifecycle import Lifecycle, PluginState
 from ._redact import Redactor
@@ -816,18 +817,14 @@ class PluginHost:
                                 inst.life.state.value)
         except Exception as exc:
             return HealthReport(row.plugin, tenant, False, "", describe(exc, inst.redactor), inst.life.state.value)
-        if not isinstance(report, dict) or not isinstance(report.get("healthy"), bool):
-            return HealthReport(row.plugin, tenant, False, "",
-                                f"health_check() must return a dict with healthy: bool, got {type(report).__name__}",
-                                inst.life.state.value)
+        healthy, problem = health_verdict(report, inst.redactor)
+        if problem is not None:
+            return HealthReport(row.plugin, tenant, False, "", problem, inst.life.state.value)
         detail = inst.redactor.text(str(report.get("detail", "")))
         error = None
-        if not report["healthy"]:
-            reason = str(report.get("error") or "")
-            # the plugin's own words say what to fix; a bare error name alone would hide them
-            reason = f"{reason}: {detail}" if reason and detail and reason not in detail else (reason or detail)
-            error = inst.redactor.text(reason or "unhealthy")
-        return HealthReport(row.plugin, tenant, report["healthy"], detail, error, inst.life.state.value)
+        if not healthy:
+            error = inst.redactor.text(unhealthy_reason(report, detail))
+        return HealthReport(row.plugin, tenant, healthy, detail, error, inst.life.state.value)
 
     async def _health_loop(self) -> None:
         """While open: re-check health on each manifest's interval; retry failed plugins with backoff."""

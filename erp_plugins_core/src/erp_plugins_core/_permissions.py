@@ -9,6 +9,7 @@ from ._hookspecs import HOOKS
 
 EVENTS_EMIT = "events.emit"
 FILES_READ = "files.read"
+NETWORK_EXTERNAL = "network.external"
 
 #: Every permission a manifest may declare, with what it allows.
 PERMISSIONS: dict[str, str] = {
@@ -18,6 +19,11 @@ PERMISSIONS: dict[str, str] = {
     "files.upload": "answer upload_file",
     "calendar.read": "answer list_calendar_events",
     "calendar.write": "answer create_calendar_event",
+    "notifications.send": "answer send_notification",
+    "workflow.execute": "answer workflow_step",
+    "ui.extend": "answer ui_components (data-only UI components)",
+    NETWORK_EXTERNAL: "reach the network from the sandbox; a plugin that declares it gets the network only for "
+    "tenants that grant it",
     EVENTS_EMIT: "emit events to the tenant's other plugins (PluginContext.emit_event)",
     FILES_READ: "read the host files named in the current call (PluginContext.get_service('files'))",
 }

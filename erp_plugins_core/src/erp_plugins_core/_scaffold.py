@@ -3,7 +3,8 @@
 
 The files come from `string.Template` templates shipped in `erp_plugins_core/templates/`: `common/` for every
 plugin, and one folder per kind of example hook (`events` for on_event, `ai` for the AI hooks, `calendar` for an
-integration). Naming, for plugin NAME: distribution `erp-plugin-<NAME with _ as ->`, package
+integration, `notification`, `workflow` and `ui` for the hooks of those plugin types).
+Naming, for plugin NAME: distribution `erp-plugin-<NAME with _ as ->`, package
 `erp_plugin_<NAME>` (NAME itself when it already starts with `erp_plugin_`), class `<NAME in CamelCase>Plugin`.
 """
 
@@ -29,15 +30,20 @@ KIND_BY_TYPE: dict[str, str] = {
     PluginType.AI_PROVIDER.value: "ai",
     PluginType.INTEGRATION.value: "calendar",
     PluginType.BUSINESS_LOGIC.value: "events",
-    PluginType.UI_EXTENSION.value: "events",
-    PluginType.WORKFLOW.value: "events",
-    PluginType.NOTIFICATION.value: "events",
+    PluginType.UI_EXTENSION.value: "ui",
+    PluginType.WORKFLOW.value: "workflow",
+    PluginType.NOTIFICATION.value: "notification",
 }
 
 _TRY_CALL = {
     "events": "erp-plugins call on_event --tenant acme --arg event_type=invoice.created "
     "--args-json '{\"data\": {\"invoice_id\": 42}}'",
     "ai": "erp-plugins call ai_request --tenant acme --arg prompt=hello",
+    "notification": "erp-plugins call send_notification --tenant acme --arg channel=chat --arg recipient=ops "
+    "--arg message='invoice 42 is overdue'",
+    "workflow": "erp-plugins call workflow_step --tenant acme --arg workflow=approval --arg step=route "
+    "--args-json '{\"payload\": {\"amount\": 1200}}'",
+    "ui": "erp-plugins call ui_components --tenant acme --arg placement=main_menu",
     "calendar": "erp-plugins call create_calendar_event --tenant acme --arg calendar_id=team "
     "--args-json '{\"event\": {\"summary\": \"review\", \"start\": \"2025-01-31T09:00:00Z\"}}'",
 }
