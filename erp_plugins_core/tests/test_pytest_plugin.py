@@ -25,18 +25,18 @@ EVENTS_INIT = '''        self.prefix = config.get("event_prefix", "")
 VARIANTS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
     "conf_good": ("business_logic", []),
     "conf_ai": ("ai_provider", []),
-    "conf_noparam": ("workflow", [("plugin.py", "event_type: str, data: dict[str, Any]) -> None:",
+    "conf_noparam": ("business_logic", [("plugin.py", "event_type: str, data: dict[str, Any]) -> None:",
                                    "event_type: str) -> None:")]),
-    "conf_extra": ("workflow", [("plugin.py", "data: dict[str, Any]) -> None:", "data: dict[str, Any], x) -> None:")]),
-    "conf_init_none": ("workflow", [("plugin.py", EVENTS_INIT, '        self.prefix = ""')]),
-    "conf_bad_health": ("workflow", [("plugin.py", 'return {"healthy": True, "detail": f"{self.handled} event(s) ',
+    "conf_extra": ("business_logic", [("plugin.py", "data: dict[str, Any]) -> None:", "data: dict[str, Any], x) -> None:")]),
+    "conf_init_none": ("business_logic", [("plugin.py", EVENTS_INIT, '        self.prefix = ""')]),
+    "conf_bad_health": ("business_logic", [("plugin.py", 'return {"healthy": True, "detail": f"{self.handled} event(s) ',
                                       'return "fine"  # ')]),
-    "conf_hang": ("workflow", [
+    "conf_hang": ("business_logic", [
         ("plugin.py", "    async def on_event(", "    async def activate(self) -> bool:\n"
          "        import asyncio\n\n        await asyncio.sleep(5)\n        return True\n\n    async def on_event("),
         ("plugin.yaml", "  timeout: 30\n", "  timeout: 0.3\n"),
     ]),
-    "conf_no_method": ("workflow", [("plugin.yaml", "    method: on_event", "    method: nope")]),
+    "conf_no_method": ("business_logic", [("plugin.yaml", "    method: on_event", "    method: nope")]),
     "conf_no_perm": ("ai_provider", [("plugin.yaml", "  - ai.generate\n", "")]),
     "conf_stream_coro": ("ai_provider", [(
         "plugin.py",
@@ -45,8 +45,8 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             yield answer[start : start + 8]''',
         '''        return self.prefix''',
     )]),
-    "conf_needs_config": ("workflow", [("plugin.yaml", '      default: ""\n', "      required: true\n")]),
-    "conf_tampered": ("workflow", []),
+    "conf_needs_config": ("business_logic", [("plugin.yaml", '      default: ""\n', "      required: true\n")]),
+    "conf_tampered": ("business_logic", []),
 }
 
 
