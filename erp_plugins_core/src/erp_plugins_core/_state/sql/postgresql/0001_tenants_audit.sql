@@ -1,0 +1,22 @@
+-- 1: tenants' plugin records and the audit trail
+CREATE TABLE tenant_plugins (
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    enabled BOOLEAN NOT NULL,
+    trusted BOOLEAN NOT NULL,
+    granted TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (tenant, plugin)
+);
+CREATE TABLE audit (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    time DOUBLE PRECISION NOT NULL,
+    "user" TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_tenant ON audit (tenant, id);
