@@ -1,4 +1,5 @@
-"""The SQLite state store on real files: transactions, migrations, several processes, SIGKILL, bad files."""
+"""The state store on both backends (SQLite files, a real PostgreSQL): transactions, migrations, several
+processes, SIGKILL, bad files. SQLite-file specifics (WAL, modes, locks on open) stay SQLite-only."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from erp_plugins_core._state import (
     StateStore,
     TenantPlugin,
     default_state_path,
+    open_store,
     os_user,
     validate_tenant,
 )
@@ -42,8 +44,8 @@ def _run_child(code: str, *args: str) -> subprocess.Popen[str]:
 # --- basics ---------------------------------------------------------------------------------------------------
 
 
-def test_put_get_list_delete_round_trip(tmp_path: Path) -> None:
-    with SQLiteStateStore(tmp_path / "state.db") as store:
+def test_put_get_list_delete_round_trip(state_location: str) -> None:
+    with open_store(state_location) as store:
         assert isinstance(store, StateStore)
         with store.transaction() as tx:
             stored = tx.put(
@@ -67,20 +69,19 @@ def test_put_get_list_delete_round_trip(tmp_path: Path) -> None:
         assert store.get("acme", "openai_provider") is None
 
 
-def test_state_survives_reopen_and_runtime_state(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    with SQLiteStateStore(path) as store, store.transaction() as tx:
+def test_state_survives_reopen_and_runtime_state(state_location: str) -> None:
+    with open_store(state_location) as store, store.transaction() as tx:
         tx.put(TenantPlugin("acme", "p1", enabled=True))
-    with SQLiteStateStore(path) as store:
+    with open_store(state_location) as store:
         assert store.set_runtime_state("acme", "p1", "error", "boom: ***") is True
         assert store.set_runtime_state("acme", "missing", "error", "x") is False
-    with SQLiteStateStore(path) as store:
+    with open_store(state_location) as store:
         rec = store.get("acme", "p1")
         assert rec is not None and rec.enabled and rec.state == "error" and rec.reason == "boom: ***"
 
 
-def test_exception_rolls_back_everything(tmp_path: Path) -> None:
-    with SQLiteStateStore(tmp_path / "s.db") as store:
+def test_exception_rolls_back_everything(state_location: str) -> None:
+    with open_store(state_location) as store:
         with pytest.raises(RuntimeError), store.transaction() as tx:
             tx.put(TenantPlugin("acme", "p1"))
             tx.add_audit(AuditEntry.now("acme", "p1", "enable"))
@@ -95,14 +96,14 @@ def test_exception_rolls_back_everything(tmp_path: Path) -> None:
         assert store.get("acme", "p1") is not None
 
 
-def test_nested_transaction_is_refused(tmp_path: Path) -> None:
-    with SQLiteStateStore(tmp_path / "s.db") as store, store.transaction():
+def test_nested_transaction_is_refused(state_location: str) -> None:
+    with open_store(state_location) as store, store.transaction():
         with pytest.raises(StateError, match="nested"), store.transaction():
             pass
 
 
-def test_audit_order_filter_and_limit(tmp_path: Path) -> None:
-    with SQLiteStateStore(tmp_path / "s.db") as store:
+def test_audit_order_filter_and_limit(state_location: str) -> None:
+    with open_store(state_location) as store:
         for i in range(5):
             with store.transaction() as tx:
                 tx.add_audit(AuditEntry.now("acme" if i % 2 == 0 else "globex", "p", f"a{i}", {"n": i}))
@@ -114,8 +115,8 @@ def test_audit_order_filter_and_limit(tmp_path: Path) -> None:
         assert entry.user == os_user() and entry.user and entry.detail == {"n": 0} and entry.time > 0
 
 
-def test_settings(tmp_path: Path) -> None:
-    with SQLiteStateStore(tmp_path / "s.db") as store:
+def test_settings(state_location: str) -> None:
+    with open_store(state_location) as store:
         assert store.get_setting("lock") is None
         store.set_setting("lock", json.dumps({"a": 1}))
         store.set_setting("lock", json.dumps({"a": 2}))
@@ -124,8 +125,8 @@ def test_settings(tmp_path: Path) -> None:
             assert tx.get_setting("lock") == '{"a": 2}'
 
 
-def test_closed_store_is_an_error(tmp_path: Path) -> None:
-    store = SQLiteStateStore(tmp_path / "s.db")
+def test_closed_store_is_an_error(state_location: str) -> None:
+    store = open_store(state_location)
     store.close()
     store.close()
     with pytest.raises(StateError, match="closed"):
@@ -138,10 +139,10 @@ def test_valid_tenant_names(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["", "-acme", ".x", "a b", "a/b", "ä", "x" * 65, "../etc"])
-def test_invalid_tenant_names(tmp_path: Path, name: str) -> None:
+def test_invalid_tenant_names(state_location: str, name: str) -> None:
     with pytest.raises(ConfigError, match="invalid tenant name"):
         validate_tenant(name)
-    with SQLiteStateStore(tmp_path / "s.db") as store, pytest.raises(ConfigError), store.transaction() as tx:
+    with open_store(state_location) as store, pytest.raises(ConfigError), store.transaction() as tx:
         tx.put(TenantPlugin(name, "p"))
 
 
@@ -209,7 +210,7 @@ def test_unwritable_path_is_a_clear_state_error(tmp_path: Path) -> None:
         SQLiteStateStore(tmp_path)
 
 
-def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
+def test_newer_sqlite_schema_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     SQLiteStateStore(path).close()
     conn = sqlite3.connect(path)
@@ -254,11 +255,11 @@ def test_migration_from_version_1(tmp_path: Path) -> None:
 _WORKER = """
 import sys, time
 from pathlib import Path
-from erp_plugins_core._state import SQLiteStateStore, TenantPlugin, AuditEntry
+from erp_plugins_core._state import open_store, TenantPlugin, AuditEntry
 path, me, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 while not go.exists():
     time.sleep(0.005)
-store = SQLiteStateStore(path)   # both processes may create the file at the same moment
+store = open_store(path)   # both processes may create the file (or migrate the database) at the same moment
 for i in range(50):
     with store.transaction() as tx:   # read-modify-write of a row the other process also changes
         rec = tx.get("acme", "shared") or TenantPlugin("acme", "shared", config={"count": 0, "by": []})
@@ -277,9 +278,10 @@ print("done")
 """
 
 
-def test_two_processes_change_the_same_tenant_without_lost_updates(tmp_path: Path) -> None:
-    path, go = tmp_path / "shared" / "state.db", tmp_path / "go"
-    children = [_run_child(_WORKER, str(path), name, str(go)) for name in ("p_one", "p_two")]
+def test_two_processes_change_the_same_tenant_without_lost_updates(state_location: str, tmp_path: Path) -> None:
+    path = str(tmp_path / "shared" / "state.db") if not state_location.startswith("postgresql:") else state_location
+    go = tmp_path / "go"
+    children = [_run_child(_WORKER, path, name, str(go)) for name in ("p_one", "p_two")]
     time.sleep(0.3)  # let both interpreters start, then release them together
     go.touch()
     outputs = [child.communicate(timeout=120) for child in children]
@@ -287,7 +289,7 @@ def test_two_processes_change_the_same_tenant_without_lost_updates(tmp_path: Pat
         assert child.returncode == 0, err
         assert out.strip() == "done"
         assert "locked" not in err and err == ""
-    with SQLiteStateStore(path) as store:
+    with open_store(path) as store:
         shared = store.get("acme", "shared")
         assert shared is not None and shared.config["count"] == 100
         assert sorted(set(shared.config["by"])) == ["p_one", "p_two"] and len(shared.config["by"]) == 100
@@ -298,8 +300,8 @@ def test_two_processes_change_the_same_tenant_without_lost_updates(tmp_path: Pat
 
 _KILLED = """
 import sys, time
-from erp_plugins_core._state import SQLiteStateStore, TenantPlugin, AuditEntry
-store = SQLiteStateStore(sys.argv[1])
+from erp_plugins_core._state import open_store, TenantPlugin, AuditEntry
+store = open_store(sys.argv[1])
 with store.transaction() as tx:
     tx.put(TenantPlugin("acme", "committed", enabled=True, state="active"))
 with store.transaction() as tx:
@@ -314,9 +316,9 @@ with store.transaction() as tx:
 """
 
 
-def test_sigkill_in_the_middle_of_a_transaction_leaves_a_consistent_store(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    child = _run_child(_KILLED, str(path))
+def test_sigkill_in_the_middle_of_a_transaction_leaves_a_consistent_store(state_location: str) -> None:
+    path = state_location
+    child = _run_child(_KILLED, path)
     try:
         assert child.stdout is not None
         line = child.stdout.readline()
@@ -332,7 +334,7 @@ def test_sigkill_in_the_middle_of_a_transaction_leaves_a_consistent_store(tmp_pa
                 stream.close()
     assert child.returncode == -signal.SIGKILL
     started = time.monotonic()
-    with SQLiteStateStore(path, busy_timeout=5) as store:
+    with open_store(path, busy_timeout=5) as store:
         committed = store.get("acme", "committed")
         assert committed is not None and committed.enabled is True and committed.state == "active"
         assert store.get("acme", "half_enabled") is None
@@ -342,30 +344,31 @@ def test_sigkill_in_the_middle_of_a_transaction_leaves_a_consistent_store(tmp_pa
             tx.put(TenantPlugin("acme", "half_enabled", enabled=True))
         assert store.get("acme", "half_enabled") is not None
     assert time.monotonic() - started < 3
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    conn.close()
+    if not path.startswith("postgresql:"):
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        conn.close()
 
 
-def test_a_waiting_writer_proceeds_when_the_other_commits(tmp_path: Path) -> None:
+def test_a_waiting_writer_proceeds_when_the_other_commits(state_location: str) -> None:
     """busy_timeout: a writer blocked by another process's transaction waits instead of failing 'locked'."""
-    path = tmp_path / "state.db"
-    SQLiteStateStore(path).close()
+    path = state_location
+    open_store(path).close()
     holder = _run_child(
         """
         import sys, time
-        from erp_plugins_core._state import SQLiteStateStore, TenantPlugin
-        store = SQLiteStateStore(sys.argv[1])
+        from erp_plugins_core._state import open_store, TenantPlugin
+        store = open_store(sys.argv[1])
         with store.transaction() as tx:
             tx.put(TenantPlugin("acme", "first"))
             print("holding", flush=True)
             time.sleep(1.0)
         print("committed", flush=True)
         """,
-        str(path),
+        path,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
-    with SQLiteStateStore(path) as store:
+    with open_store(path) as store:
         started = time.monotonic()
         with store.transaction() as tx:
             assert tx.get("acme", "first") is not None  # we got the lock only after the holder committed
@@ -373,30 +376,31 @@ def test_a_waiting_writer_proceeds_when_the_other_commits(tmp_path: Path) -> Non
         assert time.monotonic() - started > 0.3
     out, err = holder.communicate(timeout=10)
     assert holder.returncode == 0, err
-    with SQLiteStateStore(path) as store:
+    with open_store(path) as store:
         assert [r.plugin for r in store.list("acme")] == ["first", "second"]
 
 
-def test_lock_held_too_long_is_a_clear_state_error(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    SQLiteStateStore(path).close()
+def test_lock_held_too_long_is_a_clear_state_error(state_location: str) -> None:
+    path = state_location
+    open_store(path).close()
     holder = _run_child(
         """
         import sys, time
-        from erp_plugins_core._state import SQLiteStateStore
-        store = SQLiteStateStore(sys.argv[1])
+        from erp_plugins_core._state import open_store
+        store = open_store(sys.argv[1])
         with store.transaction():
             print("holding", flush=True)
             time.sleep(30)
         """,
-        str(path),
+        path,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
-        with SQLiteStateStore(path, busy_timeout=0.2) as store:
-            with pytest.raises(StateError, match="locked by another process") as info, store.transaction():
+        with open_store(path, busy_timeout=0.2) as store:
+            with pytest.raises(StateError, match="locked by another (process|writer)") as info, store.transaction():
                 pass
-            assert str(path) in str(info.value)
+            where = store.location if store.backend == "sqlite" else store.location.rsplit("/", 1)[1]
+            assert where in str(info.value) and "\n" not in str(info.value)
             assert store.list() == []  # reads are not blocked by the writer (WAL)
     finally:
         holder.kill()
