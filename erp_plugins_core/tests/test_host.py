@@ -251,18 +251,33 @@ async def test_state_survives_a_restart(plugins, tmp_path) -> None:
         assert [e.action for e in h2.store.audit("acme")] == ["enable"]
 
 
+async def _settle(host) -> dict[str, int]:
+    """Wait until the open host has delivered every stored event (SQLite: open hosts deliver in the background)."""
+    engine = await host._jobs().engine()
+    async with asyncio.timeout(30):
+        while True:
+            counts = await engine.counts(kind="event")
+            if counts["queued"] == counts["running"] == 0:
+                return counts
+            await asyncio.sleep(0.02)
+
+
 async def test_events_reach_other_plugins_and_chains_are_bounded(host, plugins) -> None:
     await host.enable("events", tenant="acme", trust=True)
     await host.enable("echo", tenant="acme", config={"api_key": SECRET}, trust=True)
     import erp_events.events.plugin as events_mod
 
     events_mod.SEEN.clear()
-    await host.emit("acme", "hello", {"x": 1})
+    event_id = await host.emit("acme", "hello", {"x": 1})
+    await _settle(host)
     assert events_mod.SEEN == [("acme", "hello", {"x": 1})]
-    # the plugin re-emits "ping" to itself? no: the source is excluded, so a lone plugin cannot loop
+    job = await host.job(event_id)
+    assert job["state"] == "succeeded" and [r["plugin"] for r in job["results"]] == ["events"]  # echo has no on_event
+    # the plugin re-emits "ping"; the source is excluded, so a lone plugin cannot loop
     events_mod.SEEN.clear()
-    results = await host.emit("acme", "ping", {"n": 0})
-    assert results[0].success and len(events_mod.SEEN) == 1
+    event_id = await host.emit("acme", "ping", {"n": 0})
+    await _settle(host)
+    assert (await host.job(event_id))["state"] == "succeeded" and len(events_mod.SEEN) == 1
 
 
 async def test_event_chain_between_two_plugins_is_cut(host, plugins, site, manifest_text) -> None:
@@ -275,14 +290,21 @@ async def test_event_chain_between_two_plugins_is_cut(host, plugins, site, manif
 
     one.SEEN.clear()
     two.SEEN.clear()
-    results = await host.emit("acme", "ping", {"n": 0})
+    await host.emit("acme", "ping", {"n": 0})
+    counts = await _settle(host)
     from erp_plugins_core._host import MAX_EVENT_DEPTH
 
     # the host's ping starts one chain per plugin; each bounces between the two until the bound cuts it
     assert len(one.SEEN) + len(two.SEEN) == 2 * MAX_EVENT_DEPTH
-    assert len(results) == 2  # the refusal fails only the innermost handler; the host carries on
     assert max(d["n"] for _, _, d in one.SEEN + two.SEEN) == MAX_EVENT_DEPTH - 1
-    assert await host.emit("acme", "hello", {}) and two.SEEN[-1][1] == "hello"
+    # the refusal fails only the innermost handler of each chain, for good (retrying cannot help)
+    assert counts["failed"] == 2
+    failed = await (await host._jobs().engine()).list(kind="event", tenant="acme", state="failed")
+    errors = [d for w in failed for d in w.deliveries if d.state == "failed"]
+    assert len(errors) == 2 and all("event chain deeper than" in d.error and d.attempts == 1 for d in errors)
+    await host.emit("acme", "hello", {})
+    await _settle(host)
+    assert two.SEEN[-1][1] == "hello" and one.SEEN[-1][1] == "hello"
 
 
 async def test_emit_needs_events_emit_permission(host, plugins) -> None:
@@ -290,8 +312,12 @@ async def test_emit_needs_events_emit_permission(host, plugins) -> None:
     import erp_events.events.plugin as events_mod
 
     events_mod.SEEN.clear()
-    [r] = await host.emit("acme", "ping", {"n": 0})
-    assert not r.success and "lacks permission 'events.emit'" in r.error
+    event_id = await host.emit("acme", "ping", {"n": 0})
+    await _settle(host)
+    job = await host.job(event_id)
+    [r] = job["results"]
+    assert job["state"] == "failed" and r["error_kind"] == "permission" and r["attempts"] == 1
+    assert "lacks permission 'events.emit'" in r["error"] and len(events_mod.SEEN) == 1
 
 
 async def test_health_reports_unhealthy_and_timeouts(host) -> None:

@@ -28,7 +28,6 @@ from ._dispatch import (
     StreamDeadline,
     TenantDispatcher,
     bind_arguments,
-    call_all,
     call_one,
     describe,
     finish_all,
@@ -49,7 +48,10 @@ from ._errors import (
     UnknownPluginError,
 )
 from ._health import health_verdict, unhealthy_reason
-from ._hookspecs import HOOKS
+from ._hookspecs import HOOKS, hook_info, hook_names
+from ._jobs import JobSettings
+from ._jobs._service import MAX_EVENT_DEPTH as MAX_EVENT_DEPTH  # re-exported: the bound on chains of events
+from ._jobs._service import JobService
 from ._lifecycle import Lifecycle, PluginState
 from ._redact import Redactor
 from ._runner import InProcessRunner, PluginRunner
@@ -60,13 +62,10 @@ from ._state import AuditEntry, SQLiteStateStore, StateStore, TenantPlugin, defa
 log = logging.getLogger("erp_plugins.host")
 
 DEFAULT_PRIORITY = 100
-MAX_EVENT_DEPTH = 8
 UNSAFE_NO_SANDBOX_ENV = "ERP_PLUGINS_UNSAFE_NO_SANDBOX"
 _RETRY_BASE_S = 5.0
 _RETRY_MAX_S = 300.0
 
-#: How deep the current chain of events is (an on_event that emits again adds one).
-_event_depth: contextvars.ContextVar[int] = contextvars.ContextVar("erp_plugins_event_depth", default=0)
 #: Progress callback of the current `call` (the CLI shows a progress bar with it).
 _progress_cb: contextvars.ContextVar[Callable[[str, int, int | None, str], None] | None] = contextvars.ContextVar(
     "erp_plugins_progress", default=None
@@ -165,8 +164,12 @@ class PluginHost:
         catalog: Catalog | None = None,
         tenants: list[str] | None = None,
         health_loop: bool = True,
+        jobs: JobSettings | None = None,
+        deliver: bool | None = None,
     ) -> None:
         self._state_arg = state
+        self._job_settings, self._deliver = jobs, deliver  # see _jobs: None = from the environment / SQLite only
+        self._job_service: JobService | None = None
         self._catalog = catalog
         self._restore = tenants
         self._health_loop_enabled = health_loop
@@ -207,10 +210,14 @@ class PluginHost:
             await self._ensure_tenant(tenant)
         if self._health_loop_enabled and self._health_task is None:
             self._health_task = asyncio.create_task(self._health_loop(), name="erp-plugins-health")
+        await self._jobs().start()
         return self
 
     async def close(self) -> None:
         """Deactivate and clean up every running plugin, stop workers, close the store."""
+        if self._job_service is not None:  # first: the deliveries running here finish with their plugins up
+            await self._job_service.close()
+            self._job_service = None
         if self._health_task is not None:
             self._health_task.cancel()
             try:
@@ -399,6 +406,8 @@ class PluginHost:
         """
         from ._integrity import check_lock, editable_location, lock_from_json, verify_distribution
 
+        if record.folder is not None:
+            return  # a folder plugin has no RECORD: integrity does not apply (`check` says so)
         dist = record.distribution_object()
         if dist is None:
             raise IntegrityError(f"plugin {record.name!r}: its installed files cannot be located for verification")
@@ -527,7 +536,7 @@ class PluginHost:
         """An unsandboxed plugin with code-scan findings runs only once an administrator accepted them."""
         from ._scan import scan_distribution
 
-        dist = rec.distribution_object()
+        dist = rec.code_distribution()  # a folder plugin's folder too
         findings = scan_distribution(dist) if dist is not None else []
         if not findings:
             return
@@ -607,8 +616,8 @@ class PluginHost:
     # --- hooks ----------------------------------------------------------------------------------------------
 
     async def _impls(self, hook: str, tenant: str) -> list[Impl]:
-        if hook not in HOOKS:
-            raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(HOOKS)}")
+        if hook not in HOOKS and self.catalog.hook(hook) is None:  # a core hook, or one a plugin provides
+            raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(hook_names())}")
         if tenant not in self._started_tenants:
             validate_tenant(tenant)
             self._require_store()
@@ -762,28 +771,40 @@ class PluginHost:
 
     # --- events ---------------------------------------------------------------------------------------------
 
-    async def emit(
-        self, tenant: str, event_type: str, data: dict[str, Any], *, source: str | None = None
-    ) -> list[HookResult]:
-        """Deliver an event to `on_event` of the tenant's active plugins (not the source), concurrently.
+    async def emit(self, tenant: str, event_type: str, data: dict[str, Any], *, source: str | None = None) -> str:
+        """Store an event for `on_event` of the tenant's enabled plugins (not the source); its id once stored.
 
-        Chains are bounded: an event emitted while handling an event more than MAX_EVENT_DEPTH deep is refused.
+        Delivery is durable and at least once, in emit order per plugin, retried with backoff (see `_jobs`);
+        an event emitted while handling one more than MAX_EVENT_DEPTH deep is refused (EventChainTooDeep).
         """
-        depth = _event_depth.get()
-        if depth >= MAX_EVENT_DEPTH:
-            raise PluginError(
-                f"event {event_type!r} from {source or 'the host'} refused: event chain deeper than "
-                f"{MAX_EVENT_DEPTH} for tenant {tenant!r} (plugins emitting events in a loop?)"
-            )
-        impls = [i for i in await self._impls("on_event", tenant) if i.plugin != source]
-        if not impls:
-            return []
-        token = _event_depth.set(depth + 1)
-        try:
-            args = bind_arguments("on_event", {"event_type": event_type, "data": data})
-            return await call_all(impls, "on_event", args)
-        finally:
-            _event_depth.reset(token)
+        validate_tenant(tenant)
+        return await self._jobs().emit(tenant, event_type, data, source=source)
+
+    async def submit(self, hook: str, *, tenant: str, idempotency_key: str | None = None, **kwargs: Any) -> str:
+        """Queue `hook` as a background job for the tenant's enabled plugins that implement it; the job's id.
+
+        Arguments are checked now; the same idempotency key for the same tenant gives the same job. The job
+        runs in a worker (or, with SQLite, an open host); enabled and granted are checked when it runs.
+        """
+        validate_tenant(tenant)
+        return await self._jobs().submit(hook, tenant, idempotency_key, kwargs)
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        """`{id, hook, tenant, state, results, attempts, error}` of a job or event (JobNotFound if unknown)."""
+        return await self._jobs().job(job_id)
+
+    async def run_jobs(self, *, stop: asyncio.Event, concurrency: int = 1, name: str | None = None) -> None:
+        """Run deliveries and jobs until `stop` is set; the running ones then finish (`erp-plugins worker`)."""
+        await self._jobs().run(stop=stop, concurrency=concurrency, name=name)
+
+    def _jobs(self) -> JobService:
+        if self._job_service is None:
+            store = self._require_store()
+            location = getattr(store, "_url", None) or getattr(store, "path", None)
+            if location is None:
+                raise PluginError(f"{store!r} has no location a job engine can open")
+            self._job_service = JobService(self, str(location), self._job_settings, self._deliver)
+        return self._job_service
 
     # --- health ---------------------------------------------------------------------------------------------
 

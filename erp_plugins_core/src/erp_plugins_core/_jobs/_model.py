@@ -1,0 +1,131 @@
+"""What the engines store and report: a unit of work (one plugin's delivery), its outcome, and the job view.
+
+An event or a submitted job is a *work* with an id; it has one *delivery* per target plugin, fixed when it
+is stored. A delivery is what a worker runs, retries and fails on its own, so one plugin's failure never
+re-runs another plugin's side effects. `job_view` folds the deliveries into the contract's job shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import PluginError
+
+__all__ = [
+    "STATES",
+    "Delivery",
+    "EventChainTooDeep",
+    "Executor",
+    "JobNotFound",
+    "Outcome",
+    "Unit",
+    "job_view",
+    "work_state",
+]
+
+#: The states of a job or of one delivery, as the contract names them.
+STATES = ("queued", "running", "succeeded", "failed")
+
+
+class JobNotFound(PluginError):
+    """No event or job has this id (never stored, or removed after the retention period)."""
+
+
+class EventChainTooDeep(PluginError):
+    """An event emitted while handling events nested too deep (plugins emitting in a loop); never retried."""
+
+
+@dataclass(slots=True)
+class Unit:
+    """One plugin's part of an event or job, as a worker runs it (once per attempt)."""
+
+    id: str
+    work: str
+    kind: str  # "event" or "job"
+    tenant: str
+    plugin: str
+    hook: str
+    args: dict[str, Any]
+    depth: int = 0  # events: how deep in a chain of events the handler runs
+    attempts: int = 0  # runs before this one
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one run of a unit ended. `permanent` failures (plugin disabled, permission missing) are not retried."""
+
+    success: bool
+    result: Any = None
+    error: str | None = None
+    error_kind: str | None = None
+    permanent: bool = False
+
+
+#: Runs one unit for the host (checks, then the plugin's hook); never raises for the plugin's own failures.
+Executor = Callable[[Unit], Awaitable[Outcome]]
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One delivery as listed: its plugin, state, runs so far and its last result or error."""
+
+    id: str
+    plugin: str
+    state: str
+    attempts: int
+    result: Any = None
+    error: str | None = None
+    error_kind: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "plugin": self.plugin, "state": self.state, "success": self.state == "succeeded",
+                "attempts": self.attempts, "result": self.result, "error": self.error, "error_kind": self.error_kind}
+
+
+@dataclass(slots=True)
+class Work:
+    """An event or a job as stored, with its deliveries."""
+
+    id: str
+    kind: str
+    tenant: str
+    hook: str
+    args: dict[str, Any]
+    created: float
+    source: str | None = None
+    idempotency_key: str | None = None
+    deliveries: list[Delivery] = field(default_factory=list)
+
+
+def work_state(states: Iterable[str]) -> str:
+    """A work's state from its deliveries': running while any runs, queued while any waits, else failed or done."""
+    seen = set(states)
+    for state in ("running", "queued", "failed"):
+        if state in seen:
+            return state
+    return "succeeded"
+
+
+def job_view(work: Work) -> dict[str, Any]:
+    """The contract's shape `{id, hook, tenant, state, results, attempts, error}`, plus kind, created, counts."""
+    failed = [d for d in work.deliveries if d.state == "failed"]
+    view: dict[str, Any] = {
+        "id": work.id,
+        "kind": work.kind,
+        "hook": work.hook,
+        "tenant": work.tenant,
+        "state": work_state(d.state for d in work.deliveries),
+        "results": [d.to_json() for d in work.deliveries],
+        "attempts": max((d.attempts for d in work.deliveries), default=0),
+        "error": "; ".join(f"{d.plugin}: {d.error}" for d in failed) or None,
+        "created": work.created,
+    }
+    if work.kind == "event":
+        view["event_type"] = work.args.get("event_type")
+        view["data"] = work.args.get("data")
+        view["source"] = work.source
+    else:
+        view["idempotency_key"] = work.idempotency_key
+    return view

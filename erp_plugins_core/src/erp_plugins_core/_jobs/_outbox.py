@@ -1,0 +1,397 @@
+"""The embedded engine: an outbox in the SQLite state file, delivered by open hosts and `erp-plugins worker`.
+
+A work and its deliveries are written in one `BEGIN IMMEDIATE` transaction. A worker claims one delivery at a
+time in its own short transaction: it takes the oldest due delivery whose plugin has no earlier unfinished
+delivery for the tenant (so each plugin sees a tenant's events in order) and holds it under a lease it
+renews while running. A killed worker stops renewing, its lease expires and another worker runs the delivery
+again. This is the small, single-machine path; the fleet runs on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .._errors import StateError
+from ._engine import JobEngine, worker_name
+from ._model import Delivery, Executor, JobNotFound, Outcome, Unit, Work
+from ._runs import finish_state, run_unit
+from ._settings import JobSettings
+
+__all__ = ["OutboxEngine"]
+
+log = logging.getLogger("erp_plugins.jobs")
+
+SCHEMA_VERSION = 1
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS job_works (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        hook TEXT NOT NULL,
+        args TEXT NOT NULL,
+        source TEXT,
+        depth INTEGER NOT NULL DEFAULT 0,
+        idem_key TEXT,
+        created_at REAL NOT NULL
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS job_works_idem ON job_works (tenant, idem_key) WHERE idem_key IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS job_works_list ON job_works (kind, tenant, created_at)",
+    """CREATE TABLE IF NOT EXISTS job_deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        work TEXT NOT NULL REFERENCES job_works (id) ON DELETE CASCADE,
+        lock TEXT NOT NULL,
+        plugin TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        run_after REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL,
+        result TEXT,
+        error TEXT,
+        error_kind TEXT,
+        updated_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS job_deliveries_due ON job_deliveries (state, run_after)",
+    "CREATE INDEX IF NOT EXISTS job_deliveries_lock ON job_deliveries (lock, id)",
+    "CREATE INDEX IF NOT EXISTS job_deliveries_work ON job_deliveries (work)",
+    "CREATE TABLE IF NOT EXISTS job_schema (version INTEGER NOT NULL)",
+)
+
+#: The oldest due delivery whose (tenant, plugin) has nothing unfinished queued before it.
+_DUE = """
+SELECT d.id FROM job_deliveries d
+ WHERE ((d.state = 'queued' AND d.run_after <= :now) OR (d.state = 'running' AND d.lease_until < :now))
+   AND NOT EXISTS (SELECT 1 FROM job_deliveries o
+                    WHERE o.lock = d.lock AND o.id < d.id AND o.state IN ('queued', 'running'))
+ ORDER BY d.id LIMIT 1
+"""
+_UNIT = """
+SELECT d.id, d.work, w.kind, w.tenant, d.plugin, w.hook, w.args, w.depth, d.attempts
+  FROM job_deliveries d JOIN job_works w ON w.id = d.work WHERE d.id = ?
+"""
+_DELIVERIES = "SELECT id, work, plugin, state, attempts, result, error, error_kind FROM job_deliveries"
+_WORK_COLUMNS = "id, kind, tenant, hook, args, created_at, source, idem_key"
+#: Per --state filter: which works to keep (one of their deliveries in that state; succeeded: all of them).
+_STATE_FILTER = {
+    "failed": "EXISTS (SELECT 1 FROM job_deliveries d WHERE d.work = w.id AND d.state = 'failed')",
+    "running": "EXISTS (SELECT 1 FROM job_deliveries d WHERE d.work = w.id AND d.state = 'running')",
+    "queued": "EXISTS (SELECT 1 FROM job_deliveries d WHERE d.work = w.id AND d.state = 'queued')",
+    "succeeded": "NOT EXISTS (SELECT 1 FROM job_deliveries d WHERE d.work = w.id AND d.state <> 'succeeded')",
+}
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+class _Db:
+    """One connection to the state file, serialized by a lock (used from the loop or from a worker thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        try:
+            self.conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA busy_timeout = 30000")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise self.error(exc) from None
+
+    def error(self, exc: BaseException) -> StateError:
+        return StateError(f"job outbox in state file {self.path}: {exc}; check that the file is writable and "
+                          "not held by a stuck process")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """An exclusive write transaction (BEGIN IMMEDIATE): commits on exit, rolls back on an exception."""
+        with self.lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self.error(exc) from None
+            try:
+                yield self.conn
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+                raise
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+                raise self.error(exc) from None
+
+    def read(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        with self.lock:
+            try:
+                return self.conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self.error(exc) from None
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+
+class OutboxEngine(JobEngine):
+    """Events and jobs in the SQLite state file (tables job_works, job_deliveries; own version in job_schema)."""
+
+    def __init__(self, path: Path, settings: JobSettings) -> None:
+        self.path = Path(path)
+        self.settings = settings
+        self._db: _Db | None = None
+        self._wake: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"OutboxEngine({str(self.path)!r})"
+
+    async def open(self) -> OutboxEngine:
+        if self._db is None:
+            if not self.path.is_file():
+                raise StateError(f"state file {self.path} does not exist; open a PluginHost on it first")
+            db = _Db(self.path)
+            try:
+                self._migrate(db)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return self
+
+    def _migrate(self, db: _Db) -> None:
+        with db.write() as conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            row = conn.execute("SELECT MAX(version) FROM job_schema").fetchone()
+            version = row[0] if row and row[0] is not None else 0
+            if version > SCHEMA_VERSION:
+                raise StateError(f"job outbox in {self.path} has schema version {version}, newer than the "
+                                 f"{SCHEMA_VERSION} this erp-plugins-core knows; upgrade erp-plugins-core")
+            if version < SCHEMA_VERSION:
+                conn.execute("DELETE FROM job_schema")
+                conn.execute("INSERT INTO job_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    def _require(self) -> _Db:
+        if self._db is None:
+            raise StateError("the job engine is not open")
+        return self._db
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # --- storing -------------------------------------------------------------------------------------------
+
+    def _insert(self, kind: str, tenant: str, hook: str, args: dict[str, Any], targets: list[str],
+                source: str | None, depth: int, key: str | None) -> str:
+        now = time.time()
+        with self._require().write() as conn:
+            if key is not None:
+                row = conn.execute("SELECT id FROM job_works WHERE tenant = ? AND idem_key = ?",
+                                   (tenant, key)).fetchone()
+                if row is not None:
+                    return str(row[0])
+            work_id = str(uuid.uuid4())
+            conn.execute(
+                f"INSERT INTO job_works ({_WORK_COLUMNS}, depth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (work_id, kind, tenant, hook, _json(args), now, source, key, depth),
+            )
+            conn.executemany(
+                "INSERT INTO job_deliveries (work, lock, plugin, state, run_after, updated_at) "
+                "VALUES (?, ?, ?, 'queued', ?, ?)",
+                [(work_id, f"{tenant}/{plugin}", plugin, now, now) for plugin in targets],
+            )
+        self.wake()
+        return work_id
+
+    async def store_event(self, tenant: str, event_type: str, data: dict[str, Any], targets: list[str], *,
+                          source: str | None, depth: int) -> str:
+        return self._insert("event", tenant, "on_event", {"event_type": event_type, "data": data}, targets,
+                            source, depth, None)
+
+    async def store_job(self, tenant: str, hook: str, args: dict[str, Any], targets: list[str], *,
+                        idempotency_key: str | None) -> str:
+        return self._insert("job", tenant, hook, args, targets, None, 0, idempotency_key)
+
+    # --- reading -------------------------------------------------------------------------------------------
+
+    def _works(self, rows: list[tuple[Any, ...]]) -> list[Work]:
+        works = [Work(id=r[0], kind=r[1], tenant=r[2], hook=r[3], args=json.loads(r[4]), created=r[5], source=r[6],
+                      idempotency_key=r[7]) for r in rows]
+        if not works:
+            return works
+        by_id = {w.id: w for w in works}
+        marks = ",".join("?" * len(works))
+        for d in self._require().read(f"{_DELIVERIES} WHERE work IN ({marks}) ORDER BY id", list(by_id)):  # noqa: S608
+            by_id[d[1]].deliveries.append(Delivery(
+                id=str(d[0]), plugin=d[2], state=d[3], attempts=d[4],
+                result=json.loads(d[5]) if d[5] is not None else None, error=d[6], error_kind=d[7],
+            ))
+        return works
+
+    async def get(self, work_id: str) -> Work:
+        rows = self._require().read(f"SELECT {_WORK_COLUMNS} FROM job_works WHERE id = ?", (work_id,))  # noqa: S608
+        if not rows:
+            raise JobNotFound(f"no event or job {work_id!r} (never stored, or removed after the retention period)")
+        return self._works(rows)[0]
+
+    async def list(self, *, kind: str, tenant: str | None = None, state: str | None = None,
+                   limit: int = 100) -> list[Work]:
+        where, params = ["w.kind = ?"], [kind]
+        if tenant is not None:
+            where.append("w.tenant = ?")
+            params.append(tenant)
+        if state is not None:
+            where.append(_STATE_FILTER[state])
+        sql = (f"SELECT {', '.join('w.' + c.strip() for c in _WORK_COLUMNS.split(','))} FROM job_works w "  # noqa: S608
+               f"WHERE {' AND '.join(where)} ORDER BY w.created_at DESC, w.rowid DESC LIMIT ?")
+        return self._works(self._require().read(sql, [*params, max(0, int(limit))]))
+
+    async def counts(self, *, kind: str, tenant: str | None = None) -> dict[str, int]:
+        sql = ("SELECT d.state, COUNT(*) FROM job_deliveries d JOIN job_works w ON w.id = d.work "
+               "WHERE w.kind = ? AND (? IS NULL OR w.tenant = ?) GROUP BY d.state")
+        out = dict.fromkeys(("queued", "running", "succeeded", "failed"), 0)
+        for state, count in self._require().read(sql, (kind, tenant, tenant)):
+            out[state] = count
+        return out
+
+    async def retry(self, work_id: str) -> int:
+        await self.get(work_id)
+        now = time.time()
+        with self._require().write() as conn:
+            cur = conn.execute(
+                "UPDATE job_deliveries SET state = 'queued', run_after = ?, lease_owner = NULL, lease_until = NULL, "
+                "updated_at = ? WHERE work = ? AND state = 'failed'", (now, now, work_id),
+            )
+        self.wake()
+        return cur.rowcount
+
+    async def purge(self) -> int:
+        cutoff = time.time() - self.settings.retention_s
+        with self._require().write() as conn:
+            cur = conn.execute(
+                "DELETE FROM job_works WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM job_deliveries d "
+                "WHERE d.work = job_works.id AND d.state IN ('queued', 'running'))", (cutoff,),
+            )
+        return cur.rowcount
+
+    # --- running -------------------------------------------------------------------------------------------
+
+    def _claim(self, db: _Db, owner: str) -> Unit | None:
+        """Take the next due delivery under a lease, or None. A read first, so an idle poll takes no write lock."""
+        now = time.time()
+        if not db.read(_DUE, {"now": now}):
+            return None
+        with db.write() as conn:
+            row = conn.execute(_DUE, {"now": now}).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE job_deliveries SET state = 'running', attempts = attempts + 1, lease_owner = ?, "
+                "lease_until = ?, updated_at = ? WHERE id = ?", (owner, now + self.settings.lease_s, now, row[0]),
+            )
+            r = conn.execute(_UNIT, (row[0],)).fetchone()
+        return Unit(id=str(r[0]), work=r[1], kind=r[2], tenant=r[3], plugin=r[4], hook=r[5],
+                    args=json.loads(r[6]), depth=r[7], attempts=r[8])
+
+    def _finish(self, db: _Db, unit: Unit, outcome: Outcome, owner: str) -> None:
+        state, delay = finish_state(self.settings, unit, outcome)
+        now = time.time()
+        result = _json(outcome.result) if outcome.result is not None else None
+        with db.write() as conn:
+            cur = conn.execute(
+                "UPDATE job_deliveries SET state = ?, run_after = ?, lease_owner = NULL, lease_until = NULL, "
+                "result = ?, error = ?, error_kind = ?, updated_at = ? WHERE id = ? AND lease_owner = ?",
+                (state, now + delay, result, outcome.error, outcome.error_kind, now, int(unit.id), owner),
+            )
+        if cur.rowcount == 0:
+            log.warning("event=lease_lost delivery=%s plugin=%s tenant=%s (another worker took it over after the "
+                        "lease ran out; it runs again there)", unit.id, unit.plugin, unit.tenant)
+
+    def _release(self, db: _Db, unit: Unit, owner: str) -> None:
+        """Give a claimed delivery back untried (its run was interrupted by a shutdown), so it is not counted."""
+        with db.write() as conn:
+            conn.execute(
+                "UPDATE job_deliveries SET state = 'queued', attempts = attempts - 1, lease_owner = NULL, "
+                "lease_until = NULL, run_after = ? WHERE id = ? AND lease_owner = ?",
+                (time.time(), int(unit.id), owner),
+            )
+
+    def _renew(self, db: _Db, owner: str) -> None:
+        with db.write() as conn:
+            conn.execute("UPDATE job_deliveries SET lease_until = ? WHERE lease_owner = ? AND state = 'running'",
+                         (time.time() + self.settings.lease_s, owner))
+
+    async def run(self, executor: Executor, *, stop: asyncio.Event, concurrency: int = 1,
+                  name: str | None = None) -> None:
+        self._require()
+        db = _Db(self.path)  # the worker's own connection: its waits for the write lock never block the caller's
+        owner = f"{name or worker_name()}/{uuid.uuid4().hex[:8]}"
+        self._wake = wake = asyncio.Event()
+        running: set[asyncio.Task[None]] = set()
+        keeper = asyncio.create_task(self._keep(db, owner, stop), name="erp-plugins-outbox-lease")
+        log.info("event=worker_start engine=sqlite owner=%s concurrency=%d", owner, concurrency)
+        try:
+            while not stop.is_set():
+                while len(running) < concurrency and not stop.is_set():
+                    unit = await asyncio.to_thread(self._claim, db, owner)
+                    if unit is None:
+                        break
+                    task = asyncio.create_task(self._run_one(db, executor, unit, owner))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                wake.clear()
+                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait()), *running]
+                await asyncio.wait(waits, timeout=self.settings.poll_s, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits[:2]:
+                    w.cancel()
+        finally:
+            if running:
+                log.info("event=worker_stopping owner=%s finishing=%d", owner, len(running))
+                await asyncio.gather(*running, return_exceptions=True)
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            if self._wake is wake:
+                self._wake = None
+            db.close()
+            log.info("event=worker_stop engine=sqlite owner=%s", owner)
+
+    async def _run_one(self, db: _Db, executor: Executor, unit: Unit, owner: str) -> None:
+        try:
+            outcome = await run_unit(executor, unit)
+        except asyncio.CancelledError:
+            await asyncio.to_thread(self._release, db, unit, owner)
+            raise
+        await asyncio.to_thread(self._finish, db, unit, outcome, owner)
+
+    async def _keep(self, db: _Db, owner: str, stop: asyncio.Event) -> None:
+        """Renew this worker's leases (a third of the lease each time) and purge expired works now and then."""
+        next_purge = 0.0
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            try:
+                await asyncio.to_thread(self._renew, db, owner)
+                if time.monotonic() >= next_purge and not stop.is_set():
+                    next_purge = time.monotonic() + 300
+                    await self.purge()
+            except StateError as exc:
+                log.warning("event=lease_renew_failed owner=%s error=%s", owner, exc)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

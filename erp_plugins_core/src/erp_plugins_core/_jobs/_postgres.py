@@ -1,0 +1,392 @@
+"""The fleet engine: procrastinate on the state's PostgreSQL database.
+
+Each delivery is a procrastinate job (task `erp_plugins.run`) whose lock is `tenant/plugin`, so one plugin
+sees a tenant's events in order while other plugins and tenants run in parallel. Retries use a backoff with
+jitter up to the attempt limit; a final failure stays `failed` with its error in `erp_job_results`. Workers on
+any machine take jobs with `SKIP LOCKED`, are woken by LISTEN/NOTIFY, and beat a heartbeat; the jobs of a
+worker whose heartbeat stopped (killed) are queued again. An event or job is a row of `erp_works` holding
+the ids of its deliveries, written together with them in one statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+from .._errors import StateError
+from ._engine import JobEngine, worker_name
+from ._model import Delivery, Executor, JobNotFound, Outcome, Unit, Work
+from ._runs import run_unit
+from ._settings import JobSettings, backoff_delay
+
+try:
+    import procrastinate
+    from procrastinate import retry as _retry
+    from procrastinate.schema import SchemaManager
+    from psycopg.types.json import Jsonb
+except ImportError as exc:  # pragma: no cover - depends on the installed extra
+    raise StateError(
+        f"a postgresql:// state needs the PostgreSQL extra ({exc.name} is missing); "
+        "install it: pip install 'erp-plugins-core[postgres]'"
+    ) from None
+
+__all__ = ["PostgresEngine"]
+
+log = logging.getLogger("erp_plugins.jobs")
+
+TASK = "erp_plugins.run"
+QUEUE = "erp_plugins"
+SCHEMA_VERSION = 1
+#: pg_advisory_xact_lock key serializing schema creation between processes opening the database at once.
+_SCHEMA_LOCK = 0x6572_705F_6A6F_6273 & 0x7FFF_FFFF_FFFF_FFFF
+
+_OWN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS erp_works (
+    id uuid PRIMARY KEY,
+    kind text NOT NULL,
+    tenant text NOT NULL,
+    hook text NOT NULL,
+    args jsonb NOT NULL,
+    source text,
+    depth integer NOT NULL DEFAULT 0,
+    idem_key text,
+    job_ids bigint[] NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX IF NOT EXISTS erp_works_idem ON erp_works (tenant, idem_key) WHERE idem_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS erp_works_list ON erp_works (kind, tenant, created_at DESC);
+CREATE TABLE IF NOT EXISTS erp_job_results (
+    job_id bigint PRIMARY KEY REFERENCES procrastinate_jobs (id) ON DELETE CASCADE,
+    result jsonb,
+    error text,
+    error_kind text,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS erp_jobs_schema (version integer NOT NULL);
+"""
+
+_INSERT = """
+INSERT INTO erp_works (id, kind, tenant, hook, args, source, depth, idem_key, job_ids)
+VALUES (%(id)s, %(kind)s, %(tenant)s, %(hook)s, %(args)s, %(source)s, %(depth)s, %(key)s,
+        COALESCE(procrastinate_defer_jobs_v1(%(jobs)s::procrastinate_job_to_defer_v1[]), '{}'))
+"""
+_WORKS = "SELECT id::text, kind, tenant, hook, args, extract(epoch FROM created_at), source, idem_key, job_ids " \
+         "FROM erp_works w"
+_DELIVERIES = """
+SELECT j.id, j.args->>'plugin', j.status::text, j.attempts, r.result, r.error, r.error_kind
+  FROM procrastinate_jobs j LEFT JOIN erp_job_results r ON r.job_id = j.id
+ WHERE j.id = ANY(%(ids)s) ORDER BY j.id
+"""
+#: procrastinate's job statuses in the contract's words.
+_STATE = {"todo": "queued", "doing": "running", "aborting": "running", "succeeded": "succeeded",
+          "failed": "failed", "cancelled": "failed", "aborted": "failed"}
+_STATUSES = {"queued": ["todo"], "running": ["doing", "aborting"], "failed": ["failed", "cancelled", "aborted"]}
+#: Re-queue the jobs of workers whose heartbeat stopped; row locks and the re-checked WHERE make it safe to run
+#: from every worker at once (a job another worker has just taken again is not touched).
+_REQUEUE_STALLED = """
+SELECT procrastinate_retry_job_v2(j.id, now(), NULL, NULL, NULL)
+  FROM procrastinate_jobs j LEFT JOIN procrastinate_workers w ON w.id = j.worker_id
+ WHERE j.status = 'doing' AND j.task_name = %(task)s
+   AND (j.worker_id IS NULL OR w.last_heartbeat < now() - make_interval(secs => %(secs)s))
+   FOR UPDATE OF j SKIP LOCKED
+"""
+_PURGE = """
+WITH old AS (
+    DELETE FROM erp_works w
+     WHERE created_at < now() - make_interval(secs => %(secs)s)
+       AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j
+                        WHERE j.id = ANY(w.job_ids) AND j.status IN ('todo', 'doing', 'aborting'))
+    RETURNING job_ids
+)
+DELETE FROM procrastinate_jobs WHERE id IN (SELECT unnest(job_ids) FROM old)
+"""
+
+
+class DeliveryFailed(Exception):
+    """Raised out of the procrastinate task so procrastinate applies the retry strategy; carries the outcome."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.error or "failed")
+        self.outcome = outcome
+
+
+class BackoffWithJitter(_retry.BaseRetryStrategy):
+    """Exponential backoff with equal jitter up to the attempt limit; permanent failures are not retried.
+
+    procrastinate's own RetryStrategy has no jitter, so many deliveries failing together would retry together.
+    """
+
+    def __init__(self, settings: JobSettings) -> None:
+        self.settings = settings
+
+    def get_retry_decision(self, *, exception: BaseException, job: Any) -> _retry.RetryDecision | None:
+        if isinstance(exception, DeliveryFailed) and exception.outcome.permanent:
+            return None
+        runs = job.attempts + 1
+        if runs >= self.settings.max_attempts:
+            return None
+        return _retry.RetryDecision(retry_in={"seconds": backoff_delay(self.settings, runs)})
+
+
+async def _refetch_when_done(call_next: Any, context: Any, worker: Any) -> Any:
+    """Worker middleware: when a job's task ends (its status written), let the worker look for jobs again.
+
+    procrastinate looks again only on a NOTIFY or its polling interval; a job that waited behind this one's
+    lock (the same plugin's next event) would otherwise wait up to that interval. Uses the worker's wake-up
+    event, which procrastinate 3.x keeps as `_new_job_event`.
+    """
+    task = asyncio.current_task()
+    wake = getattr(worker, "_new_job_event", None)
+    if task is not None and wake is not None:
+        task.add_done_callback(lambda _t: wake.set())
+    return await call_next()
+
+
+async def _autocommit(conn: Any) -> None:
+    """Pool connections run each statement as its own transaction: one round trip per emit, not three."""
+    await conn.set_autocommit(True)
+
+
+class PostgresEngine(JobEngine):
+    """Deliveries as procrastinate jobs in the state database; erp_works and erp_job_results alongside."""
+
+    def __init__(self, url: str, settings: JobSettings) -> None:
+        self.url = url
+        self.settings = settings
+        self._executor: Executor | None = None
+        connector = procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=8, configure=_autocommit)
+        self.app = procrastinate.App(connector=connector)
+        self.app.task(name=TASK, queue=QUEUE, pass_context=True, retry=BackoffWithJitter(settings))(self._task)
+        self._open = False
+
+    def __repr__(self) -> str:
+        return "PostgresEngine(<postgresql state>)"  # the URL may carry a password
+
+    def _error(self, exc: BaseException) -> StateError:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return StateError(f"job queue on the PostgreSQL state: {text}; check that the database is up and reachable")
+
+    async def open(self) -> PostgresEngine:
+        if self._open:
+            return self
+        try:
+            await self.app.open_async()
+            async with self.app.connector.pool.connection() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                cur = await conn.execute("SELECT to_regclass('procrastinate_jobs')")
+                if (await cur.fetchone())[0] is None:
+                    await conn.execute(SchemaManager.get_schema())
+                await conn.execute(_OWN_SCHEMA)
+                cur = await conn.execute("SELECT MAX(version) FROM erp_jobs_schema")
+                version = (await cur.fetchone())[0] or 0
+                if version > SCHEMA_VERSION:
+                    raise StateError(f"the job tables have schema version {version}, newer than the "
+                                     f"{SCHEMA_VERSION} this erp-plugins-core knows; upgrade erp-plugins-core")
+                if version < SCHEMA_VERSION:
+                    await conn.execute("DELETE FROM erp_jobs_schema")
+                    await conn.execute("INSERT INTO erp_jobs_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+        except StateError:
+            await self.app.close_async()
+            raise
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await self.app.close_async()
+            raise self._error(exc) from None
+        self._open = True
+        return self
+
+    async def close(self) -> None:
+        if self._open:
+            self._open = False
+            await self.app.close_async()
+
+    async def _exec(self, sql: str, params: dict[str, Any] | tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            async with self.app.connector.pool.connection() as conn:
+                cur = await conn.execute(sql, params)
+                return await cur.fetchall() if cur.description else []
+        except StateError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    # --- storing -------------------------------------------------------------------------------------------
+
+    def _params(self, kind: str, tenant: str, hook: str, args: dict[str, Any], targets: list[str],
+                source: str | None, depth: int, key: str | None) -> dict[str, Any]:
+        work_id = str(uuid.uuid4())
+        jobs = [
+            (QUEUE, TASK, 0, f"{tenant}/{plugin}", None,
+             Jsonb({"work": work_id, "kind": kind, "tenant": tenant, "plugin": plugin, "hook": hook, "args": args,
+                    "depth": depth}), None)
+            for plugin in targets
+        ]
+        return {"id": work_id, "kind": kind, "tenant": tenant, "hook": hook, "args": Jsonb(args), "source": source,
+                "depth": depth, "key": key, "jobs": jobs}
+
+    async def store_event(self, tenant: str, event_type: str, data: dict[str, Any], targets: list[str], *,
+                          source: str | None, depth: int) -> str:
+        params = self._params("event", tenant, "on_event", {"event_type": event_type, "data": data}, targets,
+                              source, depth, None)
+        await self._exec(_INSERT, params)
+        return str(params["id"])
+
+    async def store_job(self, tenant: str, hook: str, args: dict[str, Any], targets: list[str], *,
+                        idempotency_key: str | None) -> str:
+        params = self._params("job", tenant, hook, args, targets, None, 0, idempotency_key)
+        if idempotency_key is None:
+            await self._exec(_INSERT, params)
+            return str(params["id"])
+        try:
+            async with self.app.connector.pool.connection() as conn, conn.transaction():
+                # one submitter per (tenant, key) at a time, so two racing submits give one job
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                                   (f"{tenant}/{idempotency_key}",))
+                cur = await conn.execute("SELECT id::text FROM erp_works WHERE tenant = %s AND idem_key = %s",
+                                         (tenant, idempotency_key))
+                row = await cur.fetchone()
+                if row is not None:
+                    return str(row[0])
+                await conn.execute(_INSERT, params)
+        except StateError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from None
+        return str(params["id"])
+
+    # --- reading -------------------------------------------------------------------------------------------
+
+    async def _works(self, rows: list[tuple[Any, ...]]) -> list[Work]:
+        works, owner = [], {}
+        for r in rows:
+            work = Work(id=r[0], kind=r[1], tenant=r[2], hook=r[3], args=r[4], created=float(r[5]), source=r[6],
+                        idempotency_key=r[7])
+            works.append(work)
+            owner.update(dict.fromkeys(r[8], work))
+        if owner:
+            for d in await self._exec(_DELIVERIES, {"ids": list(owner)}):
+                state = _STATE.get(d[2], d[2])
+                owner[d[0]].deliveries.append(Delivery(
+                    id=str(d[0]), plugin=d[1], state=state, attempts=d[3] + (state == "running"),
+                    result=d[4], error=d[5], error_kind=d[6],
+                ))
+        return works
+
+    async def get(self, work_id: str) -> Work:
+        try:
+            uuid.UUID(work_id)
+        except ValueError:
+            raise JobNotFound(f"no event or job {work_id!r}: ids look like 0f9c1d2e-...-...") from None
+        rows = await self._exec(f"{_WORKS} WHERE id = %s", (work_id,))  # noqa: S608
+        if not rows:
+            raise JobNotFound(f"no event or job {work_id!r} (never stored, or removed after the retention period)")
+        return (await self._works(rows))[0]
+
+    async def list(self, *, kind: str, tenant: str | None = None, state: str | None = None,
+                   limit: int = 100) -> list[Work]:
+        where = ["kind = %(kind)s", "(%(tenant)s::text IS NULL OR tenant = %(tenant)s)"]
+        params: dict[str, Any] = {"kind": kind, "tenant": tenant, "limit": max(0, int(limit))}
+        if state == "succeeded":
+            where.append("NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.id = ANY(w.job_ids) "
+                         "AND j.status <> 'succeeded')")
+        elif state is not None:
+            where.append("EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.id = ANY(w.job_ids) "
+                         "AND j.status::text = ANY(%(statuses)s))")
+            params["statuses"] = _STATUSES[state]
+        sql = f"{_WORKS} WHERE {' AND '.join(where)} ORDER BY created_at DESC LIMIT %(limit)s"  # noqa: S608
+        return await self._works(await self._exec(sql, params))
+
+    async def counts(self, *, kind: str, tenant: str | None = None) -> dict[str, int]:
+        rows = await self._exec(
+            "SELECT j.status::text, COUNT(*) FROM erp_works w JOIN procrastinate_jobs j ON j.id = ANY(w.job_ids) "
+            "WHERE w.kind = %(kind)s AND (%(tenant)s::text IS NULL OR w.tenant = %(tenant)s) GROUP BY 1",
+            {"kind": kind, "tenant": tenant},
+        )
+        out = dict.fromkeys(("queued", "running", "succeeded", "failed"), 0)
+        for status, count in rows:
+            out[_STATE.get(status, status)] += count
+        return out
+
+    async def retry(self, work_id: str) -> int:
+        work = await self.get(work_id)
+        failed = [int(d.id) for d in work.deliveries if d.state == "failed"]
+        rows = await self._exec(
+            "SELECT procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) FROM procrastinate_jobs "
+            "WHERE id = ANY(%(ids)s) AND status = 'failed'", {"ids": failed},
+        ) if failed else []
+        return len(rows)
+
+    async def purge(self) -> int:
+        rows = await self._exec(_PURGE + " RETURNING id", {"secs": self.settings.retention_s})
+        return len(rows)
+
+    # --- running -------------------------------------------------------------------------------------------
+
+    async def _task(self, context: Any, **args: Any) -> None:
+        """procrastinate's task: run the unit through the executor; record errors and results; raise to retry."""
+        job = context.job
+        unit = Unit(id=str(job.id), work=args["work"], kind=args["kind"], tenant=args["tenant"], plugin=args["plugin"],
+                    hook=args["hook"], args=args["args"], depth=args.get("depth", 0), attempts=job.attempts)
+        if self._executor is None:
+            raise DeliveryFailed(Outcome(False, error="no executor in this process", error_kind="host"))
+        outcome = await run_unit(self._executor, unit)
+        if not outcome.success or outcome.result is not None:
+            await self._exec(
+                "INSERT INTO erp_job_results (job_id, result, error, error_kind) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (job_id) DO UPDATE SET result = EXCLUDED.result, error = EXCLUDED.error, "
+                "error_kind = EXCLUDED.error_kind, updated_at = now()",
+                (job.id, Jsonb(outcome.result) if outcome.result is not None else None, outcome.error,
+                 outcome.error_kind),
+            )
+        if not outcome.success:
+            raise DeliveryFailed(outcome)
+
+    async def run(self, executor: Executor, *, stop: asyncio.Event, concurrency: int = 1,
+                  name: str | None = None) -> None:
+        await self.open()
+        self._executor = executor
+        lease = self.settings.lease_s
+        worker = asyncio.create_task(self.app.run_worker_async(
+            queues=[QUEUE], concurrency=concurrency, name=name or worker_name(), install_signal_handlers=False,
+            update_heartbeat_interval=lease / 3, stalled_worker_timeout=lease,
+            fetch_job_polling_interval=self.settings.poll_s, listen_notify=True,
+            worker_middleware=[_refetch_when_done],
+        ), name="erp-plugins-procrastinate")
+        keeper = asyncio.create_task(self._keep(), name="erp-plugins-requeue")
+        log.info("event=worker_start engine=postgresql concurrency=%d", concurrency)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([stopping, worker], return_when=asyncio.FIRST_COMPLETED)
+            if worker.done() and not stop.is_set():
+                exc = worker.exception()
+                raise self._error(exc or RuntimeError("the procrastinate worker stopped by itself"))
+        finally:
+            stopping.cancel()
+            keeper.cancel()
+            # cancelling run_worker_async makes procrastinate stop fetching and wait for the running jobs
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            self._executor = None
+            log.info("event=worker_stop engine=postgresql")
+
+    async def _keep(self) -> None:
+        """Queue again the jobs of workers that stopped beating (killed), and purge expired works."""
+        loop = asyncio.get_running_loop()
+        next_purge = 0.0
+        while True:
+            try:
+                rows = await self._exec(_REQUEUE_STALLED, {"task": TASK, "secs": self.settings.lease_s})
+                if rows:
+                    log.warning("event=requeued_stalled count=%d (their worker stopped beating)", len(rows))
+                if loop.time() >= next_purge:
+                    next_purge = loop.time() + 300
+                    await self.purge()
+            except StateError as exc:
+                log.warning("event=maintenance_failed error=%s", exc)
+            await asyncio.sleep(self.settings.lease_s / 2)

@@ -1,0 +1,181 @@
+"""What a PluginHost does with events and jobs: pick the target plugins, store through the engine, and run
+units with the host's checks (still enabled, still granted) when a worker takes them.
+
+The host keeps one JobService and delegates `emit`, `submit`, `job` and `run_jobs` to it. With the embedded
+SQLite state an open host also delivers in the background (the contract's "open hosts also run them").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .._dispatch import bind_arguments, call_one
+from .._errors import AllPluginsFailed, HookArgumentError, UnknownHookError
+from .._hookspecs import HOOKS
+from ._engine import JobEngine, is_postgres_url, open_engine
+from ._model import EventChainTooDeep, Outcome, Unit, job_view
+from ._settings import JobSettings
+
+if TYPE_CHECKING:
+    from .._host import PluginHost
+
+__all__ = ["MAX_EVENT_DEPTH", "JobService", "event_depth"]
+
+log = logging.getLogger("erp_plugins.jobs")
+
+#: How deep a chain of events may go: an event emitted by a handler running this deep is refused.
+MAX_EVENT_DEPTH = 8
+#: How deep the event being handled right now is (0 outside any handler); stored with each event.
+event_depth: contextvars.ContextVar[int] = contextvars.ContextVar("erp_plugins_event_depth", default=0)
+#: Deliveries an open host runs at once in the background.
+HOST_CONCURRENCY = 4
+
+
+class JobService:
+    """A host's events and jobs: storing them, reading them back, and running them (see the module docstring)."""
+
+    def __init__(self, host: PluginHost, location: str, settings: JobSettings | None, deliver: bool | None) -> None:
+        self._host = host
+        self.location = location
+        self.settings = settings or JobSettings.from_env()
+        self._deliver = (not is_postgres_url(location)) if deliver is None else deliver
+        self._engine: JobEngine | None = None
+        self._opening = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._background: asyncio.Task[None] | None = None
+
+    async def engine(self) -> JobEngine:
+        """The engine, opened on first use (so a host that never emits never touches the job tables)."""
+        if self._engine is None:
+            async with self._opening:
+                if self._engine is None:
+                    self._engine = await open_engine(self.location, self.settings).open()
+                    if self._deliver and self._background is None:
+                        self._background = asyncio.create_task(self._deliver_loop(), name="erp-plugins-deliver")
+        return self._engine
+
+    async def start(self) -> None:
+        """Start delivering in the background if this host delivers (SQLite by default) and work is waiting."""
+        if self._deliver:
+            await self.engine()
+
+    async def close(self) -> None:
+        """Stop taking work, let the running deliveries finish, close the engine."""
+        self._stop.set()
+        if self._background is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+            self._background = None
+        if self._engine is not None:
+            await self._engine.close()
+            self._engine = None
+
+    # --- storing -------------------------------------------------------------------------------------------
+
+    def _implementers(self, hook: str, tenant: str, exclude: str | None = None) -> list[str]:
+        """Plugins enabled for the tenant whose manifest implements `hook` (read from the store now)."""
+        store = self._host._require_store()
+        out = []
+        for row in store.list(tenant):
+            record = self._host.catalog.get(row.plugin) if row.enabled and row.plugin != exclude else None
+            if record is not None and record.manifest is not None and any(
+                h.name == hook for h in record.manifest.hooks
+            ):
+                out.append(row.plugin)
+        return out
+
+    async def emit(self, tenant: str, event_type: str, data: dict[str, Any], *, source: str | None) -> str:
+        depth = event_depth.get()
+        if depth >= MAX_EVENT_DEPTH:
+            raise EventChainTooDeep(
+                f"event {event_type!r} from {source or 'the host'} refused: event chain deeper than "
+                f"{MAX_EVENT_DEPTH} for tenant {tenant!r} (plugins emitting events in a loop?)"
+            )
+        args = _jsonable("on_event", bind_arguments("on_event", {"event_type": event_type, "data": data}))
+        targets = self._implementers("on_event", tenant, exclude=source)
+        engine = await self.engine()
+        return await engine.store_event(tenant, event_type, args["data"], targets, source=source, depth=depth + 1)
+
+    async def submit(self, hook: str, tenant: str, idempotency_key: str | None, kwargs: dict[str, Any]) -> str:
+        info = HOOKS.get(hook)
+        if info is None:
+            raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(HOOKS)}")
+        if info.streaming:
+            raise UnknownHookError(f"{hook} is a streaming hook; submit takes hooks that return one result")
+        key = idempotency_key
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 200):
+            raise HookArgumentError("idempotency_key must be a non-empty string of at most 200 characters")
+        args = _jsonable(hook, bind_arguments(hook, dict(kwargs)))
+        targets = self._implementers(hook, tenant)
+        if not targets:
+            raise AllPluginsFailed(f"no plugin enabled for tenant {tenant!r} implements {hook}; nothing to submit")
+        engine = await self.engine()
+        return await engine.store_job(tenant, hook, args, targets, idempotency_key=idempotency_key)
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return job_view(await (await self.engine()).get(job_id))
+
+    # --- running -------------------------------------------------------------------------------------------
+
+    async def run(self, *, stop: asyncio.Event, concurrency: int = 1, name: str | None = None) -> None:
+        """Run deliveries and jobs in this process until `stop` is set (the `erp-plugins worker` loop)."""
+        engine = await open_engine(self.location, self.settings).open()
+        try:
+            await engine.run(self.execute, stop=stop, concurrency=concurrency, name=name)
+        finally:
+            await engine.close()
+
+    async def _deliver_loop(self) -> None:
+        """An open host's background delivery; an engine error is logged and the loop tries again."""
+        while not self._stop.is_set():
+            try:
+                assert self._engine is not None
+                await self._engine.run(self.execute, stop=self._stop, concurrency=HOST_CONCURRENCY)
+            except Exception as exc:
+                log.warning("event=deliver_loop_failed error=%s (retrying)", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.settings.poll_s * 4)
+
+    async def execute(self, unit: Unit) -> Outcome:
+        """Run one unit: refuse (for good) a plugin disabled or no longer granted since, else call its hook."""
+        host = self._host
+        what = "event" if unit.kind == "event" else "job"
+        row = host._require_store().get(unit.tenant, unit.plugin)
+        if row is None or not row.enabled:
+            return Outcome(False, error=f"plugin {unit.plugin!r} was disabled for tenant {unit.tenant!r} after the "
+                           f"{what} was stored; not run", error_kind="disabled", permanent=True)
+        info = HOOKS.get(unit.hook)
+        if info is None:
+            return Outcome(False, error=f"hook {unit.hook!r} no longer exists", error_kind="unknown_hook",
+                           permanent=True)
+        if info.permission and info.permission not in row.granted:
+            return Outcome(False, error=f"{unit.plugin} lacks permission {info.permission!r} for tenant "
+                           f"{unit.tenant!r} (not granted when the {what} ran); grant it, then: erp-plugins retry "
+                           f"{unit.work}", error_kind="permission", permanent=True)
+        impl = next((i for i in await host._impls(unit.hook, unit.tenant) if i.plugin == unit.plugin), None)
+        if impl is None:
+            reason = host.status(unit.tenant).get(unit.plugin, {}).get("reason")
+            return Outcome(False, error=f"plugin {unit.plugin!r} is not active for tenant {unit.tenant!r} in this "
+                           f"process{': ' + reason if reason else ''}", error_kind="unavailable")
+        token = event_depth.set(unit.depth)
+        try:
+            result = await call_one(impl, unit.hook, dict(unit.args))
+        finally:
+            event_depth.reset(token)
+        if not result.success:
+            await host._check_gave_up(unit.tenant, unit.plugin)
+        permanent = result.error_kind == "permission" or isinstance(result.exception, EventChainTooDeep)
+        return Outcome(result.success, result.result, result.error, result.error_kind, permanent)
+
+
+def _jsonable(hook: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments as they will be stored (JSON); HookArgumentError for a value JSON cannot hold."""
+    try:
+        return json.loads(json.dumps(args))
+    except (TypeError, ValueError) as exc:
+        raise HookArgumentError(f"{hook}: arguments of an event or job must be JSON values ({exc})") from None
