@@ -48,7 +48,7 @@ from ._errors import (
     UnknownPluginError,
 )
 from ._health import health_verdict, unhealthy_reason
-from ._hookspecs import HOOKS, hook_info, hook_names
+from ._hookspecs import HOOKS
 from ._jobs import JobSettings
 from ._jobs._service import MAX_EVENT_DEPTH as MAX_EVENT_DEPTH  # re-exported: the bound on chains of events
 from ._jobs._service import JobService
@@ -406,8 +406,6 @@ class PluginHost:
         """
         from ._integrity import check_lock, editable_location, lock_from_json, verify_distribution
 
-        if record.folder is not None:
-            return  # a folder plugin has no RECORD: integrity does not apply (`check` says so)
         dist = record.distribution_object()
         if dist is None:
             raise IntegrityError(f"plugin {record.name!r}: its installed files cannot be located for verification")
@@ -536,7 +534,7 @@ class PluginHost:
         """An unsandboxed plugin with code-scan findings runs only once an administrator accepted them."""
         from ._scan import scan_distribution
 
-        dist = rec.code_distribution()  # a folder plugin's folder too
+        dist = rec.distribution_object()
         findings = scan_distribution(dist) if dist is not None else []
         if not findings:
             return
@@ -616,8 +614,8 @@ class PluginHost:
     # --- hooks ----------------------------------------------------------------------------------------------
 
     async def _impls(self, hook: str, tenant: str) -> list[Impl]:
-        if hook not in HOOKS and self.catalog.hook(hook) is None:  # a core hook, or one a plugin provides
-            raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(hook_names())}")
+        if hook not in HOOKS:
+            raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(HOOKS)}")
         if tenant not in self._started_tenants:
             validate_tenant(tenant)
             self._require_store()
