@@ -124,33 +124,9 @@ def list_cmd(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
         if store is not None:
             with store:
                 status = {r.plugin: r for r in store.list(tenant)}
-    rows = []
-    for rec in catalog.records:
-        m = rec.manifest
-        item: dict[str, Any] = {
-            "name": rec.name,
-            "version": m.version if m else rec.dist_version,
-            "distribution": rec.distribution,
-            "plugin_type": m.plugin_type.value if m else None,
-            "api_version": m.api_version if m else None,
-            "hooks": [h.name for h in m.hooks] if m else [],
-            "permissions": list(m.permissions) if m else [],
-            "sandboxed": m.security.sandbox if m else None,
-            "valid": not rec.errors,
-            "errors": list(rec.errors),
-        }
-        if tenant is not None:
-            row = status.get(rec.name)
-            item["tenant"] = {
-                "name": tenant,
-                "enabled": bool(row and row.enabled),
-                "state": row.state if row else "not enabled",
-                "trusted": bool(row and row.trusted),
-                "granted": list(row.granted) if row else [],
-                "priority": row.priority if row else None,
-                "reason": row.reason if row else None,
-            }
-        rows.append(item)
+    from ._shapes import plugin_rows
+
+    rows = plugin_rows(catalog, tenant, status)
     if as_json:
         _emit_json(rows)
         return
@@ -335,7 +311,9 @@ def config_show(ctx: click.Context, name: str, tenant: str, as_json: bool) -> No
 
     config = _run(go())
     if as_json:
-        _emit_json({"plugin": name, "tenant": tenant, "config": config})
+        from ._shapes import config_shape
+
+        _emit_json(config_shape(name, tenant, config))
     else:
         for key, value in config.items():
             click.echo(f"{key} = {json.dumps(value) if not isinstance(value, str) else value}")
@@ -499,8 +477,9 @@ def audit(ctx: click.Context, tenant: str | None, limit: int | None, as_json: bo
         with store:
             entries = store.audit(tenant, limit)
     if as_json:
-        _emit_json([{"time": e.time, "user": e.user, "tenant": e.tenant, "plugin": e.plugin, "action": e.action,
-                     "detail": e.detail} for e in entries])
+        from ._shapes import audit_rows
+
+        _emit_json(audit_rows(entries))
         return
     for e in entries:
         when = datetime.datetime.fromtimestamp(e.time).isoformat(timespec="seconds")
@@ -537,6 +516,15 @@ def main(argv: list[str] | None = None) -> None:
                    "traceback)", err=True)
         sys.exit(1)
 
+
+
+def _register_server_commands() -> None:
+    from ._cli_server import register
+
+    register(cli)
+
+
+_register_server_commands()
 
 
 if __name__ == "__main__":

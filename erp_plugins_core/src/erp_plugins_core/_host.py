@@ -683,6 +683,12 @@ class PluginHost:
         Falls back to the next plugin on unavailable, timeout, rate limit, crash or missing permission;
         raises AllPluginsFailed naming every plugin's error otherwise or when all fail.
         """
+        return (await self.first_result(hook, tenant=tenant, user_context=user_context, **kwargs)).result
+
+    async def first_result(
+        self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> HookResult:
+        """As `first`, but the whole HookResult of the plugin that answered (its name, usage, duration)."""
         impls = await self._impls(hook, tenant)
         args = bind_arguments(hook, kwargs)
         failures: list[HookResult] = []
@@ -691,7 +697,7 @@ class PluginHost:
             for impl in impls:
                 result = await call_one(impl, hook, args)
                 if result.success:
-                    return result.result
+                    return result
                 failures.append(result)
                 await self._check_gave_up(tenant, result.plugin)
                 if not should_fall_back(result.exception):
@@ -719,6 +725,17 @@ class PluginHost:
         A plugin that fails before its first chunk is skipped for the next; one that fails after it raises
         StreamInterrupted: its partial output is never continued with another plugin's text.
         """
+        tagged = self.stream_tagged(hook, tenant=tenant, user_context=user_context, **kwargs)
+        try:
+            async for _plugin, chunk in tagged:
+                yield chunk
+        finally:
+            await tagged.aclose()  # a consumer that stopped early stops the plugin's stream too
+
+    async def stream_tagged(
+        self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """As `stream`, each chunk with the name of the plugin that produced it: `(plugin, chunk)`."""
         if hook in HOOKS and not HOOKS[hook].streaming:
             raise UnknownHookError(f"{hook} is not a streaming hook; use call() or first()")
         impls = await self._impls(hook, tenant)
@@ -745,7 +762,7 @@ class PluginHost:
                 deadline = StreamDeadline(impl, hook)
                 try:
                     while True:
-                        yield impl.redactor.redact(chunk)
+                        yield impl.plugin, impl.redactor.redact(chunk)
                         count += 1
                         try:
                             chunk = await deadline.next(iterator)

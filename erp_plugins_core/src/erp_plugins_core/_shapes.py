@@ -1,0 +1,60 @@
+"""The JSON shapes of the contract (`list`, `config show`, `audit`), built once for the CLI and the HTTP API.
+
+Both print exactly what these functions return, so an HTTP answer and the CLI's `--json` never drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._catalog import Catalog
+    from ._state import AuditEntry, TenantPlugin
+
+__all__ = ["audit_rows", "config_shape", "plugin_rows"]
+
+
+def plugin_rows(catalog: Catalog, tenant: str | None = None,
+                status: Mapping[str, TenantPlugin] | None = None) -> list[dict[str, Any]]:
+    """`list [--tenant T] --json`: every discovered plugin; with `tenant`, its state for that tenant."""
+    rows = []
+    status = status or {}
+    for rec in catalog.records:
+        m = rec.manifest
+        item: dict[str, Any] = {
+            "name": rec.name,
+            "version": m.version if m else rec.dist_version,
+            "distribution": rec.distribution,
+            "plugin_type": m.plugin_type.value if m else None,
+            "api_version": m.api_version if m else None,
+            "hooks": [h.name for h in m.hooks] if m else [],
+            "permissions": list(m.permissions) if m else [],
+            "sandboxed": m.security.sandbox if m else None,
+            "valid": not rec.errors,
+            "errors": list(rec.errors),
+        }
+        if tenant is not None:
+            row = status.get(rec.name)
+            item["tenant"] = {
+                "name": tenant,
+                "enabled": bool(row and row.enabled),
+                "state": row.state if row else "not enabled",
+                "trusted": bool(row and row.trusted),
+                "granted": list(row.granted) if row else [],
+                "priority": row.priority if row else None,
+                "reason": row.reason if row else None,
+            }
+        rows.append(item)
+    return rows
+
+
+def config_shape(plugin: str, tenant: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config show --json`: the stored config, sensitive values already redacted by the host."""
+    return {"plugin": plugin, "tenant": tenant, "config": dict(config)}
+
+
+def audit_rows(entries: Iterable[AuditEntry]) -> list[dict[str, Any]]:
+    """`audit --json`: one object per entry, in the order given."""
+    return [{"time": e.time, "user": e.user, "tenant": e.tenant, "plugin": e.plugin, "action": e.action,
+             "detail": e.detail} for e in entries]
