@@ -74,9 +74,12 @@ class PgCluster:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                   "--no-sync", "--no-instructions")
 
-    def start(self) -> None:
+    def start(self, *, durable: bool = False) -> None:
+        """Start (again) on the same port; `durable` keeps fsync on (benchmarks), tests run without it."""
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.sockets} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                   "-c max_connections=200")
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(str(self.bin / "pg_ctl"), "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log),
                   "-o", options, "start")
 
