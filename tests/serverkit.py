@@ -108,15 +108,23 @@ def bearer(token: str) -> dict[str, str]:
 
 # --- fixtures (imported by the server test modules) -------------------------------------------------------
 
-import pytest  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
 API_KEY = "sk-web-tool-secret-7781"
 
 
-@pytest.fixture(scope="session")
-def server_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_site(tmp_path_factory.mktemp("server-samples"))
+_SITE: list[Path] = []
+
+
+def shared_site() -> Path:
+    """The sample plugins' site dir, built once per test process (each server test module uses it)."""
+    if not _SITE:
+        import tempfile
+
+        work = Path(tempfile.mkdtemp(prefix="erp-server-samples-"))
+        work.chmod(0o755)
+        _SITE.append(build_site(work))
+    return _SITE[0]
 
 
 def server_env(site: Path, home: Path, **more: str) -> dict[str, str]:

@@ -22,6 +22,8 @@ class WebTool(PluginInterface):
                     await asyncio.sleep(0.05)
                     yield f"tick{n} "
                 else:
+                    if prompt.split()[n] == "break":
+                        raise RuntimeError("web_tool broke mid-stream")
                     yield prompt.split()[n] + " "
                 n += 1
         finally:
