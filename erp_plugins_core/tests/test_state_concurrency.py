@@ -87,12 +87,21 @@ results = []
 class Refused(Exception):
     pass
 
+def both_checked(r):   # first attempt of a round: wait until the other process has checked as well
+    mine, other = go.with_name(f"{role}{r}"), go.with_name(f"{'B' if role == 'A' else 'A'}{r}")
+    if mine.exists():
+        return
+    mine.touch()
+    deadline = time.monotonic() + 10
+    while not other.exists() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
 def enable_app(tx, r):   # enable "app" only while its dependency "dep" is enabled
     attempts["n"] += 1
     dep = tx.get(f"t{r}", "dep")
     if dep is None or not dep.enabled:
         raise Refused()
-    time.sleep(0.02)   # the other process deletes "dep" now
+    both_checked(r)   # the other process has checked too, and deletes "dep" now
     tx.put(TenantPlugin(f"t{r}", "app", enabled=True))
     tx.add_audit(AuditEntry.now(f"t{r}", "app", "enable"))
 
@@ -101,7 +110,7 @@ def delete_dep(tx, r):   # delete "dep" only while nothing enabled depends on it
     app = tx.get(f"t{r}", "app")
     if app is not None and app.enabled:
         raise Refused()
-    time.sleep(0.02)
+    both_checked(r)
     tx.delete(f"t{r}", "dep")
     tx.add_audit(AuditEntry.now(f"t{r}", "dep", "delete"))
 
@@ -150,5 +159,5 @@ def test_check_then_write_race_is_consistent_on_postgres(pg_url: str, tmp_path: 
             else:
                 assert app is None and dep is None
             assert len(store.audit(f"t{r}")) == 1
-    # the losers saw the winner's write only because their first attempt was retried
-    assert outs["A"]["attempts"] + outs["B"]["attempts"] > 2 * rounds
+    # both checked before either wrote, every round: the loser saw the winner's write only on its retry
+    assert outs["A"]["attempts"] + outs["B"]["attempts"] >= 3 * rounds
