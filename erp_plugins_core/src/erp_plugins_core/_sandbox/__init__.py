@@ -28,7 +28,8 @@ runner into a failed state whose SandboxError says the plugin is put into its er
 
 Modules, one concept each: `_availability` (bwrap, event loop, uids), `_site` (runtime site), `_process`
 (a running worker's objects), `_launch` (bwrap argv and limits, spawning, cgroup moves, kills, reaping),
-`_proxy` (calls and streams), `_bridge` (what the worker sends), `_runner` (SandboxRunner). The worker side
+`_proxy` (calls and streams), `_bridge` (what the worker sends), `_runner` (SandboxRunner), `_fleet`
+(WorkerFleet: the cap on live workers and idle stops). The worker side
 (`erp_plugins_core._worker`, `_rpc`) runs inside the sandbox and imports none of these.
 """
 
@@ -45,10 +46,11 @@ from ._availability import (
     uid_for,
     worker_loop,
 )
+from ._fleet import IDLE_ENV, MAX_WORKERS_ENV, WorkerFleet, derived_max_workers
 from ._launch import AS_FACTOR_WITH_CGROUP, FSIZE_BYTES, START_TIMEOUT, TMPFS_BYTES
 from ._process import LOG_BURST, LOG_RATE, STREAM_WINDOW, describe_exit
 from ._proxy import PluginRaised
-from ._runner import SandboxRunner
+from ._runner import IDLE_HEALTH, SandboxRunner
 from ._site import (
     SANDBOX_SITE,
     SITE_RETENTION_S,
@@ -64,10 +66,13 @@ from ._site import (
 __all__ = [
     "AS_FACTOR_WITH_CGROUP",
     "FSIZE_BYTES",
+    "IDLE_ENV",
+    "IDLE_HEALTH",
     "INSTALL_HINT",
     "LOG_BURST",
     "LOG_RATE",
     "LOOP_ENV",
+    "MAX_WORKERS_ENV",
     "SANDBOX_SITE",
     "SITE_RETENTION_S",
     "STALE_BUILD_S",
@@ -77,6 +82,7 @@ __all__ = [
     "UID_BASE",
     "UID_SPAN",
     "WORKER_LOOPS",
+    "WorkerFleet",
     "PluginRaised",
     "Runtime",
     "SandboxRunner",
@@ -84,6 +90,7 @@ __all__ = [
     "bwrap_path",
     "choose_python",
     "default_runtime_dir",
+    "derived_max_workers",
     "describe_exit",
     "mark_used",
     "prune_runtime_sites",

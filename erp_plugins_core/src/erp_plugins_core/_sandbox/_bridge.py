@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import logging
 import os
+import time
 from typing import Any
 
 from .. import _rpc
@@ -49,6 +50,10 @@ class WorkerBridge:
                 return
             if msg["error"] is not None and msg["error"]["kind"] == "died":
                 raise _rpc.ProtocolViolation("worker may not report kind 'died'")
+            if call.touch:
+                w.last_used = time.monotonic()
+            if w.slot is not None and not w.calls:
+                w.slot.idle_now()  # a call waiting for a slot may take this worker's
             if call.queue is not None:
                 call.put(_End(msg))
             elif not call.future.done():

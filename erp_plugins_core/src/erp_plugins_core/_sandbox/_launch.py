@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _cgroup, _seccomp
 from .._cgroup import MemoryCgroup
@@ -32,6 +32,9 @@ from .._redact import Redactor
 from ._availability import bwrap_path, worker_loop
 from ._process import _End, _FromWorker, _Worker, describe_exit
 from ._site import SANDBOX_SITE, Runtime, _others_can_read, mark_used
+
+if TYPE_CHECKING:
+    from ._fleet import _Slot
 
 log = logging.getLogger("erp_plugins.sandbox")
 
@@ -129,7 +132,7 @@ class WorkerLauncher:
         return {"CORE": "0", "NOFILE": nofile, "NPROC": "32", "FSIZE": str(FSIZE_BYTES),
                 "AS": str(memory), "CPU": f"{cpu}:{cpu + 5}"}
 
-    async def _spawn(self) -> _Worker:
+    async def _spawn(self, slot: _Slot | None = None) -> _Worker:
         if self._runtime is not None:
             mark_used(self._runtime.site)
         wanted = _cgroup.wanted()
@@ -163,6 +166,8 @@ class WorkerLauncher:
             _grow_pipe(proc.stdin.get_extra_info("pipe").fileno())
         w = _Worker(proc)
         w.cgroup = group  # removed by _finish, however the worker ends
+        if slot is not None:  # released by _finish too
+            w.slot, slot.worker = slot, w
         protocol = _FromWorker(functools.partial(self._handle, w))
         w.reader = protocol
         await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, os.fdopen(out_r, "rb", buffering=0))
@@ -184,6 +189,9 @@ class WorkerLauncher:
                                f"stderr: {self._stderr(w)[-500:]}") from None
         except SandboxError:
             await self._reap(w)
+            raise
+        except asyncio.CancelledError:  # the call that needed it timed out or was cancelled: leave nothing running
+            self._kill(w, "start was cancelled", crash=False)
             raise
         finally:
             os.close(info_r)
@@ -246,7 +254,7 @@ class WorkerLauncher:
         """SIGKILL the worker's PID namespace (its PID 1), then bwrap's process group; reaping is async."""
         if w.kill_reason is None:
             w.kill_reason = reason
-            w.count_crash = crash  # type: ignore[attr-defined]
+            w.count_crash = crash
         if w.pidfd is not None:
             try:  # bwrap reaps its PID 1 only after the kernel has killed every process of the namespace
                 signal.pidfd_send_signal(w.pidfd, signal.SIGKILL)
@@ -294,6 +302,8 @@ class WorkerLauncher:
             except (TimeoutError, asyncio.CancelledError):
                 task.cancel()
         w.dead = True
+        if w.slot is not None:
+            w.slot.release()
         if w.pidfd is not None:
             os.close(w.pidfd)
             w.pidfd = None
@@ -302,7 +312,7 @@ class WorkerLauncher:
             reason = (f"ran out of memory (the kernel's OOM killer ended it at its memory_limit "
                       f"{self.manifest.resources.memory_limit})")
         message = f"plugin {self.record.name!r}: worker {reason}"
-        counted = getattr(w, "count_crash", True)
+        counted = w.count_crash and not w.retiring
         if counted and self._loaded:
             now = time.monotonic()
             self._crashes.append(now)

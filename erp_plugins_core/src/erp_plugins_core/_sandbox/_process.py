@@ -12,11 +12,14 @@ import dataclasses
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _rpc
 from .._cgroup import MemoryCgroup
 from .._errors import SandboxError
+
+if TYPE_CHECKING:
+    from ._fleet import _Slot
 
 #: Stream chunks a worker may send ahead of its consumer (credit-based backpressure).
 STREAM_WINDOW = 16
@@ -32,6 +35,7 @@ class _Call:
     waiter: asyncio.Future[None] | None = None  # the stream's consumer, while its queue is empty
     credit: int = 0
     deadline: float | None = None  # loop time after which the call (a stream: its wait for a chunk) times out
+    touch: bool = True  # its end counts as use of the worker (a health check's does not)
 
     def timer_target(self) -> asyncio.Future[Any] | None:
         """What the worker's watchdog expires at the deadline: the reply's future, or a stream's waiting consumer."""
@@ -160,6 +164,10 @@ class _Worker:
         self.watchdog: asyncio.TimerHandle | None = None
         self.log_budget = _LogBudget()
         self.cgroup: MemoryCgroup | None = None
+        self.count_crash = True  # False when the host stopped it on purpose
+        self.slot: _Slot | None = None  # its place in a WorkerFleet, released when it ends
+        self.retiring = False  # being stopped for idleness or to make room: its end is no crash
+        self.last_used = time.monotonic()  # when its last call (not a health check) ended, for idle stops and LRU
 
     def watch(self, call: _Call, seconds: float) -> None:
         """Time out `call` after `seconds`: one timer per worker, armed for the earliest deadline.
@@ -197,8 +205,10 @@ class _Worker:
             raise SandboxError(f"worker is not running ({self.death or 'stopped'})")
         pipe.write(data)
 
-    def new_call(self, what: str, ctx: contextvars.Context | None, stream: bool = False) -> _Call:
+    def new_call(self, what: str, ctx: contextvars.Context | None, stream: bool = False, touch: bool = True) -> _Call:
         call = _Call(self.next_id, what, ctx, asyncio.get_running_loop().create_future())
+        if not touch:
+            call.touch = False
         if stream:
             call.queue = collections.deque()
             call.credit = STREAM_WINDOW

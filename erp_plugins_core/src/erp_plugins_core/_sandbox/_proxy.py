@@ -16,7 +16,7 @@ from .. import _errors
 from .._context import current_usage, current_user_context
 from .._discovery import PluginRecord
 from .._errors import HookTimeout, PluginError, SandboxError
-from .._hookspecs import HOOKS
+from .._hookspecs import hook_info
 from .._manifest import Manifest
 from .._redact import Redactor
 from .._services import current_call_files
@@ -43,7 +43,8 @@ class WorkerProxy:
     _redactor: Redactor
 
     def hook_function(self, hook: str, method: str) -> Callable[..., Any]:
-        info = HOOKS[hook]
+        info = hook_info(hook)  # a core hook, or one a plugin provides
+        assert info is not None, hook
         sig = inspect.Signature(
             [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in info.argnames]
         )
@@ -93,16 +94,17 @@ class WorkerProxy:
     # --- calls --------------------------------------------------------------------------------------------
 
     async def _request(self, op: str, args: dict[str, Any], *, what: str, seconds: float,
-                       ctx: contextvars.Context | None = None) -> Any:
+                       ctx: contextvars.Context | None = None, touch: bool = True) -> Any:
+        """`_call` on the running worker, started (or restarted) first if need be, all within `seconds`."""
         w = self._worker
         if w is None or w.dead or self._failed is not None:
-            w = await self._ensure_worker()
-        return await self._call(w, op, args, what=what, seconds=seconds, ctx=ctx)
+            w, seconds = await self._restart_within(seconds, what)
+        return await self._call(w, op, args, what=what, seconds=seconds, ctx=ctx, touch=touch)
 
     async def _call(self, w: _Worker | None, op: str, args: dict[str, Any], *, what: str, seconds: float,
-                    ctx: contextvars.Context | None = None) -> Any:
+                    ctx: contextvars.Context | None = None, touch: bool = True) -> Any:
         assert w is not None
-        call = self._begin(w, op, args, what, seconds, ctx)
+        call = self._begin(w, op, args, what, seconds, ctx, touch)
         try:
             msg = await call.future
         except (_Expired, asyncio.CancelledError) as exc:
@@ -110,14 +112,15 @@ class WorkerProxy:
         return self._result(msg, what, ctx)
 
     def _begin(self, w: _Worker, op: str, args: dict[str, Any], what: str, seconds: float,
-               ctx: contextvars.Context | None) -> _Call:
+               ctx: contextvars.Context | None, touch: bool = True) -> _Call:
         """Send a request and arm its timeout; its reply resolves the returned call's future.
 
         Synchronous, so the hook proxy awaits the future itself: every coroutine level between a caller and
-        the reply costs a warm round trip measurably.
+        the reply costs a warm round trip measurably. `touch=False` (health checks): its end is not use of the
+        worker, so it keeps no idle worker alive.
         """
         user, files = self._call_scope(ctx)
-        call = w.new_call(what, ctx)
+        call = w.new_call(what, ctx, touch=touch)
         try:
             w.send({"t": "req", "id": call.id, "op": op, "args": args, "user": user, "files": files})
         except (ValueError, TypeError) as exc:

@@ -3,12 +3,19 @@
 It records what a new worker must replay (load, initialize with its config, activate), counts crashes
 within `crash_window` and backs off between restarts; the calls themselves are `WorkerProxy`'s, the
 worker's messages `WorkerBridge`'s, and its processes `WorkerLauncher`'s.
+
+With a `WorkerFleet` its worker may be stopped when idle or to make room (`_retire`); the runner is then
+dormant, like a `lazy` runner before its first call: load, initialize and lifecycle calls are only recorded,
+a health check reports it idle without starting anything, and the next hook call or stream starts a worker
+and replays what was recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,16 +23,23 @@ from typing import Any
 
 from .._context import PluginContext
 from .._discovery import PluginRecord
-from .._errors import HookTimeout, PluginLoadError, SandboxError
+from .._errors import HookTimeout, PluginError, PluginLoadError, SandboxError
 from .._redact import Redactor
 from .._runner import LIFECYCLE_METHODS, PluginRunner
 from ._availability import sandbox_available, uid_for
 from ._bridge import WorkerBridge
+from ._fleet import MAX_WORKERS_ENV, WorkerFleet
 from ._launch import WorkerLauncher
 from ._process import _Worker
 from ._proxy import PluginRaised, WorkerProxy
 from ._site import Runtime, build_runtime
 
+log = logging.getLogger("erp_plugins.sandbox")
+
+#: What a health check of a runner without a worker (lazy, or stopped when idle) answers; it starts none.
+IDLE_HEALTH = {"healthy": True, "idle": True, "detail": "idle: no worker running; it starts on the next call"}
+#: How long an idle worker's `deactivate` and `cleanup` may each take before it is stopped anyway.
+RETIRE_GRACE = 2.0
 
 class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
     """Runs one plugin for one tenant in a bubblewrap worker; see the package docstring for what holds it."""
@@ -47,7 +61,11 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
         crash_window: float = 60.0,
         backoff: float = 0.1,
         max_backoff: float = 5.0,
+        fleet: WorkerFleet | None = None,
+        lazy: bool = False,
     ) -> None:
+        """`fleet`: the host's cap and idle stop for workers (None: this worker is never stopped for them).
+        `lazy`: load, initialize and activate only record; the first hook call or stream starts the worker."""
         super().__init__(record, tenant)
         if record.manifest is None:
             raise PluginLoadError(f"plugin {record.name!r} has no valid manifest")
@@ -73,6 +91,11 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
         self._crashes: collections.deque[float] = collections.deque()
         self._failed: str | None = None
         self._lock = asyncio.Lock()
+        self.fleet = fleet
+        self.lazy = lazy
+        self._dormant = False  # no worker on purpose: lazy and not started yet, or stopped when idle
+        self._retiring: _Worker | None = None
+        self._slot_given_up = -math.inf  # loop time a start last stopped waiting for a fleet slot unserved
 
     # --- public API ------------------------------------------------------------------------------------
 
@@ -85,6 +108,12 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
         return tuple(p for p in (w.pid, w.child_pid) if p is not None)
 
     @property
+    def idle(self) -> bool:
+        """True when the runner has no worker on purpose (lazy, or stopped when idle); its next call starts one."""
+        w = self._worker
+        return self._dormant and (w is None or w.dead)
+
+    @property
     def failed(self) -> str | None:
         """Why the runner gave up (too many crashes), or None."""
         return self._failed
@@ -93,13 +122,21 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
         reason = sandbox_available()
         if reason is not None:
             raise SandboxError(f"plugin {self.record.name!r} must run sandboxed, but {reason}")
-        if self._runtime is None:
-            self._runtime = await asyncio.to_thread(
-                build_runtime, self.record, self._runtime_dir, self._python, self._forbidden
-            )
         self._failed = None
         self._crashes.clear()
-        await self._start()
+        if self.lazy:
+            self._dormant = self._loaded = True
+            return
+        seconds = max(self.manifest.resources.timeout, 30.0)
+        started = asyncio.get_running_loop().time()
+        try:
+            async with self._lock, asyncio.timeout(seconds):
+                await self._start()
+        except TimeoutError:
+            if self._slot_given_up >= started:
+                raise self._slot_timeout("load", seconds) from None
+            raise
+        self._dormant = False
         self._loaded = True
 
     async def initialize(self, config: dict[str, Any], context: PluginContext) -> bool:
@@ -107,12 +144,18 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
         self._redactor = Redactor(secrets)
         self._context = context
         self._init = (dict(config), context)
+        if self.idle and self._failed is None:  # recorded; the next start replays it
+            return True
         return bool(await self._request("initialize", self._init_args(), what="initialize",
                                         seconds=self.manifest.resources.timeout))
 
     async def lifecycle(self, method: str) -> bool:
         if method not in LIFECYCLE_METHODS:
             raise ValueError(f"unknown lifecycle method {method!r}")
+        if self.idle and self._failed is None:  # recorded; a stopped worker was deactivated and cleaned up
+            if method != "cleanup":
+                self._active = method == "activate"
+            return True
         result = await self._request("lifecycle", {"method": method}, what=method,
                                      seconds=self.manifest.resources.timeout)
         if method == "activate":
@@ -122,19 +165,30 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
         return bool(result)
 
     async def health_check(self) -> dict[str, Any]:
-        result = await self._request("health", {}, what="health_check", seconds=self.manifest.health_check.timeout)
+        """The plugin's own answer, or `IDLE_HEALTH` for a runner without a worker: neither starts one nor
+        counts as use of a running one (an idle worker is stopped all the same)."""
+        if self.idle and self._failed is None:
+            return dict(IDLE_HEALTH)
+        result = await self._request("health", {}, what="health_check", seconds=self.manifest.health_check.timeout,
+                                     touch=False)
         if not isinstance(result, dict):
             raise SandboxError(f"plugin {self.record.name!r}: health_check returned {type(result).__name__}, not dict")
         return result
 
     async def close(self) -> None:
-        w = self._worker
+        """Stop the worker now (also one being stopped for idleness); the runner may be loaded again."""
+        w, retiring = self._worker, self._retiring
         self._worker = None
         self._loaded = False
         self._active = False
         self._init = None
+        self._dormant = False
+        if retiring is not None:
+            self._kill(retiring, "stopped by the host", crash=False)
         if w is not None:
             await self._stop(w, "stopped by the host")
+        if retiring is not None:
+            await self._reap(retiring)
 
     # --- starting and stopping -------------------------------------------------------------------------
 
@@ -150,7 +204,24 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
         }
 
     async def _start(self) -> None:
-        w = await self._spawn()
+        """Spawn a worker (in a fleet slot, if the runner has a fleet) and load the plugin in it."""
+        if self._runtime is None:
+            self._runtime = await asyncio.to_thread(
+                build_runtime, self.record, self._runtime_dir, self._python, self._forbidden
+            )
+        slot = None
+        if self.fleet is not None:
+            try:
+                slot = await self.fleet.acquire(self)
+            except asyncio.CancelledError:
+                self._slot_given_up = asyncio.get_running_loop().time()
+                raise
+        try:
+            w = await self._spawn(slot)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
         self._worker = w
         entries = [[h.name, h.method] for h in self.manifest.hooks]
         try:
@@ -178,6 +249,7 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
                 return w
             recent = len(self._crashes)
             await asyncio.sleep(min(self.backoff * 2 ** max(recent - 1, 0), self.max_backoff) if recent else 0)
+            dormant = self._dormant
             try:
                 await self._start()
                 if self._init is not None:
@@ -188,10 +260,15 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
                 if self._active:
                     await self._call(self._worker, "lifecycle", {"method": "activate"}, what="activate",
                                      seconds=self.manifest.resources.timeout)
-            except SandboxError as exc:
+            except PluginError as exc:
                 if self._worker is not None and not self._worker.dead:
                     self._kill(self._worker, f"restart failed: {exc}")
+                self._dormant = False  # not idle: broken; its health check says so
+                if dormant:
+                    raise SandboxError(f"plugin {self.record.name!r} for tenant {self.tenant!r}: its worker could "
+                                       f"not be started: {exc}") from exc
                 raise
+            self._dormant = False
             assert self._worker is not None
             return self._worker
 
@@ -207,8 +284,45 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
             async with asyncio.timeout(seconds):
                 w = await self._ensure_worker()
         except TimeoutError:
+            if self._slot_given_up >= start:
+                raise self._slot_timeout(what, seconds) from None
             raise HookTimeout(
                 f"plugin {self.record.name!r}: {what} timed out after {seconds:g} s while its worker restarted"
             ) from None
         return w, max(seconds - (loop.time() - start), 0.001)
 
+    def _slot_timeout(self, what: str, seconds: float) -> HookTimeout:
+        assert self.fleet is not None
+        cap = self.fleet.cap
+        return HookTimeout(
+            f"plugin {self.record.name!r} for tenant {self.tenant!r}: {what} timed out after {seconds:g} s waiting "
+            f"for a worker slot: all {cap} sandbox workers of the cap are busy (raise {MAX_WORKERS_ENV}, now {cap}, "
+            "or PluginHost(max_workers=...))"
+        )
+
+    async def _retire(self, w: _Worker, reason: str) -> bool:
+        """Stop worker `w` for the fleet (idle, or to make room): `deactivate` and `cleanup` with a short bound,
+        then end it; no crash, no backoff. False when it is in use again (or being restarted) by now."""
+        if self._lock.locked():
+            return False
+        async with self._lock:
+            if self._worker is not w or w.dead or w.calls:
+                return False
+            self._worker, self._retiring = None, w
+            self._dormant = w.retiring = True
+            grace = min(RETIRE_GRACE, self.manifest.resources.timeout)
+            try:
+                for method, wanted in (("deactivate", self._active), ("cleanup", self._init is not None)):
+                    if wanted and not w.dead:
+                        try:
+                            await self._call(w, "lifecycle", {"method": method}, what=method, seconds=grace,
+                                             touch=False)
+                        except PluginError as exc:
+                            log.info("plugin %r (tenant %r): %s failed as its worker was stopped: %s",
+                                     self.record.name, self.tenant, method, self._redactor.redact(str(exc)))
+            finally:
+                await self._stop(w, f"stopped: {reason}")
+                self._retiring = None
+        log.info("plugin %r (tenant %r): worker stopped (%s); it starts again on its next call",
+                 self.record.name, self.tenant, reason)
+        return True

@@ -108,10 +108,17 @@ def _closure(record: PluginRecord) -> list[Any]:
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
-    if not record.dist_path:
+    if record.folder is not None:  # a folder plugin: its folder, and what its manifest requires
+        from .._folders import FolderDistribution
+
+        search = list(sys.path)
+        own: Any = FolderDistribution(record)
+    elif not record.dist_path:
         raise SandboxError(f"plugin {record.name!r}: its distribution's files are unknown (no dist-info path)")
-    search = [str(Path(record.dist_path).parent), *sys.path]
-    roots = [md.PathDistribution(Path(record.dist_path)), _find("erp-plugins-core", search), _find("msgpack", search)]
+    else:
+        search = [str(Path(record.dist_path).parent), *sys.path]
+        own = md.PathDistribution(Path(record.dist_path))
+    roots = [own, _find("erp-plugins-core", search), _find("msgpack", search)]
     todo = [d for d in roots if d is not None]
     seen: dict[str, Any] = {}
     while todo:
@@ -134,7 +141,11 @@ def _closure(record: PluginRecord) -> list[Any]:
 
 
 def _dist_files(dist: Any) -> list[tuple[str, str]]:
-    """(host file, path inside the site) for every file of an installed distribution."""
+    """(host file, path inside the site) for every file of an installed distribution (or a folder plugin's)."""
+    from .._folders import FolderDistribution, site_files
+
+    if isinstance(dist, FolderDistribution):
+        return site_files(dist.record)
     root = Path(dist._path).parent  # noqa: SLF001 - PathDistribution keeps its folder here
     out: list[tuple[str, str]] = []
     try:
