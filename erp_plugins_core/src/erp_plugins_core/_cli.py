@@ -246,7 +246,8 @@ def lock(ctx: click.Context, remove: bool, as_json: bool) -> None:
 def _host(ctx: click.Context, tenant: str | None) -> Any:
     from ._host import PluginHost
 
-    return PluginHost(_state_path(ctx), tenants=[tenant] if tenant else [], health_loop=False)
+    # deliver=False: a one-shot command leaves stored events and jobs to open hosts and `erp-plugins worker`
+    return PluginHost(_state_path(ctx), tenants=[tenant] if tenant else [], health_loop=False, deliver=False)
 
 
 @cli.command()
@@ -525,6 +526,15 @@ def _register_server_commands() -> None:
 
 
 _register_server_commands()
+
+
+def _register_job_commands() -> None:
+    from ._cli_jobs import register
+
+    register(cli)
+
+
+_register_job_commands()
 
 
 if __name__ == "__main__":

@@ -305,7 +305,7 @@ class OutboxEngine(JobEngine):
             )
             r = conn.execute(_UNIT, (row[0],)).fetchone()
         return Unit(id=str(r[0]), work=r[1], kind=r[2], tenant=r[3], plugin=r[4], hook=r[5],
-                    args=json.loads(r[6]), depth=r[7], attempts=r[8])
+                    args=json.loads(r[6]), depth=r[7], attempts=r[8] - 1)  # read after this run was counted
 
     def _finish(self, db: _Db, unit: Unit, outcome: Outcome, owner: str) -> None:
         state, delay = finish_state(self.settings, unit, outcome)

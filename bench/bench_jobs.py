@@ -1,0 +1,243 @@
+"""Durable events on PostgreSQL: end-to-end events/s, emit latency, and the time to drain a backlog.
+
+1. Events per second end to end with one worker: `host.emit` of N events while `host.run_jobs` delivers them
+   to one trusted in-process `on_event` plugin, against procrastinate's own loop with an empty task
+   (`task.defer_async()` of N jobs while `app.run_worker_async` runs them). Same process, same database
+   server, concurrency 1 on both sides. Target: >= 0.8x.
+2. `emit` latency (one tenant, one on_event plugin, no worker running) against a plain INSERT of the same
+   row (id, tenant, event_type, data) on an autocommit connection. Medians over alternating rounds. Target:
+   <= 1.5x.
+3. 10,000 queued events (10 tenants) drained by two `erp-plugins worker` processes (--concurrency 4).
+
+Needs PostgreSQL: --url postgresql://..., or the binaries (a throwaway cluster is started, as the tests do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PLUGIN = """
+from erp_plugins_core import PluginInterface
+SEEN = [0]
+class Plugin(PluginInterface):
+    async def on_event(self, event_type, data):
+        SEEN[0] += 1
+"""
+MANIFEST = """name: sink
+version: "1.0.0"
+plugin_type: business_logic
+api_version: "1.0"
+security: {sandbox: false}
+hooks: [{name: on_event, method: on_event}]
+"""
+
+
+def _load(path: Path, name: str):  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _site(root: Path) -> Path:
+    tests_conftest = _load(ROOT / "erp_plugins_core" / "tests" / "conftest.py", "_bench_site")
+    site = tests_conftest.SiteDir(root)
+    site.install("erp-sink", plugins={"sink": (MANIFEST, PLUGIN)})
+    sys.path.insert(0, str(root))
+    return root
+
+
+async def _host(url: str, tenants: list[str]):  # noqa: ANN202
+    from erp_plugins_core import PluginHost
+    from erp_plugins_core._state import open_store
+
+    host = PluginHost(open_store(url), health_loop=False, deliver=False)
+    await host.open()
+    for t in tenants:
+        await host.enable("sink", tenant=t, trust=True)
+    return host
+
+
+async def end_to_end(url_ours: str, url_ref: str, n: int) -> tuple[float, float]:
+    import erp_sink.sink.plugin as sink
+    import procrastinate
+
+    host = await _host(url_ours, ["acme"])
+    await host.emit("acme", "warm", {})  # opens the engine, creates its tables
+    stop = asyncio.Event()
+    sink.SEEN[0] = 0
+    runner = asyncio.create_task(host.run_jobs(stop=stop, concurrency=1))
+    while sink.SEEN[0] < 1:  # noqa: ASYNC110 (the plugin counts; polling keeps it unchanged)
+        await asyncio.sleep(0.01)
+    start = time.perf_counter()
+    for i in range(n):
+        await host.emit("acme", "bench", {"n": i})
+    while sink.SEEN[0] < n + 1:  # noqa: ASYNC110 (the plugin counts; polling keeps it unchanged)
+        await asyncio.sleep(0.001)
+    ours = n / (time.perf_counter() - start)
+    stop.set()
+    await runner
+    await host.close()
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url_ref))
+    done = [0]
+
+    @app.task(name="empty")
+    async def empty(i: int) -> None:
+        done[0] += 1
+
+    async with app.open_async():
+        await app.schema_manager.apply_schema_async()
+        worker = asyncio.create_task(app.run_worker_async(concurrency=1, install_signal_handlers=False))
+        await empty.defer_async(i=-1)
+        while done[0] < 1:  # noqa: ASYNC110 (the plugin counts; polling keeps it unchanged)
+            await asyncio.sleep(0.01)
+        start = time.perf_counter()
+        for i in range(n):
+            await empty.defer_async(i=i)
+        while done[0] < n + 1:  # noqa: ASYNC110 (the plugin counts; polling keeps it unchanged)
+            await asyncio.sleep(0.001)
+        ref = n / (time.perf_counter() - start)
+        worker.cancel()
+        try:
+            await worker
+        except asyncio.CancelledError:
+            pass
+    return ours, ref
+
+
+async def emit_latency(url: str, rounds: int, per_round: int) -> tuple[float, float]:
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    host = await _host(url, ["acme"])
+    await host.emit("acme", "warm", {})
+    conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    await conn.execute("CREATE TABLE IF NOT EXISTS plain_events (id uuid PRIMARY KEY, tenant text, event_type text, "
+                       "data jsonb, created_at timestamptz DEFAULT now())")
+    data = {"invoice": "INV-1", "amount": 125.5, "lines": [1, 2, 3]}
+    ours, ref = [], []
+
+    async def run_ours() -> None:
+        for _ in range(per_round):
+            t = time.perf_counter()
+            await host.emit("acme", "invoice.created", data)
+            ours.append(time.perf_counter() - t)
+
+    async def run_ref() -> None:
+        for _ in range(per_round):
+            t = time.perf_counter()
+            await conn.execute("INSERT INTO plain_events (id, tenant, event_type, data) VALUES (%s, %s, %s, %s)",
+                               (str(uuid.uuid4()), "acme", "invoice.created", Jsonb(data)))
+            ref.append(time.perf_counter() - t)
+
+    for r in range(rounds):
+        for side in ((run_ours, run_ref) if r % 2 == 0 else (run_ref, run_ours)):
+            await side()
+    await conn.close()
+    await host.close()
+    return statistics.median(ours), statistics.median(ref)
+
+
+async def drain(url: str, site: Path, n: int, tenants: int) -> float:
+    names = [f"t{i}" for i in range(tenants)]
+    host = await _host(url, names)
+    for i in range(n):
+        await host.emit(names[i % tenants], "bench", {"n": i})
+    engine = await host._jobs().engine()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "erp_plugins_core._cli", "--state", url, "worker", "--concurrency", "4",
+           "--log-level", "WARNING"]
+    start = time.perf_counter()
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(2)]  # noqa: ASYNC220 (started once, not awaited)
+    try:
+        while True:
+            counts = await engine.counts(kind="event")
+            if counts["queued"] == counts["running"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        took = time.perf_counter() - start
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(60)
+    await host.close()
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="a PostgreSQL server URL (a database per measurement is created on it)")
+    parser.add_argument("--events", type=int, default=2000, help="events for the end-to-end measurement")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--per-round", type=int, default=200)
+    parser.add_argument("--drain", type=int, default=10000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
+    os.environ.setdefault("ERP_PLUGINS_CACHE_DIR", str(tmp / "cache"))
+    os.environ.setdefault("ERP_PLUGINS_SECRET_KEY", __import__("cryptography.fernet").fernet.Fernet.generate_key()
+                          .decode())
+    site = _site(tmp / "site")
+    cluster = None
+    if args.url:
+        import psycopg
+
+        def create() -> str:
+            name = f"bench_{uuid.uuid4().hex[:8]}"
+            with psycopg.connect(args.url, autocommit=True) as c:
+                c.execute(f'CREATE DATABASE "{name}"')
+            return args.url.rsplit("/", 1)[0] + "/" + name
+    else:
+        root_conftest = _load(ROOT / "conftest.py", "_bench_pg")
+        cluster = root_conftest.PgCluster(root_conftest._pg_bin(), Path(tempfile.mkdtemp(prefix="bench-pg-")))
+        cluster.init()
+        cluster.start()
+
+        def create() -> str:
+            return cluster.url(cluster.create_database())
+    try:
+        ours_eps, ref_eps = asyncio.run(end_to_end(create(), create(), args.events))
+        ours_lat, ref_lat = asyncio.run(emit_latency(create(), args.rounds, args.per_round))
+        drain_s = asyncio.run(drain(create(), site, args.drain, 10))
+    finally:
+        if cluster is not None:
+            cluster.stop("immediate")
+    result = {
+        "events_per_s": {"ours": round(ours_eps, 1), "procrastinate_empty_task": round(ref_eps, 1),
+                         "ratio": round(ours_eps / ref_eps, 3), "target": ">= 0.8"},
+        "emit_latency_ms": {"ours": round(ours_lat * 1e3, 3), "plain_insert": round(ref_lat * 1e3, 3),
+                            "ratio": round(ours_lat / ref_lat, 3), "target": "<= 1.5"},
+        "drain": {"events": args.drain, "tenants": 10, "workers": 2, "concurrency": 4, "seconds": round(drain_s, 2),
+                  "events_per_s": round(args.drain / drain_s, 1)},
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    e, lat, d = result["events_per_s"], result["emit_latency_ms"], result["drain"]
+    print(f"end to end, 1 worker: {e['ours']} events/s vs procrastinate empty task {e['procrastinate_empty_task']}/s"
+          f" -> {e['ratio']}x (target {e['target']})")
+    print(f"emit latency: {lat['ours']} ms vs plain INSERT {lat['plain_insert']} ms -> {lat['ratio']}x "
+          f"(target {lat['target']})")
+    print(f"drain {d['events']} queued events ({d['tenants']} tenants), 2 workers x concurrency 4: {d['seconds']} s "
+          f"({d['events_per_s']} events/s)")
+
+
+if __name__ == "__main__":
+    main()
