@@ -199,3 +199,12 @@ def test_two_stores_opening_a_fresh_database_at_once_migrate_once(pg_url: str, t
         assert conn.execute("SELECT version FROM erp_plugins.schema_version").fetchall() == [(SCHEMA_VERSION,)]
     with open_store(pg_url) as store:
         assert [r.plugin for r in store.list("acme")] == ["p0", "p1", "p2"]
+
+
+def test_the_sqlite_store_itself_refuses_a_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for given in ("postgresql://u:pw@h/db", "postgresql:/x", "sqlite:///x.db"):
+        with pytest.raises(StateError) as info:
+            SQLiteStateStore(given)
+        assert "pw" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []

@@ -160,7 +160,11 @@ class StateStore(ABC):
 
     @abstractmethod
     def changes_since(self, seq: int) -> list[Change]:
-        """The changes committed after `seq`, ascending; starts with a "reset" change if some were pruned."""
+        """The changes committed after `seq`, ascending; starts with a "reset" change if some were pruned.
+
+        Changes are pruned only when both older than an hour and more than 10,000 changes back (tried when a
+        new change's seq is a multiple of 100), so a follower that looks at least hourly misses none.
+        """
 
     @abstractmethod
     def watch(self) -> ChangeWatch:

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from .._errors import StateError
 from ._base import ChangeWatch, StateTransaction
+from ._location import describe_location, parse_location
 from ._migrations import MIGRATIONS, SCHEMA_VERSION
 from ._model import BUSY_TIMEOUT_S, STATE_ENV
 from ._queries import Exec, SQLTransaction
@@ -82,6 +83,8 @@ class SQLiteStateStore(SQLStateStore):
     backend = "sqlite"
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT_S) -> None:
+        if parse_location(path)[0] != "sqlite":  # refuses other URL-like text too: never a folder "postgresql:"
+            raise StateError(f"{describe_location(path)} is not a file path; open it with open_store()")
         self.path = Path(path).expanduser()
         self.location = str(self.path)
         self._busy_timeout = busy_timeout
