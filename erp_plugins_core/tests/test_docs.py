@@ -43,8 +43,8 @@ def test_every_manifest_field_is_described_and_every_validator_explained():
                 assert (model.__name__, field) in VALIDATOR_RULES, (
                     f"{model.__name__}.{field} has a custom validator; describe its rule in _docgen.VALIDATOR_RULES"
                 )
-    assert {m.__name__ for m in _collect_models(Manifest)} == {"Manifest", "HookEntry", "HealthCheck", "Resources",
-                                                                "Security"}
+    assert {m.__name__ for m in _collect_models(Manifest)} == {"Manifest", "HookEntry", "ProvidedHook", "HealthCheck",
+                                                                "Resources", "Security"}
 
 
 def test_manifest_doc_lists_fields_defaults_and_allowed_values():

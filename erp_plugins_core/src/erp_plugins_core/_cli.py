@@ -97,12 +97,24 @@ class _Group(click.Group):
     envvar="ERP_PLUGINS_STATE",
     help="State file (default: ERP_PLUGINS_STATE or the user's data dir).",
 )
+@click.option(
+    "--plugins-dir",
+    "plugins_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="A folder of plugin folders (plugin.yaml with main_file and main_class); repeatable; searched before "
+    "ERP_PLUGINS_PATH.",
+)
 @click.version_option(package_name="erp-plugins-core")
 @click.pass_context
-def cli(ctx: click.Context, state: str | None) -> None:
+def cli(ctx: click.Context, state: str | None, plugins_dirs: tuple[str, ...]) -> None:
     """Discover, check, enable and call ERP plugins, per tenant."""
     ctx.ensure_object(dict)
     ctx.obj["state"] = state
+    if plugins_dirs:
+        # every catalog this process (and the workers it starts) loads reads ERP_PLUGINS_PATH; checked there
+        env = os.environ.get("ERP_PLUGINS_PATH", "")
+        os.environ["ERP_PLUGINS_PATH"] = os.pathsep.join([*plugins_dirs, *([env] if env else [])])
 
 
 # --- list / check -------------------------------------------------------------------------------------------
@@ -321,8 +333,10 @@ def config_show(ctx: click.Context, name: str, tenant: str, as_json: bool) -> No
 
 
 def _call_args(hook: str, args: tuple[str, ...], args_json: str | None) -> dict[str, Any]:
-    if hook not in HOOKS:
-        raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(HOOKS)}")
+    if hook not in HOOKS and Catalog.load().hook(hook) is None:  # a core hook, or one a plugin provides
+        from ._hookspecs import hook_names
+
+        raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(hook_names())}")
     kwargs: dict[str, Any] = {}
     if args_json is not None:
         try:

@@ -2,8 +2,10 @@
 
 The result is cached on disk. The cache key is the nanosecond mtime, inode and ctime of every `sys.path`
 directory (an install, upgrade or removal adds or removes a `.dist-info` there) and of every manifest file
-read last time (editable installs). Like git's "racy clean" rule, a cache written less than two seconds
-after the newest of those timestamps is not trusted, so changes within one clock tick are not missed.
+read last time (editable installs), and, with plugins folders (`_folders`), of each plugins folder and plugin
+folder (a plugin folder or one of its files added or removed). Like git's "racy clean" rule, a cache written
+less than two seconds after the newest of those timestamps is not trusted, so changes within one clock tick are
+not missed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import FrozenInstanceError, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,12 @@ from ._manifest import Manifest, load_manifest
 
 GROUP = "erp_plugins"
 MANIFEST_FILE = "plugin.yaml"
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: folder plugins
 _RACY_SECONDS = 2.0
 
 
-_FIELDS = ("name", "entry_point", "distribution", "dist_version", "dist_path", "manifest_path", "manifest", "errors")
+_FIELDS = ("name", "entry_point", "distribution", "dist_version", "dist_path", "manifest_path", "manifest", "errors",
+           "folder")
 
 
 class PluginRecord:
@@ -43,7 +46,7 @@ class PluginRecord:
     """
 
     __slots__ = ("name", "entry_point", "distribution", "dist_version", "dist_path", "manifest_path", "errors",
-                 "_manifest", "_manifest_data")
+                 "folder", "_manifest", "_manifest_data")
     name: str
     entry_point: str
     distribution: str
@@ -51,11 +54,13 @@ class PluginRecord:
     dist_path: str | None  # the .dist-info folder, for RECORD checks; None when unknown
     manifest_path: str | None
     errors: tuple[str, ...]
+    folder: str | None  # a folder plugin's folder (`--plugins-dir`); None for a distribution's plugin
     _manifest: Manifest | None
     _manifest_data: dict[str, Any] | None  # a validated manifest's model_dump, built into `_manifest` lazily
 
     def __init__(self, name: str, entry_point: str, distribution: str, dist_version: str, dist_path: str | None,
-                 manifest_path: str | None, manifest: Manifest | None, errors: tuple[str, ...] = ()) -> None:
+                 manifest_path: str | None, manifest: Manifest | None, errors: tuple[str, ...] = (),
+                 folder: str | None = None) -> None:
         init = object.__setattr__
         init(self, "name", name)
         init(self, "entry_point", entry_point)
@@ -64,6 +69,7 @@ class PluginRecord:
         init(self, "dist_path", dist_path)
         init(self, "manifest_path", manifest_path)
         init(self, "errors", errors)
+        init(self, "folder", folder)
         init(self, "_manifest", manifest)
         init(self, "_manifest_data", None)
 
@@ -122,9 +128,33 @@ class PluginRecord:
         object.__setattr__(copy, "errors", self.errors + errors)
         return copy
 
+    @property
+    def source(self) -> str:
+        """Where the plugin comes from: `distribution` (an entry point) or `folder` (a plugins folder)."""
+        return "folder" if self.folder is not None else "distribution"
+
+    def with_network(self, allowed: bool) -> PluginRecord:
+        """A copy whose manifest's `resources.network_access` is `allowed` (a tenant's grant of network.external)."""
+        m = self.manifest
+        if m is None or m.resources.network_access == allowed:
+            return self
+        copy = self.with_errors()
+        resources = m.resources.model_copy(update={"network_access": allowed})
+        object.__setattr__(copy, "_manifest", m.model_copy(update={"resources": resources}))
+        object.__setattr__(copy, "_manifest_data", None)
+        return copy
+
     def distribution_object(self) -> md.Distribution | None:
-        """The installed distribution, for file-level checks."""
+        """The installed distribution, for file-level checks (None for a folder plugin: it has no RECORD)."""
         return md.PathDistribution(Path(self.dist_path)) if self.dist_path else None
+
+    def code_distribution(self) -> md.Distribution | None:
+        """What holds the plugin's code, as a distribution (a folder plugin's folder seen as one), for the code scan."""
+        if self.folder is not None:
+            from ._folders import FolderDistribution
+
+            return FolderDistribution(self)
+        return self.distribution_object()
 
 
 def _fields(rec: PluginRecord) -> dict[str, Any]:
@@ -138,6 +168,8 @@ class Discovery:
     records: list[PluginRecord]
     versions: dict[str, str]  # canonical distribution name -> version (plugins' and their requirements')
     manifest_files: list[str] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)  # plugins folders and plugin folders the cache key covers
+    plugins_dirs: list[str] = field(default_factory=list)
     from_cache: bool = False
     validated: bool = False  # records carry the catalog's checks already (see `discover(validate=...)`)
 
@@ -175,6 +207,54 @@ def _manifest_location(dist: md.Distribution, module: str) -> Path | None:
     return None
 
 
+def _missing_module(dist: md.Distribution, module: str) -> str | None:
+    """Why the entry point's module is not among the distribution's files (RECORD), or None when it is.
+
+    Read from the file list only; nothing is imported. An editable install lists no package files, so there
+    the module is looked for under the top-level package's folder (as the manifest is).
+    """
+    parts = module.split(".")
+    base = "/".join(parts)
+    files = dist.files
+    if files:
+        listed = {f.as_posix() for f in files}
+        if base + ".py" in listed or base + "/__init__.py" in listed:
+            return None
+        if any(p.startswith(base + ".") and p.endswith((".so", ".pyd", ".pyc")) for p in listed):
+            return None  # an extension or bytecode-only module
+        tops = {p.split("/", 1)[0].removesuffix(".py") for p in listed}
+        if parts[0] in tops:
+            return f"module {module} is not among the distribution's files (RECORD); fix the entry point or ship it"
+    try:
+        spec = importlib.util.find_spec(parts[0])
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return f"module {module} is not installed (no package {parts[0]} in the distribution or on sys.path)"
+    if len(parts) == 1:
+        return None
+    for root in spec.submodule_search_locations or []:
+        path = Path(root, *parts[1:])
+        if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file() or any(
+            path.parent.glob(parts[-1] + ".*.so")
+        ):
+            return None
+    return f"module {module} is not among the distribution's files (RECORD); fix the entry point or ship it"
+
+
+def _main_agrees(manifest: Manifest, ep: md.EntryPoint, path: Path) -> list[str]:
+    """The seed's `main_file`/`main_class`, when a distribution's manifest gives them, must name the entry point's."""
+    module, _, attr = (p.strip() for p in ep.value.partition(":"))
+    out = []
+    if manifest.main_class is not None and manifest.main_class != attr:
+        out.append(f"{path}: main_class: {manifest.main_class!r} differs from the entry point's class {attr!r} "
+                   f"({ep.name} = {ep.value}); make them agree or drop main_class")
+    if manifest.main_file is not None and manifest.main_file != module.rsplit(".", 1)[-1] + ".py":
+        out.append(f"{path}: main_file: {manifest.main_file!r} differs from the entry point's module {module} "
+                   f"({module.rsplit('.', 1)[-1]}.py); make them agree or drop main_file")
+    return out
+
+
 def _read_one(dist: md.Distribution, ep: md.EntryPoint, dist_name: str, version: str) -> PluginRecord:
     dist_path = getattr(dist, "_path", None)
     base = PluginRecord(
@@ -205,6 +285,10 @@ def _read_one(dist: md.Distribution, ep: md.EntryPoint, dist_name: str, version:
     except ManifestError as exc:
         return PluginRecord(**{**_fields(base), "manifest_path": str(path), "errors": (str(exc),)})
     errors: list[str] = []
+    missing = _missing_module(dist, module.strip())
+    if missing:
+        errors.append(f"entry point {ep.name} = {ep.value!r} of {dist_name}: {missing}")
+    errors.extend(_main_agrees(manifest, ep, path))
     if manifest.name != ep.name:
         errors.append(
             f"{path}: name: {manifest.name!r} differs from the entry point name {ep.name!r}; make them equal"
@@ -217,8 +301,9 @@ def _read_one(dist: md.Distribution, ep: md.EntryPoint, dist_name: str, version:
     return PluginRecord(**{**_fields(base), "manifest_path": str(path), "manifest": manifest, "errors": tuple(errors)})
 
 
-def scan() -> Discovery:
-    """Read every installed distribution's `erp_plugins` entry points and manifests (no cache).
+def scan(plugins_dirs: list[str] | None = None) -> Discovery:
+    """Read every installed distribution's `erp_plugins` entry points and manifests, and the folder plugins of
+    `plugins_dirs` (no cache).
 
     `entry_points(group=...)` already drops distributions shadowed by an earlier `sys.path` entry (as for
     imports); each plugin distribution's metadata is parsed once. `versions` holds the plugin distributions
@@ -239,6 +324,12 @@ def scan() -> Discovery:
                 versions.setdefault(canonicalize_name(known[0]), known[1])
         if known[0]:
             records.append(_read_one(dist, ep, *known))
+    watched: list[str] = []
+    if plugins_dirs:
+        from ._folders import scan_folders
+
+        folder_records, watched = scan_folders(plugins_dirs)
+        records.extend(folder_records)
     wanted = {canonicalize_name(req.name) for rec in records if rec.manifest for req in rec.manifest.requirements}
     for key in sorted(wanted - versions.keys()):
         try:
@@ -252,13 +343,15 @@ def scan() -> Discovery:
     for rec in records:
         owners = claimed[rec.name]
         if len(owners) > 1:
-            names_text = " and ".join(sorted(o.distribution for o in owners))
+            names_text = " and ".join(sorted(f"folder {o.folder}" if o.folder else o.distribution for o in owners))
             rec = rec.with_errors(
-                f"plugin name {rec.name!r} is claimed by {names_text}; neither is loaded until one is uninstalled"
+                f"plugin name {rec.name!r} is claimed by {names_text}; neither is loaded until one is uninstalled "
+                "or removed"
             )
         out.append(rec)
     out.sort(key=lambda r: (r.name, r.distribution))
-    return Discovery(out, versions, [r.manifest_path for r in out if r.manifest_path])
+    return Discovery(out, versions, [r.manifest_path for r in out if r.manifest_path], folders=watched,
+                     plugins_dirs=list(plugins_dirs or []))
 
 
 # --- Cache ----------------------------------------------------------------------------------------------
@@ -272,21 +365,24 @@ def _stat_key(path: str) -> list[int] | None:
     return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size]
 
 
-def _fingerprint(manifest_files: list[str]) -> dict[str, Any]:
+def _fingerprint(manifest_files: list[str], folders: Sequence[str] = ()) -> dict[str, Any]:
+    # a plugins folder's and a plugin folder's stamps change when a plugin folder or a file in one (its main_file)
+    # is added, removed or renamed; a manifest's own stamps when it is edited
     return {
         "format": CACHE_FORMAT,
         "python": sys.version,
         "path": {p: _stat_key(p) for p in sys.path if p},
         "manifests": {p: _stat_key(p) for p in manifest_files},
+        "folders": {p: _stat_key(p) for p in folders},
     }
 
 
 def _newest_ns(fp: dict[str, Any]) -> int:
-    stamps = [max(v[0], v[1]) for part in ("path", "manifests") for v in fp[part].values() if v]
+    stamps = [max(v[0], v[1]) for part in ("path", "manifests", "folders") for v in fp[part].values() if v]
     return max(stamps, default=0)
 
 
-def cache_path() -> Path | None:
+def cache_path(plugins_dirs: Sequence[str] = ()) -> Path | None:
     """Where the discovery cache lives for this interpreter and sys.path; None when caching is disabled."""
     if os.environ.get("ERP_PLUGINS_CACHE", "1").lower() in {"0", "false", "no", "off"}:
         return None
@@ -297,7 +393,8 @@ def cache_path() -> Path | None:
         root = platformdirs.user_cache_dir("erp-plugins")
     import hashlib
 
-    ident = hashlib.sha256("\0".join([sys.prefix, sys.executable, *sys.path]).encode()).hexdigest()[:16]
+    key = [sys.prefix, sys.executable, *sys.path, "\1", *plugins_dirs]
+    ident = hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
     return Path(root, f"discovery-{ident}.msgpack")
 
 
@@ -306,13 +403,14 @@ def _record_to_data(rec: PluginRecord) -> list[Any]:
     m = rec._manifest
     manifest = m.model_dump(mode="json") if m is not None else rec._manifest_data
     return [rec.name, rec.entry_point, rec.distribution, rec.dist_version, rec.dist_path, rec.manifest_path,
-            manifest, list(rec.errors)]
+            manifest, list(rec.errors), rec.folder]
 
 
 def _record_from_data(data: list[Any]) -> PluginRecord:
     """The record `_record_to_data` gave, its manifest left as data until first accessed."""
-    name, entry_point, distribution, dist_version, dist_path, manifest_path, manifest, errors = data
-    rec = PluginRecord(name, entry_point, distribution, dist_version, dist_path, manifest_path, None, tuple(errors))
+    name, entry_point, distribution, dist_version, dist_path, manifest_path, manifest, errors, folder = data
+    rec = PluginRecord(name, entry_point, distribution, dist_version, dist_path, manifest_path, None, tuple(errors),
+                       folder)
     object.__setattr__(rec, "_manifest_data", manifest)
     return rec
 
@@ -323,12 +421,13 @@ def _load_cache(path: Path) -> Discovery | None:
     try:
         data = msgpack.unpackb(path.read_bytes())
         manifest_files = data["manifest_files"]
-        if data["fingerprint"] != _fingerprint(manifest_files):
+        if data["fingerprint"] != _fingerprint(manifest_files, data["folders"]):
             return None
         if _newest_ns(data["fingerprint"]) > data["written_ns"] - _RACY_SECONDS * 1e9:
             return None
         return Discovery([_record_from_data(r) for r in data["records"]], data["versions"], manifest_files,
-                         from_cache=True, validated=data["validated"])
+                         folders=data["folders"], plugins_dirs=data["plugins_dirs"], from_cache=True,
+                         validated=data["validated"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -337,9 +436,11 @@ def _save_cache(path: Path, found: Discovery) -> None:
     import msgpack
 
     data = {
-        "fingerprint": _fingerprint(found.manifest_files),
+        "fingerprint": _fingerprint(found.manifest_files, found.folders),
         "written_ns": time.time_ns(),
         "manifest_files": found.manifest_files,
+        "folders": found.folders,
+        "plugins_dirs": found.plugins_dirs,
         "records": [_record_to_data(r) for r in found.records],
         "versions": found.versions,
         "validated": found.validated,
@@ -355,18 +456,20 @@ def _save_cache(path: Path, found: Discovery) -> None:
 
 
 def discover(*, use_cache: bool = True,
-             validate: Callable[[Discovery], list[PluginRecord]] | None = None) -> Discovery:
+             validate: Callable[[Discovery], list[PluginRecord]] | None = None,
+             plugins_dirs: list[str] | None = None) -> Discovery:
     """Installed plugins, from the cache when nothing was installed, upgraded or removed since it was written.
 
     `validate` (the catalog's checks) runs on a fresh scan before it is cached, so a cache hit carries the
     validated records and `validated` is true; it depends only on what the cache key covers.
     """
-    path = cache_path() if use_cache else None
+    dirs = list(plugins_dirs or [])
+    path = cache_path(dirs) if use_cache else None
     if path is not None:
         cached = _load_cache(path)
         if cached is not None:
             return cached
-    found = scan()
+    found = scan(dirs)
     if validate is not None:
         found.records = validate(found)
         found.validated = True

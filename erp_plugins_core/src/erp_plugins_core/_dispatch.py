@@ -20,7 +20,7 @@ import pluggy
 
 from ._context import current_usage
 from ._errors import HookArgumentError, HookTimeout, PermissionDenied, PluginError, ProviderError, SandboxError
-from ._hookspecs import ARG_TYPES, HOOKS, PROJECT, STR_LISTS, HookSpecs
+from ._hookspecs import HOOKS, PROJECT, STR_LISTS, HookInfo, HookSpecs, arg_types, hook_info, provided_specs
 from ._redact import Redactor
 from ._services import allowed_files, current_call_files
 
@@ -132,7 +132,7 @@ def _call_names(function: Callable[..., Any], hook: str) -> tuple[tuple[str, ...
 
     Read with `inspect.signature`, which honours a proxy's `__signature__` (pluggy 1.7 no longer does).
     """
-    spec = HOOKS[hook].argnames
+    spec = _info(hook).argnames
     params = list(inspect.signature(function).parameters.values())
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return spec, False
@@ -150,6 +150,22 @@ class TenantDispatcher:
         self._pm.add_hookspecs(HookSpecs)
         self._meta: dict[str, tuple[int, float, frozenset[str], Redactor, bool]] = {}
         self._tables: dict[str, list[Impl]] = {}
+        self._provided: set[str] = set()  # plugins' own hooks whose specs were added
+
+    def _add_provided_specs(self, plugin: str, hooks: list[str]) -> None:
+        """Add the specs of the plugins' own hooks `hooks` use (pluggy's add_hookspecs, from manifests alone)."""
+        infos = []
+        for hook in hooks:
+            if hook in HOOKS or hook in self._provided:
+                continue
+            info = hook_info(hook)
+            if info is None:
+                raise PluginError(f"plugin {plugin!r}: hook {hook!r} is neither a core hook nor provided by an "
+                                  "installed plugin (provides_hooks)")
+            infos.append(info)
+        if infos:
+            self._pm.add_hookspecs(provided_specs(infos))
+            self._provided.update(i.name for i in infos)
 
     def register(
         self,
@@ -167,6 +183,7 @@ class TenantDispatcher:
         `self_timed`: the functions enforce `timeout` themselves (see `PluginRunner.times_its_calls`).
         """
         self.unregister(plugin)
+        self._add_provided_specs(plugin, list(functions))
         try:
             self._pm.register(_Adapter(functions), name=plugin)
         except pluggy.PluginValidationError as exc:
@@ -189,8 +206,11 @@ class TenantDispatcher:
         table = self._tables.get(hook)
         if table is not None:
             return table
-        caller = getattr(self._pm.hook, hook)
-        permission = HOOKS[hook].permission
+        caller = getattr(self._pm.hook, hook, None)
+        if caller is None:  # a provided hook no active plugin of this tenant implements
+            return []
+        info = _info(hook)
+        permission = info.permission
         impls = []
         # pluggy calls the last registered first; keep that order among equal priorities
         for order, hi in enumerate(reversed(caller.get_hookimpls())):
@@ -204,7 +224,7 @@ class TenantDispatcher:
             names, positional = _call_names(hi.function, hook)
             impls.append(
                 (priority, order, Impl(hi.plugin_name, hi.function, names, timeout, priority, denied, redactor,
-                                       takes_all=len(names) == len(HOOKS[hook].argnames), positional=positional,
+                                       takes_all=len(names) == len(info.argnames), positional=positional,
                                        self_timed=self_timed))
             )
         table = [i for _, _, i in sorted(impls, key=lambda t: (t[0], t[1]))]
@@ -345,7 +365,7 @@ async def _gather(waiting: list[tuple[int, Impl, Any, dict[str, int], float]], h
 
 def _call_files(hook: str, kwargs: dict[str, Any]) -> frozenset[str]:
     out: frozenset[str] = frozenset()
-    for a in HOOKS[hook].file_args:
+    for a in _info(hook).file_args:
         out |= allowed_files(kwargs.get(a))
     return out
 
@@ -393,7 +413,7 @@ def start_all(impls: list[Impl], hook: str, kwargs: dict[str, Any]) -> tuple[lis
             try:
                 if impl.positional:
                     if args is None:
-                        args = _POSITIONAL[hook](kwargs)
+                        args = (_POSITIONAL.get(hook) or _positional(hook))(kwargs)
                     out = impl.function(*args)
                 else:
                     out = impl.function(**(kwargs if impl.takes_all else _kwargs(impl, kwargs)))
@@ -417,7 +437,7 @@ def start_all(impls: list[Impl], hook: str, kwargs: dict[str, Any]) -> tuple[lis
         current_usage.reset(t_usage)
         if t_files is not None:
             current_call_files.reset(t_files)
-    if not waiting and hook in RESULT_CHECKS:
+    if not waiting and (hook in RESULT_CHECKS or hook not in HOOKS):
         check_results(hook, results)  # type: ignore[arg-type]
     return results, (Pending(waiting, files) if waiting else None)
 
@@ -436,7 +456,7 @@ async def finish_all(pending: Pending, hook: str, results: list[HookResult | Non
     finally:
         current_usage.reset(t_usage)
         current_call_files.reset(t_files)
-    if hook in RESULT_CHECKS:
+    if hook in RESULT_CHECKS or hook not in HOOKS:
         check_results(hook, results)  # type: ignore[arg-type]
     return results  # type: ignore[return-value]
 
@@ -454,7 +474,9 @@ RESULT_CHECKS: dict[str, Callable[[Any], str | None]] = {"ui_components": _ui_pr
 
 def check_results(hook: str, results: list[HookResult]) -> None:
     """Turn each successful result that fails its hook's result check into that plugin's failure, in place."""
-    check = RESULT_CHECKS[hook]
+    check = RESULT_CHECKS.get(hook) or _returns_check(hook)
+    if check is None:
+        return
     for r in results:
         if r is not None and r.success:
             problem = check(r.result)
@@ -480,6 +502,24 @@ async def call_one(impl: Impl, hook: str, kwargs: dict[str, Any]) -> HookResult:
     if pending is not None:
         await finish_all(pending, hook, results)
     return results[0]  # type: ignore[return-value]
+
+
+def is_firstresult(hook: str) -> bool:
+    """Whether a call of `hook` stops at the first plugin that answers (a provided hook's `firstresult`)."""
+    info = hook_info(hook)
+    return info is not None and info.firstresult
+
+
+async def call_first(impls: list[Impl], hook: str, kwargs: dict[str, Any]) -> list[HookResult]:
+    """Implementations one at a time in priority order until one succeeds, as `PluginHost.first` tries them
+    (stopping early, too, at an error another plugin would repeat); the results of those tried."""
+    results = []
+    for impl in impls:
+        result = await call_one(impl, hook, kwargs)
+        results.append(result)
+        if result.success or not should_fall_back(result.exception):
+            break
+    return results
 
 
 async def open_stream(impl: Impl, hook: str, kwargs: dict[str, Any]) -> tuple[AsyncIterator[Any], Any]:
@@ -567,17 +607,53 @@ class StreamDeadline:
             self._handle = None
 
 
-#: Per hook: its bound arguments as a tuple in spec order, for implementations called positionally.
-_POSITIONAL: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {
-    hook: (lambda kw, _get=operator.itemgetter(*info.argnames): _get(kw)) if len(info.argnames) > 1
-    else (lambda kw, _name=info.argnames[0]: (kw[_name],))
-    for hook, info in HOOKS.items()
-}
+def _info(hook: str) -> HookInfo:
+    info = hook_info(hook)
+    if info is None:
+        from ._errors import UnknownHookError
 
-#: Per hook: (name, exact accepted types, must be a list of strings) for each of its arguments.
-_CHECKS: dict[str, tuple[tuple[str, frozenset[type], bool], ...]] = {
-    hook: tuple((n, frozenset(ARG_TYPES[n]), n in STR_LISTS) for n in info.argnames) for hook, info in HOOKS.items()
-}
+        raise UnknownHookError(f"no hook named {hook!r}")
+    return info
+
+
+def _positional(hook: str) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A function giving the bound arguments of `hook` as a tuple in spec order."""
+    names = _info(hook).argnames
+    if len(names) > 1:
+        return lambda kw, _get=operator.itemgetter(*names): _get(kw)
+    if names:
+        return lambda kw, _name=names[0]: (kw[_name],)
+    return lambda kw: ()
+
+
+def _checks(hook: str) -> tuple[tuple[str, frozenset[type], bool], ...]:
+    """(name, exact accepted types, must be a list of strings) for each argument of `hook`."""
+    info = _info(hook)
+    return tuple((n, frozenset(arg_types(info, n)), info.provider is None and n in STR_LISTS) for n in info.argnames)
+
+
+def _returns_check(hook: str) -> Callable[[Any], str | None] | None:
+    """A provided hook's result-type check (its manifest's `returns`), or None when it declares none."""
+    info = hook_info(hook)
+    if info is None or info.provider is None or not info.returns or info.returns == "None":
+        return None
+    from ._hookspecs import parse_type
+
+    accepted = parse_type(info.returns)
+
+    def check(result: Any) -> str | None:
+        if isinstance(result, accepted) and not (isinstance(result, bool) and bool not in accepted):
+            return None
+        return f"{hook} must return {info.returns} (provides_hooks of {info.provider}), got {type(result).__name__}"
+
+    return check
+
+
+#: Per core hook: its bound arguments as a tuple in spec order, for implementations called positionally.
+_POSITIONAL: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {hook: _positional(hook) for hook in HOOKS}
+
+#: Per core hook: (name, exact accepted types, must be a list of strings) for each of its arguments.
+_CHECKS: dict[str, tuple[tuple[str, frozenset[type], bool], ...]] = {hook: _checks(hook) for hook in HOOKS}
 
 
 def bind_arguments(hook: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -587,7 +663,7 @@ def bind_arguments(hook: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     with exactly an accepted type, that dict is returned as it is, after one pass over the arguments (every
     call pays for this check, so the common case is kept to a dict lookup and a set lookup per argument).
     """
-    checks = _CHECKS[hook]
+    checks = _CHECKS.get(hook) or _checks(hook)
     if len(kwargs) == len(checks):
         try:
             for name, types, str_list in checks:
@@ -598,7 +674,7 @@ def bind_arguments(hook: str, kwargs: dict[str, Any]) -> dict[str, Any]:
                 return kwargs
         except KeyError:  # an unknown argument in place of a known one: named below
             pass
-    info = HOOKS[hook]
+    info = _info(hook)
     unknown = sorted(set(kwargs) - set(info.argnames))
     if unknown:
         raise HookArgumentError(
@@ -610,12 +686,14 @@ def bind_arguments(hook: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise HookArgumentError(f"hook {hook} needs argument(s): {', '.join(missing)}")
     for name in info.argnames:
-        value, types = out[name], ARG_TYPES[name]
-        if not isinstance(value, types) or (
-            name in STR_LISTS and not all(isinstance(v, str) for v in value)
+        value, types = out[name], arg_types(info, name)
+        str_list = info.provider is None and name in STR_LISTS
+        if not isinstance(value, types) or (str_list and not all(isinstance(v, str) for v in value)) or (
+            isinstance(value, bool) and bool not in types  # True is an int to isinstance, not to a manifest
         ):
-            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            if name in STR_LISTS:
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types if t is not int or
+                               float not in types)
+            if str_list:
                 want = "list of strings"
             raise HookArgumentError(f"hook {hook} argument {name} must be {want}, got {type(value).__name__}")
     return out

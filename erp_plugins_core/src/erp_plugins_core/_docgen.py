@@ -61,10 +61,18 @@ VALIDATOR_RULES: dict[tuple[str, str], str] = {
     ("Manifest", "dependencies"): "PEP 508 strings; a name that is another plugin is a plugin dependency "
     "(activated first, its version compared with that plugin's manifest version); any other name is a "
     "distribution that must be installed at a matching version",
-    ("Manifest", "permissions"): "each one of: " + ", ".join(f"`{p}`" for p in PERMISSIONS),
+    ("Manifest", "permissions"): "each one of: " + ", ".join(f"`{p}`" for p in PERMISSIONS) + ", or "
+    "`<plugin>.<word>` that a plugin in `dependencies` gives a hook it provides",
     ("Manifest", "config_schema"): "a JSON Schema (Draft 2020-12); a property may carry `required: true` and "
     "`sensitive: true` (stored encrypted, redacted everywhere)",
-    ("HookEntry", "name"): "one of: " + ", ".join(f"`{h}`" for h in HOOKS),
+    ("HookEntry", "name"): "one of: " + ", ".join(f"`{h}`" for h in HOOKS) + ", or a hook a plugin in "
+    "`dependencies` provides (`provides_hooks`)",
+    ("Manifest", "main_file"): "a `.py` file name; a folder plugin's module, in its folder; in a distribution it "
+    "must name the entry point's module",
+    ("Manifest", "main_class"): "a Python class name; in a distribution it must be the entry point's class",
+    ("ProvidedHook", "arguments"): "each type one of `str`, `int`, `float`, `bool`, `dict`, `list`, optionally "
+    "with `| None` (then the argument may be omitted); callers' arguments are checked against them",
+    ("ProvidedHook", "returns"): "`None`, or a type as for arguments; a result of another type fails that plugin",
     ("Resources", "memory_limit"): "a size with KB, MB or GB (e.g. `\"256MB\"`, `\"1GB\"`), at least 16MB",
 }
 

@@ -76,6 +76,12 @@ class HookInfo:
     streaming: bool = False
     file_args: tuple[str, ...] = ()  # arguments that name host files the plugin may read during the call
     defaults: tuple[tuple[str, object], ...] = ()  # optional arguments and their default values
+    #: A hook a plugin provides (`provides_hooks`): its providing plugin, argument types, `firstresult`, result type.
+    provider: str | None = None
+    types: tuple[tuple[str, tuple[type, ...]], ...] = ()  # per argument, its accepted types (core hooks: ARG_TYPES)
+    firstresult: bool = False
+    returns: str = ""
+    description: str = ""
 
 
 HOOKS: dict[str, HookInfo] = {
@@ -146,3 +152,71 @@ ARG_TYPES: dict[str, tuple[type, ...]] = {
 }
 #: Arguments that are lists whose items must be strings.
 STR_LISTS = frozenset({"texts", "attachments"})
+
+
+#: JSON types a provided hook's arguments and result may have, by the name a manifest uses.
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "float": (float, int), "bool": (bool,), "dict": (dict,), "list": (list,),
+}
+
+#: Hooks that plugins provide (`provides_hooks`), as the catalog last registered them.
+_provided: dict[str, HookInfo] = {}
+
+
+def parse_type(text: str) -> tuple[type, ...]:
+    """The accepted Python types of a manifest type such as `str`, `int | None`; ValueError otherwise."""
+    parts = [p.strip() for p in text.split("|")]
+    nullable = parts[-1] == "None" and len(parts) == 2
+    base = parts[0] if nullable or len(parts) == 1 else ""
+    if base not in JSON_TYPES:
+        raise ValueError(f"{text!r} is not a type; use one of {', '.join(JSON_TYPES)}, optionally with | None")
+    return JSON_TYPES[base] + ((_NONE,) if nullable else ())
+
+
+def set_provided(infos: dict[str, HookInfo]) -> None:
+    """Make `infos` the hooks plugins provide (replacing those registered before)."""
+    _provided.clear()
+    _provided.update(infos)
+
+
+def hook_info(name: str) -> HookInfo | None:
+    """A core hook's or a provided hook's info, or None when no hook has that name."""
+    return HOOKS.get(name) or _provided.get(name)
+
+
+def hook_names() -> list[str]:
+    """Every hook name: the core's, then those plugins provide."""
+    return [*HOOKS, *_provided]
+
+
+def arg_types(info: HookInfo, name: str) -> tuple[type, ...]:
+    """The types argument `name` of the hook may have."""
+    if info.provider is not None:
+        return dict(info.types)[name]
+    return ARG_TYPES[name]
+
+
+def _spec_template(self):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    """The body every provided hookspec shares; its code gets each hook's own argument names."""
+
+
+def provided_specs(infos: list[HookInfo]) -> type:
+    """A pluggy hookspec class for provided hooks, built from their manifests alone (nothing is imported).
+
+    Each spec is the empty template function with its code's argument names replaced by the hook's, which is
+    all pluggy reads of a spec.
+    """
+    import types
+
+    namespace: dict[str, object] = {"__doc__": "Hooks provided by plugins (provides_hooks)."}
+    for info in infos:
+        qualname = f"ProvidedHookSpecs.{info.name}"
+        code = _spec_template.__code__.replace(
+            co_argcount=1 + len(info.argnames), co_varnames=("self", *info.argnames),
+            co_nlocals=1 + len(info.argnames), co_name=info.name, co_qualname=qualname,
+        )
+        fn = types.FunctionType(code, {}, info.name)
+        fn.__qualname__ = qualname
+        fn.__doc__ = info.description
+        namespace[info.name] = hookspec(firstresult=info.firstresult)(fn)
+    return type("ProvidedHookSpecs", (), namespace)

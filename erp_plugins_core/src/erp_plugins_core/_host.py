@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,11 @@ from ._dispatch import (
     StreamDeadline,
     TenantDispatcher,
     bind_arguments,
+    call_first,
     call_one,
     describe,
     finish_all,
+    is_firstresult,
     open_stream,
     should_fall_back,
     start_all,
@@ -48,11 +50,12 @@ from ._errors import (
     UnknownPluginError,
 )
 from ._health import health_verdict, unhealthy_reason
-from ._hookspecs import HOOKS
+from ._hookspecs import HOOKS, hook_info, hook_names
 from ._jobs import JobSettings
 from ._jobs._service import MAX_EVENT_DEPTH as MAX_EVENT_DEPTH  # re-exported: the bound on chains of events
 from ._jobs._service import JobService
 from ._lifecycle import Lifecycle, PluginState
+from ._permissions import network_allowed
 from ._redact import Redactor
 from ._runner import InProcessRunner, PluginRunner
 from ._secrets import SecretBox
@@ -154,7 +157,8 @@ class PluginHost:
 
     `state` is a path to the state file (default: ERP_PLUGINS_STATE or the user's data dir) or a StateStore.
     `tenants` limits which tenants' plugins are brought back up when the host opens (None: all of them);
-    another tenant's plugins start on its first call.
+    another tenant's plugins start on its first call. `plugins_dirs`: folders of folder plugins (as `--plugins-dir`),
+    searched before those of ERP_PLUGINS_PATH.
     """
 
     def __init__(
@@ -166,8 +170,10 @@ class PluginHost:
         health_loop: bool = True,
         jobs: JobSettings | None = None,
         deliver: bool | None = None,
+        plugins_dirs: list[str | os.PathLike[str]] | None = None,
     ) -> None:
         self._state_arg = state
+        self._plugins_dirs = plugins_dirs  # folders of folder plugins, searched before ERP_PLUGINS_PATH
         self._job_settings, self._deliver = jobs, deliver  # see _jobs: None = from the environment / SQLite only
         self._job_service: JobService | None = None
         self._catalog = catalog
@@ -186,7 +192,7 @@ class PluginHost:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = Catalog.load()
+            self._catalog = Catalog.load(plugins_dirs=self._plugins_dirs)
         return self._catalog
 
     @property
@@ -277,8 +283,10 @@ class PluginHost:
 
     # --- instances ----------------------------------------------------------------------------------------
 
-    def _make_runner(self, record: PluginRecord, tenant: str, trusted: bool) -> PluginRunner:
-        """The one place that decides where a plugin's code runs."""
+    def _make_runner(self, record: PluginRecord, tenant: str, trusted: bool,
+                     granted: Iterable[str] = ()) -> PluginRunner:
+        """The one place that decides where a plugin's code runs (and, sandboxed, whether it gets the network:
+        a plugin that declares network.external gets it only where the tenant granted it)."""
         assert record.manifest is not None
         if not record.manifest.security.sandbox:
             return InProcessRunner(record, tenant)
@@ -291,6 +299,7 @@ class PluginHost:
         from ._sandbox import SandboxRunner
 
         forbidden = [str(p) for p in (self.state_path, self.box.key_file) if p is not None]
+        record = record.with_network(network_allowed(record.manifest, granted))
         return SandboxRunner(record, tenant, data_root=data_root(), forbidden=forbidden)
 
     def _new_instance(self, name: str, tenant: str, row: TenantPlugin) -> Instance | None:
@@ -304,7 +313,8 @@ class PluginHost:
             log.error(reason)
             self._require_store().set_runtime_state(tenant, name, PluginState.ERROR.value, reason)
             return None
-        inst = Instance(record, tenant, row, self._make_runner(record, tenant, row.trusted), Lifecycle(name, tenant))
+        inst = Instance(record, tenant, row, self._make_runner(record, tenant, row.trusted, row.granted),
+                        Lifecycle(name, tenant))
         self._instances[(tenant, name)] = inst
         return inst
 
@@ -406,6 +416,8 @@ class PluginHost:
         """
         from ._integrity import check_lock, editable_location, lock_from_json, verify_distribution
 
+        if record.folder is not None:
+            return  # a folder plugin has no RECORD: integrity does not apply (`check` says so)
         dist = record.distribution_object()
         if dist is None:
             raise IntegrityError(f"plugin {record.name!r}: its installed files cannot be located for verification")
@@ -496,7 +508,8 @@ class PluginHost:
             old = self._instances.get((tenant, name))
             if old is not None:
                 await self._stop(old, persist=False)
-            inst = Instance(rec, tenant, row, self._make_runner(rec, tenant, trust), Lifecycle(name, tenant))
+            inst = Instance(rec, tenant, row, self._make_runner(rec, tenant, trust, granted),
+                            Lifecycle(name, tenant))
             self._instances[(tenant, name)] = inst
             try:
                 # persisted below, in one transaction with the dependency re-check and the audit entry
@@ -534,7 +547,7 @@ class PluginHost:
         """An unsandboxed plugin with code-scan findings runs only once an administrator accepted them."""
         from ._scan import scan_distribution
 
-        dist = rec.distribution_object()
+        dist = rec.code_distribution()  # a folder plugin's folder too
         findings = scan_distribution(dist) if dist is not None else []
         if not findings:
             return
@@ -614,8 +627,8 @@ class PluginHost:
     # --- hooks ----------------------------------------------------------------------------------------------
 
     async def _impls(self, hook: str, tenant: str) -> list[Impl]:
-        if hook not in HOOKS:
-            raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(HOOKS)}")
+        if hook not in HOOKS and self.catalog.hook(hook) is None:  # a core hook, or one a plugin provides
+            raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(hook_names())}")
         if tenant not in self._started_tenants:
             validate_tenant(tenant)
             self._require_store()
@@ -645,9 +658,12 @@ class PluginHost:
         t_user = current_user_context.set(dict(user_context)) if user_context is not None else None
         t_prog = _progress_cb.set(progress) if progress is not None else None
         try:
-            results, pending = start_all(impls, hook, args)
-            if pending is not None:
-                await finish_all(pending, hook, results)
+            if hook not in HOOKS and is_firstresult(hook):  # a provided firstresult hook: as `first`, in order
+                results = await call_first(impls, hook, args)
+            else:
+                results, pending = start_all(impls, hook, args)
+                if pending is not None:
+                    await finish_all(pending, hook, results)
         finally:
             if t_user is not None:
                 current_user_context.reset(t_user)
@@ -736,7 +752,7 @@ class PluginHost:
         self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> AsyncIterator[tuple[str, Any]]:
         """As `stream`, each chunk with the name of the plugin that produced it: `(plugin, chunk)`."""
-        if hook in HOOKS and not HOOKS[hook].streaming:
+        if (info := hook_info(hook)) is not None and not info.streaming:
             raise UnknownHookError(f"{hook} is not a streaming hook; use call() or first()")
         impls = await self._impls(hook, tenant)
         args = bind_arguments(hook, kwargs)

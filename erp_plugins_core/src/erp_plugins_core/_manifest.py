@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._errors import ManifestError
-from ._hookspecs import HOOKS
+from ._hookspecs import HOOKS, parse_type
 from ._interface import PluginType
-from ._permissions import PERMISSIONS
+from ._permissions import PERMISSIONS, is_plugin_permission
 
 if TYPE_CHECKING:
     import yaml
@@ -29,10 +29,26 @@ MAX_DEPTH = 64
 SUPPORTED_API_MAJOR = 1
 
 _NAME_RE = r"^[a-z][a-z0-9_]{1,62}$"
+_PROVIDED_RE = r"^[a-z][a-z0-9_]*_[a-z0-9_]+$"
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG])i?B?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3}
 
-Seconds = Annotated[float, Field(gt=0, le=86400)]
+_NUMBER_TEXT = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
+
+
+def _number_text(value: Any) -> Any:
+    """A number written as a string in the original design's style (`cpu_limit: "0.5"`) as that number."""
+    if isinstance(value, str) and _NUMBER_TEXT.match(value):
+        return float(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+#: A float that may also be written as a string holding a number, as the original design's manifests do.
+Number = Annotated[float, BeforeValidator(_number_text)]
+Seconds = Annotated[Number, Field(gt=0, le=86400)]
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class _Strict(BaseModel):
@@ -44,15 +60,52 @@ class _Strict(BaseModel):
 class HookEntry(_Strict):
     """One manifest `hooks` entry: the plugin method that implements a contract hook."""
 
-    name: str = Field(description="a contract hook name (see the hook reference)")
+    name: str = Field(description="a contract hook name (see the hook reference), or a hook a plugin in "
+                      "dependencies provides")
     method: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="the plugin class's method")]
     description: str = ""
 
     @field_validator("name")
     @classmethod
     def _known_hook(cls, value: str) -> str:
-        if value not in HOOKS:
-            raise ValueError(f"unknown hook {value!r}; allowed: {', '.join(HOOKS)}")
+        # a name that is no core hook may be one a dependency provides: the catalog checks that
+        if value not in HOOKS and not re.fullmatch(_PROVIDED_RE, value):
+            raise ValueError(f"unknown hook {value!r}; allowed: {', '.join(HOOKS)}, or a hook a plugin in "
+                             "dependencies provides (<plugin>_<name>)")
+        return value
+
+
+class ProvidedHook(_Strict):
+    """One manifest `provides_hooks` entry: a hook this plugin defines, for other plugins to implement."""
+
+    name: Annotated[str, Field(pattern=_PROVIDED_RE, description="the providing plugin's name, _, and a word")]
+    description: str = Field("", description="what implementers do; shown in docs and `list`")
+    arguments: dict[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")], str] = Field(
+        default_factory=dict, description="argument name -> type: str, int, float, bool, dict or list, optionally "
+        "with | None")
+    returns: str = Field("None", description="the result's type, as for arguments, or None")
+    permission: str | None = Field(None, description="the permission an implementer needs (a core one, or "
+                                   "<provider>.<word> of the providing plugin)")
+    firstresult: bool = Field(False, description="calls stop at the first plugin that answers (host.first "
+                              "semantics)")
+
+    @field_validator("arguments")
+    @classmethod
+    def _argument_types(cls, value: dict[str, str]) -> dict[str, str]:
+        for arg, text in value.items():
+            if not isinstance(text, str):
+                raise ValueError(f"{arg}: type must be text such as str or int | None, got {type(text).__name__}")
+            try:
+                parse_type(text)
+            except ValueError as exc:
+                raise ValueError(f"{arg}: {exc}") from None
+        return value
+
+    @field_validator("returns")
+    @classmethod
+    def _returns(cls, value: str) -> str:
+        if value != "None":
+            parse_type(value)
         return value
 
 
@@ -61,13 +114,16 @@ class HealthCheck(_Strict):
 
     interval: Seconds = 60.0
     timeout: Seconds = 10.0
+    endpoint: str | None = Field(
+        None, description="the original design's health URL path (e.g. /health); recorded and shown, while the host "
+        "always asks the plugin's health_check()")
 
 
 class Resources(_Strict):
     """Limits the plugin runs under when sandboxed."""
 
     memory_limit: str = Field("512MB", description='memory cap such as "256MB" or "1GB"')
-    cpu_limit: Annotated[float, Field(gt=0, le=64)] = 1.0
+    cpu_limit: Annotated[Number, Field(gt=0, le=64)] = 1.0
     network_access: bool = False
     file_system_access: bool = False
     timeout: Seconds = Field(30.0, description="seconds one hook call may take")
@@ -106,6 +162,11 @@ class Manifest(_Strict):
     permissions: list[str] = Field(default_factory=list)
     config_schema: dict[str, Any] = Field(default_factory=dict, description="JSON Schema of the config")
     hooks: list[HookEntry] = Field(default_factory=list)
+    provides_hooks: list[ProvidedHook] = Field(
+        default_factory=list, description="hooks this plugin defines for other plugins (names start with its name + _)")
+    main_file: str | None = Field(None, description="a folder plugin's module file, in its folder (e.g. plugin.py)")
+    main_class: str | None = Field(
+        None, description="the plugin class in main_file (in a distribution: the entry point's class)")
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     resources: Resources = Field(default_factory=Resources)
     security: Security = Field(default_factory=Security)
@@ -117,6 +178,20 @@ class Manifest(_Strict):
         if isinstance(value, str) and value in PluginType._value2member_map_:
             return PluginType(value)
         raise ValueError(f"unknown plugin_type {value!r}; allowed: {', '.join(t.value for t in PluginType)}")
+
+    @field_validator("main_file")
+    @classmethod
+    def _main_file(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*\.py", value):
+            raise ValueError(f"{value!r} is not a .py file name in the plugin's folder (e.g. plugin.py)")
+        return value
+
+    @field_validator("main_class")
+    @classmethod
+    def _main_class(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(_IDENTIFIER, value):
+            raise ValueError(f"{value!r} is not a Python class name")
+        return value
 
     @field_validator("version")
     @classmethod
@@ -150,9 +225,31 @@ class Manifest(_Strict):
     @classmethod
     def _permissions(cls, value: list[str]) -> list[str]:
         for perm in value:
-            if perm not in PERMISSIONS:
-                raise ValueError(f"unknown permission {perm!r}; allowed: {', '.join(PERMISSIONS)}")
+            if perm not in PERMISSIONS and not is_plugin_permission(perm):
+                raise ValueError(f"unknown permission {perm!r}; allowed: {', '.join(PERMISSIONS)}, or "
+                                 "<plugin>.<word> for a hook a plugin in dependencies provides")
         return value
+
+    @model_validator(mode="after")
+    def _provided(self) -> Manifest:
+        seen: set[str] = set()
+        for i, hook in enumerate(self.provides_hooks):
+            where = f"provides_hooks.{i}.name"
+            if not hook.name.startswith(self.name + "_"):
+                raise ValueError(f"{where}: {hook.name!r} must start with the plugin's name and _ "
+                                 f"({self.name}_...)")
+            if hook.name in HOOKS:
+                raise ValueError(f"{where}: {hook.name!r} clashes with the core hook of that name; choose another")
+            if hook.name in seen:
+                raise ValueError(f"{where}: {hook.name!r} is provided twice")
+            seen.add(hook.name)
+            perm = hook.permission
+            if perm is not None and perm not in PERMISSIONS and not perm.startswith(self.name + "."):
+                raise ValueError(f"provides_hooks.{i}.permission: {perm!r} is neither a core permission nor "
+                                 f"{self.name}.<word>")
+            if perm is not None and not is_plugin_permission(perm) and perm not in PERMISSIONS:
+                raise ValueError(f"provides_hooks.{i}.permission: {perm!r} is not <plugin>.<word>")
+        return self
 
     @field_validator("config_schema")
     @classmethod
@@ -175,6 +272,7 @@ class Manifest(_Strict):
                 **data,
                 "plugin_type": PluginType(data["plugin_type"]),
                 "hooks": [HookEntry.model_construct(**h) for h in data["hooks"]],
+                "provides_hooks": [ProvidedHook.model_construct(**h) for h in data.get("provides_hooks", [])],
                 "health_check": HealthCheck.model_construct(**data["health_check"]),
                 "resources": Resources.model_construct(**data["resources"]),
                 "security": Security.model_construct(**data["security"]),
@@ -372,6 +470,8 @@ def _describe(err: Any) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "(top)"
     msg = " ".join(err["msg"].removeprefix("Value error, ").split())
     kind = err["type"]
+    if not err["loc"] and kind == "value_error":  # a whole-manifest check names its own field
+        return msg
     if kind == "extra_forbidden":
         return f"{loc}: unknown field; allowed here: {', '.join(_allowed_fields(err['loc'][:-1]))}"
     if kind == "string_pattern_mismatch" and loc == "name":

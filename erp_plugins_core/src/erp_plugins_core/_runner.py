@@ -20,7 +20,7 @@ from typing import Any
 from ._context import PluginContext
 from ._discovery import PluginRecord
 from ._errors import PluginLoadError
-from ._hookspecs import PROJECT
+from ._hookspecs import PROJECT, hook_info
 from ._interface import PluginInterface
 
 LIFECYCLE_METHODS = ("activate", "deactivate", "cleanup")
@@ -69,6 +69,13 @@ class PluginRunner(ABC):
     async def close(self) -> None:
         """Drop the instance (stop the worker); the runner may be loaded again afterwards."""
 
+    def in_flight(self) -> int:
+        """Calls running in the instance now, where the runner can tell (a sandbox can; in process: 0).
+
+        A host that retires an instance (disabled or changed by another process) waits for these to end.
+        """
+        return 0
+
 
 class InProcessRunner(PluginRunner):
     """Runs a trusted plugin inside the host's process."""
@@ -80,6 +87,10 @@ class InProcessRunner(PluginRunner):
     async def load(self) -> None:
         rec = self.record
         try:
+            if rec.folder is not None:
+                from ._folders import prepare_import
+
+                prepare_import(rec)  # its folder becomes the package erp_folder_plugins.<name>
             module = importlib.import_module(rec.module)
             cls = getattr(module, rec.attr)
         except Exception as exc:  # any failure of third-party import code is that plugin's failure
@@ -105,8 +116,10 @@ class InProcessRunner(PluginRunner):
         declared = {h.method for h in self.record.manifest.hooks}
         for entry in self.record.manifest.hooks:
             if not callable(getattr(instance, entry.method, None)):
+                info = hook_info(entry.name)
+                provider = f" (a hook plugin {info.provider!r} provides)" if info and info.provider else ""
                 raise PluginLoadError(
-                    f"plugin {self.record.name!r}: plugin.yaml hooks: {entry.name} names method "
+                    f"plugin {self.record.name!r}: plugin.yaml hooks: {entry.name}{provider} names method "
                     f"{entry.method!r}, which {type(instance).__name__} does not have"
                 )
         for name, member in inspect.getmembers(type(instance), callable):

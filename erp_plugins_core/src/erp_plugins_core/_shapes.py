@@ -26,6 +26,7 @@ def plugin_rows(catalog: Catalog, tenant: str | None = None,
             "name": rec.name,
             "version": m.version if m else rec.dist_version,
             "distribution": rec.distribution,
+            "source": rec.source,  # distribution (an entry point) or folder (--plugins-dir / ERP_PLUGINS_PATH)
             "plugin_type": m.plugin_type.value if m else None,
             "api_version": m.api_version if m else None,
             "hooks": [h.name for h in m.hooks] if m else [],
