@@ -69,6 +69,9 @@ def test_database_lost_mid_run_and_back(pg_cluster, pg_url: str) -> None:
             message = str(info.value)
             assert "unreachable" in message and pg_url.rsplit("/", 1)[1] in message
             assert f":{pg_cluster.port}" in message and "never-shown" not in message and "\n" not in message
+            for _ in range(3):  # and keep failing the same way while it is down (fast: see DOWN_READ_TIMEOUT_S)
+                with pytest.raises(StateError, match="unreachable"):
+                    store.get("acme", "p")
             # writes are retried up to the busy timeout, then say the same
             started = time.monotonic()
             with pytest.raises(StateError, match="unreachable"):

@@ -39,8 +39,10 @@ CHANNEL = "erp_plugins_changes"
 #: Advisory lock keys (one bigint each): the writers' lock and the migration lock.
 WRITE_LOCK = int.from_bytes(b"erpstate", "big")
 MIGRATE_LOCK = int.from_bytes(b"erpmigr8", "big")
-#: Reads give up this soon while the database is unreachable (the host keeps serving from memory meanwhile).
+#: Reads wait this long for a pooled connection (the host keeps serving from memory meanwhile) ...
 READ_TIMEOUT_S = 5.0
+#: ... and only this long once the database was found unreachable, until a read succeeds again.
+DOWN_READ_TIMEOUT_S = 0.5
 _RETRY_FIRST_S = 0.02
 _RETRY_MAX_S = 1.0
 
@@ -97,6 +99,7 @@ class PostgresStateStore(SQLStateStore):
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._pool: Any = None
+        self._down = False  # the last read found the database unreachable: fail the next ones fast
         try:
             params = conninfo_to_dict(url)
         except psycopg.Error as exc:
@@ -247,11 +250,15 @@ class PostgresStateStore(SQLStateStore):
         for _attempt in range(6):  # the pool's 4 connections may all be dead after a restart
             conn = None
             try:
-                with self._conn(min(self._busy_timeout, READ_TIMEOUT_S)) as conn:
-                    return fn(self._ex(conn))
+                with self._conn(min(self._busy_timeout, DOWN_READ_TIMEOUT_S if self._down else READ_TIMEOUT_S)) \
+                        as conn:
+                    result = fn(self._ex(conn))
+                self._down = False
+                return result
             except psycopg.OperationalError as exc:
                 if conn is not None and conn.closed:
                     continue  # a stale connection: the pool drops it; try the next one
+                self._down = not isinstance(exc, psycopg.errors.LockNotAvailable)
                 raise self._error(exc) from None
             except psycopg.Error as exc:
                 raise self._error(exc) from None
