@@ -86,9 +86,19 @@ class PgCluster:
     def stop(self, mode: str = "fast") -> None:
         self._run(str(self.bin / "pg_ctl"), "-w", "-D", str(self.data), "-m", mode, "stop")
 
-    def url(self, dbname: str = "postgres", *, password: str | None = None) -> str:
-        user = "postgres" if password is None else f"postgres:{password}"
-        return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+    def url(self, dbname: str = "postgres", *, password: str | None = None, user: str = "postgres") -> str:
+        who = user if password is None else f"{user}:{password}"
+        return f"postgresql://{who}@127.0.0.1:{self.port}/{dbname}"
+
+    def add_password_user(self, name: str, password: str) -> None:
+        """A login role that must give `password` (scram) over TCP; every other role stays `trust`."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE \"{name}\" LOGIN SUPERUSER PASSWORD '{password}'")
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(f"host all {name} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "reload")
 
     def create_database(self) -> str:
         """A new empty database's name."""

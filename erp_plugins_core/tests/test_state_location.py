@@ -208,3 +208,32 @@ def test_the_sqlite_store_itself_refuses_a_url(tmp_path: Path, monkeypatch: pyte
             SQLiteStateStore(given)
         assert "pw" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_password_comes_from_the_url_pgpassword_or_a_pgpass_file(
+    pg_cluster, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user, password = f"pw_{os.getpid()}", "Corr3ct-horse-battery"
+    pg_cluster.add_password_user(user, password)
+    db = pg_url.rsplit("/", 1)[1]
+    bare = pg_cluster.url(db, user=user)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-such-pgpass"))
+    with pytest.raises(StateError) as info:  # no password anywhere: libpq's own reason, one line
+        open_store(bare, busy_timeout=2)
+    assert "password" in str(info.value) and db in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(StateError) as info:  # a wrong one in the URL is never shown
+        open_store(pg_cluster.url(db, user=user, password="Wr0ng-secret-value"), busy_timeout=2)
+    assert "Wr0ng-secret-value" not in str(info.value) and "authentication failed" in str(info.value)
+    with open_store(pg_cluster.url(db, user=user, password=password)) as store:
+        store.set_setting("from", "url")
+    monkeypatch.setenv("PGPASSWORD", password)
+    with open_store(bare) as store:
+        assert store.get_setting("from") == "url" and password not in repr(store) + store.location
+    monkeypatch.delenv("PGPASSWORD")
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{pg_cluster.port}:{db}:{user}:{password}\n")
+    pgpass.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    with open_store(bare) as store:
+        assert store.get_setting("from") == "url"
