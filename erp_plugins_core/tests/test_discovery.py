@@ -212,3 +212,19 @@ def test_versions_cover_plugin_distributions_and_manifest_requirements(site, man
     assert found.installed_version("erp-req") == "1.2.3"
     assert found.installed_version("Pluggy") == md.version("pluggy")
     assert found.installed_version("no-such-dist") is None
+
+
+def test_an_entry_point_naming_a_module_missing_from_its_distribution_is_invalid(site, manifest_text) -> None:
+    """Found from the distribution's file list (RECORD), without importing anything."""
+    info = site.install("erp-gone", plugins={"gone_one": (manifest_text("gone_one"), CODE)})
+    (info / "entry_points.txt").write_text("[erp_plugins]\ngone_one = erp_gone.gone_one.missing:Plugin\n")
+    site.install("erp-there", plugins={"there_one": (manifest_text("there_one"), CODE)})
+    catalog = Catalog.load(use_cache=False)
+    assert any("module erp_gone.gone_one.missing is not among the distribution's files (RECORD)" in e
+               for e in ours(catalog, "gone_one").errors), ours(catalog, "gone_one").errors
+    assert ours(catalog, "there_one").errors == ()
+    assert not any(m.startswith(("erp_gone", "erp_there")) for m in sys.modules)
+    from erp_plugins_core._catalog import deep_check
+
+    report = deep_check(ours(catalog, "gone_one"))
+    assert not report.valid and any("erp_gone.gone_one.missing" in e for e in report.errors)
