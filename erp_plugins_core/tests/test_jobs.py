@@ -9,12 +9,14 @@ checked: one `start` line when a run begins, one `done` line when it ends well.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +88,16 @@ class Env:
         self.location, self.record, self.tmp = location, record, tmp
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def host(self) -> PluginHost:
-        return PluginHost(open_store(self.location), health_loop=False, deliver=False)
+    @contextlib.asynccontextmanager
+    async def host(self) -> AsyncIterator[PluginHost]:
+        """A host that leaves delivery to the worker processes; its store is closed with it (a second store
+        opened on the same SQLite file in one process while the first is open drops the process's locks)."""
+        store = open_store(self.location)
+        try:
+            async with PluginHost(store, health_loop=False, deliver=False) as host:
+                yield host
+        finally:
+            store.close()
 
     def lines(self) -> list[dict[str, Any]]:
         if not self.record.exists():
@@ -244,7 +254,7 @@ async def test_two_workers_never_run_the_same_job_at_once(env) -> None:
         env.worker("--concurrency", "6")
         env.worker("--concurrency", "6")
         deadline = time.monotonic() + 30
-        while env.logs().count("event=worker_start") < 2 and time.monotonic() < deadline:
+        while env.logs().count("event=worker_start") < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         ids = [await host.submit("send_email", tenant=t, to="a@b.c", subject=f"{t}-{i}", body='{"sleep": 0.2}',
                                  attachments=[]) for i in range(5) for t in tenants]
