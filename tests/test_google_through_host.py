@@ -26,6 +26,7 @@ from cryptography.fernet import Fernet
 
 from erp_plugins_core import PluginHost
 from erp_plugins_core._cli import _Progress
+from erp_plugins_core._errors import ConfigError, PluginError
 from servers.google_fake import GoogleFake
 
 KiB = 1024
@@ -379,3 +380,36 @@ def test_cli_upload_shows_a_progress_bar_on_a_terminal(fake, creds, tmp_path) ->
         assert code == 0, (args, out, err)
         assert "[#" not in err and "[-" not in err and "\r" not in err.replace("\r\n", "\n"), (args, err)
     assert json.loads(out)[0]["success"] is True
+
+
+async def test_credentials_file_as_a_plain_path(mode, host, fake, tmp_path) -> None:
+    """`credentials_file` is `format: file-path`: a plain host path works in process (the plugin reads it) and
+    sandboxed (the host reads it at start; the worker has no file system); the state keeps the path encrypted."""
+    key_file = tmp_path / "creds.json"
+    key_file.write_text(json.dumps(fake.user_credentials(expires_in=3600)))
+    key_file.chmod(0o600)  # readable by the host only, not by a sandboxed worker's uid
+    await host.enable("google_services", tenant="initech", config={
+        "credentials_file": str(key_file), "root_url": fake.url})
+    [listed] = await host.call("list_calendar_events", tenant="initech", calendar_id="primary")
+    assert listed.success, listed.error
+    assert host.config_of("google_services", tenant="initech")["credentials_file"] == "***"
+    assert_no_secrets(listed.to_json(), json.loads(key_file.read_text()))
+
+
+async def test_an_unreadable_credentials_path_names_the_path(mode, host, fake, tmp_path) -> None:
+    missing = tmp_path / "nowhere" / "creds.json"
+    with pytest.raises(PluginError) as info:
+        await host.enable("google_services", tenant="initech", config={
+            "credentials_file": str(missing), "root_url": fake.url})
+    if mode == "sandboxed":  # the host read it: the message names the file and says who tried
+        assert str(missing) in str(info.value) and "the host tried to read it" in str(info.value)
+    else:  # the plugin read it; the path of a sensitive key is redacted from the plugin's own error
+        assert "cannot read credentials_file (No such file or directory)" in str(info.value)
+
+
+async def test_a_url_or_relative_path_is_refused(host, fake) -> None:
+    for value, why in (("https://example.com/creds.json", "is a URL, not a file path"),
+                       ("creds.json", "is not an absolute path")):
+        with pytest.raises(ConfigError, match=why):
+            await host.enable("google_services", tenant="initech", config={"credentials_file": value,
+                                                                            "root_url": fake.url})

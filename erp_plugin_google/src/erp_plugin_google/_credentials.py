@@ -32,8 +32,8 @@ def _load_json(value: str, key: str) -> dict[str, Any]:
                 text = fh.read(1024 * 1024)
         except OSError as exc:
             raise ConfigError(
-                f"google_services: cannot read {key} ({exc.strerror}); give a readable path, or the JSON itself "
-                f"(sandboxed plugins have no file system: use --config {key}=env:VARIABLE holding the JSON)"
+                f"google_services: cannot read {key} ({exc.strerror}); give a path readable by the host (it reads "
+                f"the file for a sandboxed plugin), the JSON itself, or --config {key}=env:VARIABLE holding the JSON"
             ) from None
     try:
         info = json.loads(text)

@@ -11,6 +11,10 @@ and the rule, on one line, and never shows a sensitive value.
 Docker or Kubernetes secrets mounted as files): the file's text, without one trailing newline, is read when the
 plugin starts, so a sandboxed plugin gets the content without any file system. `config show` shows a reference
 as it was given even for a sensitive key: it names where the value comes from, not the value.
+
+A key whose schema says `format: file-path` holds a host path (absolute), or the content itself (a JSON object
+or array). For a sandboxed plugin the host reads such a path when the plugin starts and hands over the content,
+as for `file:`; a trusted plugin in the host's process gets the path. A URL or a relative path is refused.
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from ._secrets import SecretBox
 
 __all__ = [
     "ENV_PREFIX",
+    "FILE_PATH_FORMAT",
     "FILE_PREFIX",
     "SECRET_MARK",
     "apply_defaults",
     "env_reference",
+    "file_path_keys",
     "file_reference",
     "parse_cli_config",
     "redacted",
@@ -88,6 +94,43 @@ def _read_file(path: str, key: str, manifest: Manifest) -> str:
     except UnicodeDecodeError:
         raise ConfigError(f"{_where(manifest, key)}: {path} is not UTF-8 text; {fix}") from None
     return text[:-1] if text.endswith("\n") else text
+
+
+FILE_PATH_FORMAT = "file-path"
+
+
+def file_path_keys(manifest: Manifest) -> frozenset[str]:
+    """Top-level config keys whose schema says `format: file-path` (a host path the host reads for a sandbox)."""
+    props = _properties(manifest.schema)
+    return frozenset(k for k, p in props.items() if isinstance(p, dict) and p.get("format") == FILE_PATH_FORMAT)
+
+
+def _file_path_problem(value: Any) -> str | None:
+    """Why a `format: file-path` value is neither an absolute host path nor content, or None when it is fine."""
+    if not isinstance(value, str) or value.lstrip().startswith(("{", "[")):
+        return None  # content given inline (JSON), or a type error the schema reports
+    if "://" in value:
+        return "is a URL, not a file path; give an absolute path to a file on the host"
+    if not os.path.isabs(value):
+        return "is not an absolute path; give /path/to/the/file on the host"
+    return None
+
+
+def _read_host_path(path: str, key: str, manifest: Manifest) -> str:
+    """A `format: file-path` file's text, read by the host for a sandboxed plugin; ConfigError saying so."""
+    why = "the host tried to read it for the sandboxed plugin (its schema says format: file-path)"
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{_where(manifest, key)}: cannot read {path}: {exc.strerror or exc}; {why}; give a "
+                          "path readable by the host's user") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{_where(manifest, key)}: {path} is larger than {MAX_FILE_BYTES // 1024} KiB; {why}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{_where(manifest, key)}: {path} is not UTF-8 text; {why}") from None
 
 
 def _is_secret_mark(value: Any) -> bool:
@@ -319,6 +362,11 @@ def validate_config(config: Mapping[str, Any], manifest: Manifest) -> dict[str, 
     full = apply_defaults(config, manifest.schema)
     skip = {k for k, v in full.items() if _is_reference(v, k, manifest)}
     problems = _errors(full, manifest, skip, _sensitive_values(full, manifest))
+    for key in sorted(file_path_keys(manifest) - skip):
+        why = _file_path_problem(full.get(key))
+        if why is not None:
+            shown = "the value (sensitive, not shown)" if key in manifest.sensitive_keys else repr(full[key])
+            problems.append(f"{_where(manifest, key)}: {shown} {why}")
     if problems:
         raise ConfigError("; ".join(problems))
     return full
@@ -343,10 +391,13 @@ def resolve(
     manifest: Manifest,
     box: SecretBox,
     environ: Mapping[str, str] | None = None,
+    *,
+    read_paths: bool = False,
 ) -> tuple[dict[str, Any], list[str]]:
     """The runtime config (env references read, secrets decrypted, validated again) and its secret values.
 
     The secret values (of sensitive keys, however given) are for the Redactor of the plugin's logs and results.
+    `read_paths`: the plugin is sandboxed, so the host reads each `format: file-path` path and passes the content.
     """
     env = os.environ if environ is None else environ
     _unknown_keys(stored, manifest)
@@ -386,6 +437,10 @@ def resolve(
                 value = json.loads(plain)
             except ValueError:
                 value = plain
+        if read_paths and key in file_path_keys(manifest) and isinstance(value, str) and os.path.isabs(value):
+            value = _read_host_path(value, key, manifest)
+            if sensitive:
+                secret_values.append(value)
         runtime[key] = value
     runtime = apply_defaults(runtime, manifest.schema)
     secret_values += _sensitive_values(runtime, manifest)

@@ -325,7 +325,8 @@ class PluginHost:
         try:
             if inst.life.state in (PluginState.ERROR, PluginState.UNLOADED, PluginState.DISCOVERED):
                 self._verify_files(inst.record)
-                runtime, secrets = resolve(inst.row.config, manifest, self.box)
+                # a sandboxed plugin has no file system: the host reads its `format: file-path` files for it
+                runtime, secrets = resolve(inst.row.config, manifest, self.box, read_paths=inst.runner.sandboxed)
                 inst.redactor = Redactor(secrets)
                 timeout = manifest.resources.timeout
                 async with asyncio.timeout(timeout):
