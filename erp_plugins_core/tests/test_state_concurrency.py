@@ -118,8 +118,13 @@ for r in range(rounds):
     flag = go.with_name(f"go{r}")
     while not flag.exists():
         time.sleep(0.001)
+    fn = enable_app if role == "A" else delete_dep
     try:
-        store.atomic(lambda tx: (enable_app if role == "A" else delete_dep)(tx, r))
+        if (role == "B" and r % 3 == 1) or (role == "A" and r % 3 == 2):   # one side as transaction()
+            with store.transaction() as tx:
+                fn(tx, r)
+        else:
+            store.atomic(lambda tx: fn(tx, r))
         results.append("done")
     except Refused:
         results.append("refused")
@@ -129,6 +134,8 @@ print(json.dumps({"results": results, "attempts": attempts["n"]}))
 
 
 def test_check_then_write_race_is_consistent_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    """Both check before either writes, every round; rounds mix atomic() on both sides with transaction() on
+    either side: whatever ran first wins, the other sees its write (on a retry) and refuses."""
     rounds = 6
     from erp_plugins_core._state import TenantPlugin
 

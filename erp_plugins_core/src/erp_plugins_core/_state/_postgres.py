@@ -4,11 +4,14 @@ Our tables live in their own schema, `erp_plugins` (set as each pooled connectio
 database may hold other applications' tables; `erp_plugins.schema_version` holds the version, migrated with the
 same numbered history as SQLite under `pg_advisory_xact_lock`, so hosts starting together do not race.
 
-Writers: `transaction()` takes a session advisory lock before it begins (so, like SQLite's `BEGIN IMMEDIATE`,
-its reads see the latest commit and nothing can change under it); `atomic()` runs at SERIALIZABLE without that
-lock and is retried on serialization failures and deadlocks. Every transaction that records a change takes the
-same lock (as a transaction lock) first, so changes commit in `seq` order and a follower that saw seq N has
-seen everything before it; it also runs `pg_notify` so `PostgresWatch` hears of it on commit.
+Writers: `transaction()` takes a session advisory lock before it begins (READ COMMITTED: like SQLite's
+`BEGIN IMMEDIATE`, its reads see the latest commit and no other policy writer can commit under it, and it never
+fails to serialize); `atomic()` runs at SERIALIZABLE without that lock and is retried on serialization failures
+and deadlocks. Every transaction that records a change first takes the same lock (as a transaction lock), then
+updates the one `change_clock` row: so changes commit in `seq` order (a follower that saw seq N has seen every
+change before it), and an `atomic()` whose snapshot predates another writer's commit fails on that row and is
+retried rather than acting on stale reads, whichever way the other writer ran. It also runs `pg_notify`, so
+`PostgresWatch` hears of the change on commit.
 
 psycopg is imported only when a store is opened; without it the error says which extra to install.
 """
@@ -75,11 +78,15 @@ class _PgTransaction(SQLTransaction):
         super().__init__(lambda sql, params=(): conn.execute(_pg(sql), params))
         self._conn = conn
         self._locked = locked
+        self._ticked = False
 
     def _before_change(self) -> None:
         if not self._locked:
             self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             self._locked = True
+        if not self._ticked:  # SERIALIZABLE: fails (40001, retried) if a writer committed after our snapshot
+            self._conn.execute("UPDATE change_clock SET n = n + 1")
+            self._ticked = True
 
     def _after_change(self, seq: int) -> None:
         self._conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(seq)))
@@ -274,7 +281,7 @@ class PostgresStateStore(SQLStateStore):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[StateTransaction]:
         """Exclusive among writers: the session advisory lock is taken (waiting up to the busy timeout) before
-        BEGIN, so every read inside sees the latest commit; no retry is needed, none is done."""
+        BEGIN (READ COMMITTED), so every read inside sees the latest commit; nothing to retry, none is done."""
         import psycopg
 
         self._no_nesting()
@@ -282,7 +289,7 @@ class PostgresStateStore(SQLStateStore):
             with self._conn(self._busy_timeout) as conn:
                 conn.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK,))
                 try:
-                    conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
                     tx = _PgTransaction(conn, locked=True)
                     self._local.in_tx = True
                     try:

@@ -23,7 +23,6 @@ from ._model import (
     RuntimeState,
     TenantPlugin,
     TokenRecord,
-    default_host_name,
     validate_tenant,
 )
 
@@ -255,14 +254,7 @@ class SQLTransaction(StateTransaction):
                 int(record.priority), json.dumps(record.config, sort_keys=True), record.updated_at,
             ),
         )
-        # Compatibility: a record put with a state other than the one read back records it as this process's
-        # runtime row (callers that predate per-host rows set `state` before `put`).
-        row = ex(
-            "SELECT state, reason FROM runtime WHERE tenant = ? AND plugin = ? ORDER BY updated_at DESC, host LIMIT 1",
-            (record.tenant, record.plugin),
-        ).fetchone()
-        if (record.state, record.reason) != ((row[0], row[1]) if row else (INACTIVE, None)):
-            set_runtime(ex, record.tenant, record.plugin, record.state, record.reason, default_host_name())
+        # `state`/`reason` are not policy: each host records its own with set_runtime_state (a put ignores them)
         return record
 
     def delete(self, tenant: str, plugin: str) -> bool:
