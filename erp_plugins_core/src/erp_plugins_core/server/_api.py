@@ -150,7 +150,8 @@ async def call_stream(request: Request) -> Response:
     except BaseException:
         await chunks.aclose()
         raise
-    return EventStream(_sse_events(chunks, first))  # type: ignore[return-value]
+    closing = event("error", problem_body(503, "the server is shutting down; retry the stream"))
+    return EventStream(_sse_events(chunks, first), closing=closing)  # type: ignore[return-value]
 
 
 async def _sse_events(chunks: AsyncIterator[tuple[str, Any]], first: tuple[str, Any] | None) -> AsyncIterator[bytes]:

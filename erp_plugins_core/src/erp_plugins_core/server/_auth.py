@@ -124,10 +124,12 @@ class Authenticator:
             last[token_id] = max(last.get(token_id, 0.0), u.last)
         for token_id, when in last.items():
             self._tokens.touch_token(token_id, when)
+        now = time.time()  # stamped when written, so the audit's order is its time order
         with self._store.transaction() as tx:
             for (token_id, tenant), u in uses.items():
-                tx.add_audit(AuditEntry(u.last, f"token:{token_id}", tenant, "", "token_use",
-                                        {"token": token_id, "requests": u.count, "routes": dict(u.routes)}))
+                tx.add_audit(AuditEntry(now, f"token:{token_id}", tenant, "", "token_use",
+                                        {"token": token_id, "requests": u.count, "last_used": u.last,
+                                         "routes": dict(u.routes)}))
 
     async def run(self) -> None:
         """Flush every `flush_every` seconds until cancelled, then once more."""

@@ -139,7 +139,9 @@ async def _chat_stream(rt: ServerRuntime, tenant: str, model: str, args: dict[st
     except BaseException:
         await chunks.aclose()
         raise
-    return EventStream(_openai_events(chunks, first, model))  # type: ignore[return-value]
+    closing = event(None, {"error": {"message": "the server is shutting down; retry", "type": "api_error",
+                                     "code": 503}})
+    return EventStream(_openai_events(chunks, first, model), closing=closing)  # type: ignore[return-value]
 
 
 async def _openai_events(chunks: AsyncIterator[tuple[str, Any]], first: tuple[str, Any] | None,

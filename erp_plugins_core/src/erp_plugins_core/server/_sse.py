@@ -36,9 +36,11 @@ def event(name: str | None, data: Any) -> bytes:
 class EventStream:
     """An ASGI response sending the bytes an async iterator yields, cancelled when the client disconnects."""
 
-    def __init__(self, source: AsyncIterator[bytes], *, extra_headers: list[tuple[bytes, bytes]] | None = None,
-                 on_disconnect: Any = None) -> None:
+    def __init__(self, source: AsyncIterator[bytes], *, closing: bytes = b"",
+                 extra_headers: list[tuple[bytes, bytes]] | None = None, on_disconnect: Any = None) -> None:
+        """`closing`: the last event sent when the server stops while the stream runs."""
         self.source = source
+        self.closing = closing
         self.headers = HEADERS + (extra_headers or [])
         self.on_disconnect = on_disconnect
 
@@ -65,9 +67,11 @@ class EventStream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not disconnected:
-                raise
             task.uncancel()
+            if not disconnected:  # the server is stopping (uvicorn's graceful timeout): end the stream cleanly
+                log.info("stream ended: server shutting down path=%s", scope.get("path"))
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": self.closing, "more_body": False})
         except OSError:  # the client went away while we wrote
             disconnected = True
         finally:
