@@ -226,3 +226,16 @@ async def test_sandboxed_provider_and_implementer(site, manifest_text, secret_ke
         await host.enable("impl", tenant="acme", grant=[])
         [r] = await host.call("prov_score", tenant="acme", text="x")
         assert not r.success and r.error_kind == "permission"
+
+
+async def test_conformance_checks_signatures_of_provided_hooks(two, manifest_text) -> None:
+    from erp_plugins_core._conformance import check_conformance
+
+    report = await check_conformance("impl")
+    assert report.ok, str(report)
+    two.install("erp-impl-bad", plugins={"impl_bad": (manifest_text("impl_bad", extra=IMPL),
+                                                      IMPL_CODE.replace("def score(self, text, weight)",
+                                                                        "def score(self, text)"))})
+    report = await check_conformance("impl_bad")
+    assert any("hooks: prov_score -> method score: has no parameter 'weight'" in p for p in report.problems), \
+        report.problems

@@ -21,7 +21,7 @@ from ._config import resolve, to_stored, validate_config
 from ._context import PluginContext
 from ._errors import PluginError
 from ._health import health_verdict
-from ._hookspecs import HOOKS, HookInfo
+from ._hookspecs import HookInfo
 from ._redact import Redactor
 from ._runner import InProcessRunner
 from ._secrets import SecretBox
@@ -172,7 +172,9 @@ async def check_conformance(
     assert instance is not None
     report.steps.append("load")
     for entry in manifest.hooks:
-        report.problems.extend(signature_problems(HOOKS[entry.name], entry.method, getattr(instance, entry.method)))
+        info = catalog.hook(entry.name)  # a core hook, or one a plugin in its dependencies provides
+        if info is not None:
+            report.problems.extend(signature_problems(info, entry.method, getattr(instance, entry.method)))
 
     try:
         box = SecretBox(_fresh_key(), source="a fresh key of the conformance check")

@@ -276,11 +276,41 @@ def render_hooks_doc() -> str:
             )
         lines.append("")
     lines += _ui_section()
+    lines += _provided_section()
     lines += ["## Permissions", "", "| permission | allows |", "| --- | --- |"]
     lines += [f"| `{p}` | {_cell(what)} |" for p, what in PERMISSIONS.items()]
     lines += ["", "Host services (`context.get_service(name)`): "
               + ", ".join(f"`{s}` (needs `{p}`)" for s, p in SERVICE_PERMISSIONS.items()) + ".", ""]
     return "\n".join(lines)
+
+
+def _provided_section() -> list[str]:
+    """How a plugin defines hooks for other plugins (`provides_hooks`), and how they are checked."""
+    return [
+        "## Plugins' own hooks",
+        "",
+        "A plugin may define hooks for other plugins, as pytest plugins do with `addhooks`:",
+        "",
+        "```yaml",
+        "name: invoice_ocr",
+        "provides_hooks:",
+        "  - name: invoice_ocr_classify          # starts with the plugin's name and _",
+        "    description: classify a scanned page",
+        "    arguments: {text: str, page: int | None}   # str, int, float, bool, dict, list; | None = optional",
+        "    returns: dict",
+        "    permission: invoice_ocr.classify     # a core permission, or <provider>.<word>",
+        "    firstresult: false                   # true: calls stop at the first plugin that answers",
+        "```",
+        "",
+        "An implementer lists the provider in `dependencies`, declares the hook's permission, and names its",
+        "method under `hooks` like any other: `{name: invoice_ocr_classify, method: classify}`. `list` and `check`",
+        "read all of this from the manifests, importing nothing; a clash with a core hook or another provider's",
+        "hook, an implementer without the dependency, and an unknown hook or permission are errors naming both",
+        "plugins. The host registers the hooks with pluggy (`add_hookspecs`), checks callers' arguments and",
+        "implementers' results against the declared types, gates calls by the permission per tenant, and for a",
+        "`firstresult` hook `call` tries plugins in priority order until one answers (as `first`).",
+        "",
+    ]
 
 
 def _ui_section() -> list[str]:
