@@ -64,3 +64,20 @@ async def test_host_health_reports(site, manifest_text, secret_key, tmp_path, an
         assert report.error is None
     else:
         assert error in report.error and SECRET not in report.error
+
+
+async def test_sandboxed_answers_are_judged_alike(site, manifest_text, secret_key, tmp_path) -> None:
+    from erp_plugins_core._sandbox import sandbox_available
+
+    reason = sandbox_available()
+    if reason is not None:
+        pytest.fail(f"the sandbox cannot start here, so sandboxed health answers are untested: {reason}")
+    sandboxed = MANIFEST.replace("security: {sandbox: false}", "resources: {timeout: 20}")
+    site.install("erp-h", plugins={"hp": (manifest_text("hp", extra=sandboxed), CODE)})
+    async with PluginHost(tmp_path / "s.db", health_loop=False) as host:
+        await host.enable("hp", tenant="ok", config={"answer": '{"status": "Pass"}'})
+        await host.enable("hp", tenant="odd", config={"answer": '"fine SECRET"'})
+        [ok] = await host.health("ok")
+        [odd] = await host.health("odd")
+    assert ok.healthy and ok.error is None
+    assert not odd.healthy and "got 'fine ***'" in odd.error and SECRET not in odd.error

@@ -171,8 +171,10 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
             return dict(IDLE_HEALTH)
         result = await self._request("health", {}, what="health_check", seconds=self.manifest.health_check.timeout,
                                      touch=False)
-        if not isinstance(result, dict):
-            raise SandboxError(f"plugin {self.record.name!r}: health_check returned {type(result).__name__}, not dict")
+        if not isinstance(result, dict):  # said as the host says it for a plugin in process, quoting the answer
+            from .._health import health_verdict
+
+            raise SandboxError(f"plugin {self.record.name!r}: {health_verdict(result, self._redactor)[1]}")
         return result
 
     async def close(self) -> None:
