@@ -182,6 +182,8 @@ async def test_an_implementation_whose_method_is_missing_names_both(site, manife
     ("[{name: prov_x, permission: other.thing}]", "neither a core permission nor prov.<word>"),
     ("[{name: prov_x}, {name: prov_x}]", "'prov_x' is provided twice"),
     ("[{name: prov_x, firstresult: maybe}]", "firstresult: Input should be a valid boolean"),
+    ("[{name: prov_x, arguments: {class: str}}]", "class: a Python keyword (or self) cannot name an argument"),
+    ("[{name: prov_x, arguments: {Text: str}}]", "arguments.Text.[key]: String should match pattern"),
 ])
 def test_bad_provides_hooks_are_manifest_errors(provides, expected) -> None:
     text = f'name: prov\nversion: "1"\nplugin_type: integration\napi_version: "1.0"\nprovides_hooks: {provides}\n'

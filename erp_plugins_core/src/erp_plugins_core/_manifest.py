@@ -6,6 +6,7 @@ Every problem becomes a ManifestError whose lines name the file, the field path 
 from __future__ import annotations
 
 import functools
+import keyword
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -93,6 +94,8 @@ class ProvidedHook(_Strict):
     @classmethod
     def _argument_types(cls, value: dict[str, str]) -> dict[str, str]:
         for arg, text in value.items():
+            if keyword.iskeyword(arg) or arg == "self":
+                raise ValueError(f"{arg}: a Python keyword (or self) cannot name an argument; choose another name")
             if not isinstance(text, str):
                 raise ValueError(f"{arg}: type must be text such as str or int | None, got {type(text).__name__}")
             try:
