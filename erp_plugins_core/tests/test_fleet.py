@@ -270,6 +270,32 @@ async def test_waiting_past_its_own_timeout_names_the_slot_and_the_cap(runners, 
     assert (await ask(quick, "config")) == "hello q"  # with a slot to take (by eviction), it starts again
 
 
+async def test_an_eager_load_takes_a_slot_too(runners, fleets) -> None:
+    fleet = fleets(max_workers=2, idle_timeout=math.inf)
+    a = await runners("a", fleet)
+    b = await runners("b", fleet)
+    c = await runners("c", fleet)  # its load evicted a, the least recently used
+    assert a.idle and not b.idle and not c.idle and not processes_of({a.uid})
+    assert fleet.stats()["live"] == 2 and fleet.stats()["evictions"] == 1
+    assert await ask(a, "config") == "hello a"
+
+
+async def test_a_runner_closed_while_its_call_waits_for_a_slot_starts_nothing(runners, fleets) -> None:
+    fleet = fleets(max_workers=1, idle_timeout=math.inf)
+    busy = await runners("busy", fleet, lazy=True)
+    waiting = await runners("waiting", fleet, lazy=True)
+    slow = asyncio.create_task(ask(busy, "sleep:3"))
+    await until(lambda: busy._worker is not None and busy._worker.calls, "the only worker to be busy")
+    call = asyncio.create_task(ask(waiting, "x"))
+    await until(lambda: fleet.stats()["waiting"] == 1, "the call to wait for a slot")
+    await waiting.close()
+    with pytest.raises(SandboxError, match="for tenant 'waiting' was stopped by the host"):
+        await call
+    assert await slow == "slept"
+    await until(lambda: fleet.stats()["live"] == 0, "the slot it was given to be freed")
+    assert not processes_of({waiting.uid}) and waiting.worker_pids == ()
+
+
 # --- lazy starts --------------------------------------------------------------------------------------------
 
 

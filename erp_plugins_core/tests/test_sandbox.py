@@ -39,6 +39,7 @@ from erp_plugins_core._sandbox import (
     PluginRaised,
     SandboxRunner,
     _availability,
+    _command,
     _launch,
     _runner,
     sandbox_available,
@@ -311,7 +312,7 @@ async def test_stream_that_stalls_past_timeout_kills_the_worker(hostile: Sandbox
 async def test_a_worker_that_never_says_hello_is_killed_after_the_start_timeout(plugin_site: Path, runtime_dir: Path,
                                                                                monkeypatch) -> None:
     monkeypatch.setattr(_launch, "START_TIMEOUT", 1.0)
-    monkeypatch.setattr(_launch, "_LAUNCH", "import time; time.sleep(60)")  # starts, never greets the host
+    monkeypatch.setattr(_command, "_LAUNCH", "import time; time.sleep(60)")  # starts, never greets the host
     uid = _sandbox.uid_for("sbx_hostile", "mute")
     started = time.monotonic()
     with pytest.raises(SandboxError, match=r"worker did not start within 1 s"):

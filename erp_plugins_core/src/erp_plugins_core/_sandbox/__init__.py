@@ -27,10 +27,10 @@ and activate, after an exponential backoff; `max_crashes` deaths within `crash_w
 runner into a failed state whose SandboxError says the plugin is put into its error state.
 
 Modules, one concept each: `_availability` (bwrap, event loop, uids), `_site` (runtime site), `_process`
-(a running worker's objects), `_launch` (bwrap argv and limits, spawning, cgroup moves, kills, reaping),
-`_proxy` (calls and streams), `_bridge` (what the worker sends), `_runner` (SandboxRunner), `_fleet`
-(WorkerFleet: the cap on live workers and idle stops). The worker side
-(`erp_plugins_core._worker`, `_rpc`) runs inside the sandbox and imports none of these.
+(a running worker's objects), `_command` (bwrap argv and limits), `_launch` (spawning, cgroup moves, kills,
+reaping), `_proxy` (calls and streams), `_bridge` (what the worker sends), `_runner` (SandboxRunner),
+`_fleet` (WorkerFleet: the cap on live workers, idle stops). The worker side (`erp_plugins_core._worker`,
+`_rpc`) runs inside the sandbox and imports none of these.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ from ._availability import (
     uid_for,
     worker_loop,
 )
+from ._command import AS_FACTOR_WITH_CGROUP, FSIZE_BYTES, TMPFS_BYTES
 from ._fleet import IDLE_ENV, MAX_WORKERS_ENV, WorkerFleet, derived_max_workers
-from ._launch import AS_FACTOR_WITH_CGROUP, FSIZE_BYTES, START_TIMEOUT, TMPFS_BYTES
+from ._launch import START_TIMEOUT
 from ._process import LOG_BURST, LOG_RATE, STREAM_WINDOW, describe_exit
 from ._proxy import PluginRaised
 from ._runner import IDLE_HEALTH, SandboxRunner

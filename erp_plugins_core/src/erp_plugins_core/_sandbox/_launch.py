@@ -1,4 +1,4 @@
-"""Starting and ending worker processes: the bwrap command line and limits, spawning, cgroup moves, kills, reaping.
+"""Starting and ending worker processes: spawning, cgroup moves, kills, reaping.
 
 A worker is started by `_spawn` (bwrap as the worker's uid, seccomp filter and info pipe passed by fd, the
 memory cgroup entered while its Python starts) and ends in `_finish`, however it ends (exit, kill, protocol
@@ -12,11 +12,9 @@ import asyncio
 import collections
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -29,9 +27,9 @@ from .._discovery import PluginRecord
 from .._errors import SandboxError
 from .._manifest import Manifest
 from .._redact import Redactor
-from ._availability import bwrap_path, worker_loop
+from ._command import WorkerCommand
 from ._process import _End, _FromWorker, _Worker, describe_exit
-from ._site import SANDBOX_SITE, Runtime, _others_can_read, mark_used
+from ._site import Runtime, mark_used
 
 if TYPE_CHECKING:
     from ._fleet import _Slot
@@ -39,20 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("erp_plugins.sandbox")
 
 START_TIMEOUT = 20.0
-TMPFS_BYTES = 64 * 1024 * 1024
-FSIZE_BYTES = 64 * 1024 * 1024
 _STDERR_TAIL = 16 * 1024
-#: How bwrap starts the worker: imported (from the bytecode `build_runtime` compiled), not run as a script,
-#: which Python would compile from source on every start. argv[1] is the site, argv[2] the limits, argv[3] the
-#: event loop (`worker_loop`).
-_LAUNCH = ("import sys;p=sys.argv[1]+'/erp_plugins_core';sys.path.insert(0,p);import _worker;"
-           "sys.path.remove(p);_worker.main()")
-#: With a memory cgroup counting what a worker really uses, its address space is capped at this many times
-#: `memory_limit` instead of once (a backstop against address-space bombs; stacks and arenas are mostly untouched).
-AS_FACTOR_WITH_CGROUP = 4
 
 
-class WorkerLauncher:
+class WorkerLauncher(WorkerCommand):
     """The part of `SandboxRunner` that starts, places, kills and reaps its worker processes."""
 
     record: PluginRecord
@@ -62,75 +50,11 @@ class WorkerLauncher:
     max_crashes: int
     crash_window: float
     _runtime: Runtime | None
-    _data_root: Path | None
     _loaded: bool
     _crashes: collections.deque[float]
     _failed: str | None
     _redactor: Redactor
     _handle: Callable[[_Worker, dict[str, Any]], None]
-
-    def _data_dir(self) -> Path | None:
-        mode = self.manifest.security.file_permissions
-        if mode == "none":
-            return None
-        if self._data_root is None:
-            raise SandboxError(
-                f"plugin {self.record.name!r} asks for file_permissions {mode!r}, but the host gave the sandbox no "
-                "data_root for plugin data"
-            )
-        tenant = self.tenant if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.tenant) and self.tenant not in {
-            ".", ".."} else hashlib.sha256(self.tenant.encode()).hexdigest()[:32]
-        path = self._data_root / self.record.name / tenant
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if self.uid is not None:
-            os.chown(path, self.uid, self.uid)
-        os.chmod(path, 0o700)
-        if not _others_can_read(str(path.parent)):
-            raise SandboxError(f"data_root {self._data_root} (or a parent) is not traversable by unprivileged users")
-        return path
-
-    def argv(self, info_fd: int, seccomp_fd: int, *, cgroup: bool = False) -> list[str]:
-        """The bwrap command line of a worker (no config or secrets: those go over the pipe); `cgroup`: a memory
-        cgroup will hold the worker, so its address space gets the looser cap."""
-        assert self._runtime is not None
-        res = self.manifest.resources
-        bwrap = bwrap_path() or "bwrap"
-        argv = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-        if res.network_access:
-            argv += ["--share-net"]
-        argv += ["--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-                 "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
-                 "--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache",
-                 "--ro-bind-try", "/etc/localtime", "/etc/localtime"]
-        if res.network_access:
-            for path in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/ssl",
-                         "/etc/ca-certificates"):
-                argv += ["--ro-bind-try", path, path]
-        for src, dst in self._runtime.binds:
-            argv += ["--ro-bind", src, dst]
-        argv += ["--ro-bind", self._runtime.site, SANDBOX_SITE,
-                 "--proc", "/proc", "--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]  # noqa: S108
-        data = self._data_dir()
-        if data is not None:
-            rw = self.manifest.security.file_permissions == "read-write"
-            argv += ["--bind" if rw else "--ro-bind", str(data), "/data"]
-        argv += ["--disable-userns", "--chdir", "/tmp", "--clearenv", "--setenv", "HOME", "/tmp",  # noqa: S108
-                 "--setenv", "PATH", "/usr/bin", "--setenv", "MALLOC_ARENA_MAX", "2", "--setenv", "LANG", "C.UTF-8",
-                 "--hostname", "sandbox", "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd),
-                 "--remount-ro", "/", "--",
-                 self._runtime.python, "-I", "-S", "-B", "-c", _LAUNCH,
-                 SANDBOX_SITE, ",".join(f"{k}={v}" for k, v in self._limits(cgroup).items()), worker_loop()]
-        return argv
-
-    def _limits(self, cgroup: bool = False) -> dict[str, str]:
-        """rlimits as `soft[:hard]`; CPU is a lifetime budget (an hour at `cpu_limit`), SIGXCPU past it."""
-        res = self.manifest.resources
-        memory = res.memory_bytes * (AS_FACTOR_WITH_CGROUP if cgroup else 1)
-        cpu = int(max(60, res.cpu_limit * 3600))
-        # a plugin with network access keeps a connection pool: 256 descriptors broke 200 concurrent calls
-        nofile = "4096" if self.manifest.resources.network_access else "256"
-        return {"CORE": "0", "NOFILE": nofile, "NPROC": "32", "FSIZE": str(FSIZE_BYTES),
-                "AS": str(memory), "CPU": f"{cpu}:{cpu + 5}"}
 
     async def _spawn(self, slot: _Slot | None = None) -> _Worker:
         if self._runtime is not None:

@@ -29,7 +29,7 @@ from .._runner import LIFECYCLE_METHODS, PluginRunner
 from ._availability import sandbox_available, uid_for
 from ._bridge import WorkerBridge
 from ._fleet import MAX_WORKERS_ENV, WorkerFleet
-from ._launch import WorkerLauncher
+from ._launch import START_TIMEOUT, WorkerLauncher
 from ._process import _Worker
 from ._proxy import PluginRaised, WorkerProxy
 from ._site import Runtime, build_runtime
@@ -95,6 +95,7 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
         self.lazy = lazy
         self._dormant = False  # no worker on purpose: lazy and not started yet, or stopped when idle
         self._retiring: _Worker | None = None
+        self._closes = 0  # how many times close() ran: a start it overtook ends its worker
         self._slot_given_up = -math.inf  # loop time a start last stopped waiting for a fleet slot unserved
 
     # --- public API ------------------------------------------------------------------------------------
@@ -127,15 +128,16 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
         if self.lazy:
             self._dormant = self._loaded = True
             return
-        seconds = max(self.manifest.resources.timeout, 30.0)
+        # bounded only with a fleet, where a start may wait for a slot: as long as the start itself may take
+        seconds = START_TIMEOUT + max(self.manifest.resources.timeout, 30.0)
         started = asyncio.get_running_loop().time()
         try:
-            async with self._lock, asyncio.timeout(seconds):
+            async with self._lock, asyncio.timeout(seconds if self.fleet is not None else None):
                 await self._start()
         except TimeoutError:
             if self._slot_given_up >= started:
                 raise self._slot_timeout("load", seconds) from None
-            raise
+            raise HookTimeout(f"plugin {self.record.name!r}: its worker did not load within {seconds:g} s") from None
         self._dormant = False
         self._loaded = True
 
@@ -180,6 +182,7 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
     async def close(self) -> None:
         """Stop the worker now (also one being stopped for idleness); the runner may be loaded again."""
         w, retiring = self._worker, self._retiring
+        self._closes += 1
         self._worker = None
         self._loaded = False
         self._active = False
@@ -205,8 +208,9 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
             "secrets": [s for s in (config.get(k) for k in self.manifest.sensitive_keys) if isinstance(s, str)],
         }
 
-    async def _start(self) -> None:
-        """Spawn a worker (in a fleet slot, if the runner has a fleet) and load the plugin in it."""
+    async def _start(self, closes: int | None = None) -> None:
+        """Spawn a worker (in a fleet slot, if the runner has a fleet) and load the plugin in it; none if the
+        runner was closed since `closes` (its count of closes) while this waited for the slot."""
         if self._runtime is None:
             self._runtime = await asyncio.to_thread(
                 build_runtime, self.record, self._runtime_dir, self._python, self._forbidden
@@ -218,6 +222,9 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
             except asyncio.CancelledError:
                 self._slot_given_up = asyncio.get_running_loop().time()
                 raise
+            if closes is not None and closes != self._closes:
+                slot.release()
+                raise self._closed_meanwhile()
         try:
             w = await self._spawn(slot)
         except BaseException:
@@ -251,9 +258,9 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
                 return w
             recent = len(self._crashes)
             await asyncio.sleep(min(self.backoff * 2 ** max(recent - 1, 0), self.max_backoff) if recent else 0)
-            dormant = self._dormant
+            dormant, closes = self._dormant, self._closes
             try:
-                await self._start()
+                await self._start(closes)
                 if self._init is not None:
                     ok = await self._call(self._worker, "initialize", self._init_args(), what="initialize",
                                           seconds=self.manifest.resources.timeout)
@@ -270,8 +277,11 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
                     raise SandboxError(f"plugin {self.record.name!r} for tenant {self.tenant!r}: its worker could "
                                        f"not be started: {exc}") from exc
                 raise
-            self._dormant = False
             assert self._worker is not None
+            if self._closes != closes:  # the host closed the runner while this start waited or ran
+                await self._stop(self._worker, "stopped by the host")
+                raise self._closed_meanwhile()
+            self._dormant = False
             return self._worker
 
     async def _restart_within(self, seconds: float, what: str) -> tuple[_Worker, float]:
@@ -292,6 +302,9 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
                 f"plugin {self.record.name!r}: {what} timed out after {seconds:g} s while its worker restarted"
             ) from None
         return w, max(seconds - (loop.time() - start), 0.001)
+
+    def _closed_meanwhile(self) -> SandboxError:
+        return SandboxError(f"plugin {self.record.name!r} for tenant {self.tenant!r} was stopped by the host")
 
     def _slot_timeout(self, what: str, seconds: float) -> HookTimeout:
         assert self.fleet is not None
