@@ -335,7 +335,7 @@ async def test_failed_start_goes_to_error_and_is_retried(plugins, tmp_path, monk
         await h.enable("echo", tenant="acme", config={"api_key": "env:ECHO_KEY"}, trust=True)
         assert h.config_of("echo", tenant="acme")["api_key"] == "env:ECHO_KEY"
     monkeypatch.delenv("ECHO_KEY")
-    async with PluginHost(tmp_path / "r.db", health_loop=False) as h:
+    async with PluginHost(tmp_path / "r.db", health_loop=False, tenants=["acme"]) as h:  # brought up at open
         status = h.status("acme")["echo"]
         assert status["state"] == "error" and "ECHO_KEY is not set" in status["reason"]
         [r] = await h.health("acme")

@@ -3,6 +3,7 @@ processes, SIGKILL, bad files. SQLite-file specifics (WAL, modes, locks on open)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -56,7 +57,7 @@ def test_put_get_list_delete_round_trip(state_location: str) -> None:
             tx.put(TenantPlugin("globex", "openai_provider"))
         assert stored.updated_at > 0
         got = store.get("acme", "openai_provider")
-        assert got == stored
+        assert got == dataclasses.replace(stored, state="inactive")  # a host records its state per host, not put
         assert got.granted == ["ai.generate"] and got.config["api_key"] == "env:OPENAI_API_KEY"
         assert [r.plugin for r in store.list("acme")] == ["local_llm_provider", "openai_provider"]  # priority order
         assert [(r.tenant, r.plugin) for r in store.list()] == [
@@ -336,7 +337,7 @@ def test_sigkill_in_the_middle_of_a_transaction_leaves_a_consistent_store(state_
     started = time.monotonic()
     with open_store(path, busy_timeout=5) as store:
         committed = store.get("acme", "committed")
-        assert committed is not None and committed.enabled is True and committed.state == "active"
+        assert committed is not None and committed.enabled is True
         assert store.get("acme", "half_enabled") is None
         assert store.audit() == []
         assert store.get_setting("lock") is None

@@ -103,20 +103,21 @@ def test_deleting_a_record_deletes_its_runtime_rows(state_location: str) -> None
         assert store.get("acme", "p1").state == "inactive"  # type: ignore[union-attr]
 
 
-def test_put_keeps_a_state_set_by_old_callers_as_this_processs_row(state_location: str) -> None:
-    """Callers that set `record.state` before `put` (the pre-fleet host) still see it read back."""
-    me = f"{socket.gethostname()}:{os.getpid()}"
+def test_put_writes_policy_only_each_host_records_its_own_state(state_location: str) -> None:
+    """`state` on a record put is not stored for anyone: runtime rows come from set_runtime_state per host."""
     with open_store(state_location) as store:
         with store.transaction() as tx:
             tx.put(TenantPlugin("acme", "p1", enabled=True, state="active"))
-        assert [(r.host, r.state) for r in store.runtime()] == [(me, "active")]
+        assert store.runtime() == []
+        assert store.get("acme", "p1").state == "inactive"
         store.set_runtime_state("acme", "p1", "error", "e", host="other")
-        with store.transaction() as tx:  # a record read and put back unchanged writes no runtime row
+        with store.transaction() as tx:
             rec = tx.get("acme", "p1")
             assert rec is not None and rec.state == "error"
             rec.priority = 3
+            rec.state = "active"
             tx.put(rec)
-        assert sorted((r.host, r.state) for r in store.runtime()) == sorted([(me, "active"), ("other", "error")])
+        assert [(r.host, r.state) for r in store.runtime()] == [("other", "error")]
 
 
 def test_runtime_writes_inside_a_transaction_are_refused(state_location: str) -> None:

@@ -44,22 +44,25 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def _state_path(ctx: click.Context) -> Path:
-    from ._state import default_state_path
+def _state_location(ctx: click.Context) -> str:
+    """`--state`, else ERP_PLUGINS_STATE, else the default file: a path or a postgresql:// URL, checked."""
+    from ._state import default_location, parse_location
 
     given = ctx.obj.get("state")
-    if given:
-        return Path(given)
-    env = os.environ.get("ERP_PLUGINS_STATE")
-    return Path(env) if env else default_state_path()
+    try:
+        return parse_location(given if given else default_location())[1]
+    except StateError as exc:  # a location that is neither a path nor a PostgreSQL URL is bad usage
+        raise ConfigError(str(exc)) from None
 
 
 def _read_store(ctx: click.Context) -> Any:
-    """The state store for reading, or None when it does not exist yet (reading never creates it)."""
-    from ._state import SQLiteStateStore
+    """The state store for reading, or None when its file does not exist yet (reading never creates it)."""
+    from ._state import open_store, parse_location
 
-    path = _state_path(ctx)
-    return SQLiteStateStore(path) if path.exists() else None
+    kind, location = parse_location(_state_location(ctx))
+    if kind == "sqlite" and not Path(location).expanduser().exists():
+        return None
+    return open_store(location)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -93,9 +96,10 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option(
     "--state",
-    type=click.Path(dir_okay=False),
     envvar="ERP_PLUGINS_STATE",
-    help="State file (default: ERP_PLUGINS_STATE or the user's data dir).",
+    metavar="PATH|URL",
+    help="State: an SQLite file or a postgresql://user@host:port/db URL (default: ERP_PLUGINS_STATE, else a file "
+    "in the user's data dir).",
 )
 @click.option(
     "--plugins-dir",
@@ -211,9 +215,9 @@ def check(ctx: click.Context, names: tuple[str, ...], as_json: bool, accept_find
 
 
 def _open_store(ctx: click.Context) -> Any:
-    from ._state import SQLiteStateStore
+    from ._state import open_store
 
-    return SQLiteStateStore(_state_path(ctx))
+    return open_store(_state_location(ctx))
 
 
 @cli.command()
@@ -259,7 +263,7 @@ def _host(ctx: click.Context, tenant: str | None) -> Any:
     from ._host import PluginHost
 
     # deliver=False: a one-shot command leaves stored events and jobs to open hosts and `erp-plugins worker`
-    return PluginHost(_state_path(ctx), tenants=[tenant] if tenant else [], health_loop=False, deliver=False)
+    return PluginHost(_state_location(ctx), tenants=[tenant] if tenant else [], health_loop=False, deliver=False)
 
 
 @cli.command()
@@ -517,22 +521,6 @@ def new(name: str, plugin_type: str, directory: str) -> None:
     click.echo(f"next: pip install -e '{path}[test]' && erp-plugins check {name} && pytest {path}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `erp-plugins` script."""
-    debug = os.environ.get("ERP_PLUGINS_DEBUG") == "1"
-    try:
-        cli.main(args=argv, prog_name="erp-plugins", standalone_mode=True)
-    except SystemExit:
-        raise
-    except Exception as exc:  # a bug of ours: one line, the traceback only on request
-        if debug:
-            raise
-        click.echo(f"erp-plugins: internal error: {type(exc).__name__}: {exc} (set ERP_PLUGINS_DEBUG=1 for the "
-                   "traceback)", err=True)
-        sys.exit(1)
-
-
-
 def _register_server_commands() -> None:
     from ._cli_server import register
 
@@ -549,6 +537,22 @@ def _register_job_commands() -> None:
 
 
 _register_job_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `erp-plugins` script."""
+    debug = os.environ.get("ERP_PLUGINS_DEBUG") == "1"
+    try:
+        cli.main(args=argv, prog_name="erp-plugins", standalone_mode=True)
+    except SystemExit:
+        raise
+    except Exception as exc:  # a bug of ours: one line, the traceback only on request
+        if debug:
+            raise
+        click.echo(f"erp-plugins: internal error: {type(exc).__name__}: {exc} (set ERP_PLUGINS_DEBUG=1 for the "
+                   "traceback)", err=True)
+        sys.exit(1)
+
 
 
 if __name__ == "__main__":

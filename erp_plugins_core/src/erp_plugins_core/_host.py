@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ._catalog import ACCEPTED_FINDINGS, Catalog, acceptance_key
 from ._config import redacted, resolve, to_stored, validate_config
@@ -39,6 +39,7 @@ from ._dispatch import (
 )
 from ._errors import (
     AllPluginsFailed,
+    ConfigError,
     DependencyError,
     IntegrityError,
     LifecycleError,
@@ -49,6 +50,7 @@ from ._errors import (
     UnknownHookError,
     UnknownPluginError,
 )
+from ._follow import StateFollower, applying
 from ._health import health_verdict, unhealthy_reason
 from ._hookspecs import HOOKS, hook_info, hook_names
 from ._jobs import JobSettings
@@ -60,12 +62,23 @@ from ._redact import Redactor
 from ._runner import InProcessRunner, PluginRunner
 from ._secrets import SecretBox
 from ._services import FilesService
-from ._state import AuditEntry, SQLiteStateStore, StateStore, TenantPlugin, default_state_path, validate_tenant
+from ._state import (
+    AuditEntry,
+    StateStore,
+    StateTransaction,
+    TenantPlugin,
+    default_location,
+    open_store,
+    parse_location,
+    validate_tenant,
+)
 
 log = logging.getLogger("erp_plugins.host")
+T = TypeVar("T")
 
 DEFAULT_PRIORITY = 100
 UNSAFE_NO_SANDBOX_ENV = "ERP_PLUGINS_UNSAFE_NO_SANDBOX"
+HOST_NAME_ENV = "ERP_PLUGINS_HOST_NAME"
 _RETRY_BASE_S = 5.0
 _RETRY_MAX_S = 300.0
 
@@ -91,6 +104,18 @@ def data_root() -> Path:
     return Path(platformdirs.user_data_dir("erp-plugins"), "data")
 
 
+def default_host_name() -> str:
+    """`$ERP_PLUGINS_HOST_NAME`, else `hostname:pid`: how this process's runtime rows and health are labelled."""
+    name = os.environ.get(HOST_NAME_ENV, "").strip()
+    if name:
+        if len(name) > 200 or not name.isprintable():
+            raise ConfigError(f"{HOST_NAME_ENV} must be printable text of at most 200 characters")
+        return name
+    from ._state import default_host_name as hostname_pid
+
+    return hostname_pid()
+
+
 def unsafe_no_sandbox() -> bool:
     """True when the development-only opt-out runs sandboxed plugins in the host's process."""
     return os.environ.get(UNSAFE_NO_SANDBOX_ENV, "") == "1"
@@ -106,10 +131,11 @@ class HealthReport:
     detail: str = ""
     error: str | None = None
     state: str = ""
+    host: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"plugin": self.plugin, "tenant": self.tenant, "healthy": self.healthy, "detail": self.detail,
-                "error": self.error, "state": self.state}
+                "error": self.error, "state": self.state, "host": self.host}
 
 
 @dataclass
@@ -130,6 +156,11 @@ class Instance:
     @property
     def name(self) -> str:
         return self.record.name
+
+
+def _same_policy(a: TenantPlugin, b: TenantPlugin) -> bool:
+    """Whether two rows run an instance alike (priority aside: it only orders dispatch)."""
+    return (a.enabled, a.trusted, sorted(a.granted), a.config) == (b.enabled, b.trusted, sorted(b.granted), b.config)
 
 
 class _HostBridge:
@@ -155,9 +186,14 @@ class _HostBridge:
 class PluginHost:
     """Runs the enabled plugins of every tenant and dispatches hooks to them.
 
-    `state` is a path to the state file (default: ERP_PLUGINS_STATE or the user's data dir) or a StateStore.
-    `tenants` limits which tenants' plugins are brought back up when the host opens (None: all of them);
-    another tenant's plugins start on its first call. `plugins_dirs`: folders of folder plugins (as `--plugins-dir`),
+    `state` is an SQLite file path or a `postgresql://` URL (default: ERP_PLUGINS_STATE, else a file in the
+    user's data dir), or a StateStore. Opening starts no plugin: a tenant's plugins start on its first call,
+    except for the tenants named in `tenants`, which are brought up when the host opens.
+    The host follows the shared state: what any process commits applies before this host's next call.
+    `host_name` labels this process's runtime rows (default: ERP_PLUGINS_HOST_NAME, else hostname:pid).
+    `max_workers` and `worker_idle` bound the sandboxed workers alive at once and how long an idle one is kept
+    (default: ERP_PLUGINS_MAX_WORKERS, derived from memory, and ERP_PLUGINS_WORKER_IDLE, 600 s).
+    `plugins_dirs`: folders of folder plugins (as `--plugins-dir`),
     searched before those of ERP_PLUGINS_PATH.
     """
 
@@ -171,14 +207,22 @@ class PluginHost:
         jobs: JobSettings | None = None,
         deliver: bool | None = None,
         plugins_dirs: list[str | os.PathLike[str]] | None = None,
+        host_name: str | None = None,
+        max_workers: int | None = None,
+        worker_idle: float | None = None,
     ) -> None:
         self._state_arg = state
         self._plugins_dirs = plugins_dirs  # folders of folder plugins, searched before ERP_PLUGINS_PATH
         self._job_settings, self._deliver = jobs, deliver  # see _jobs: None = from the environment / SQLite only
         self._job_service: JobService | None = None
         self._catalog = catalog
-        self._restore = tenants
+        self._restore = tenants or []
         self._health_loop_enabled = health_loop
+        self.host_name = host_name or default_host_name()
+        self._fleet_args = {"max_workers": max_workers, "idle_timeout": worker_idle}
+        self._fleet: Any = None
+        self._follower: StateFollower | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self.store: StateStore | None = None
         self._box: SecretBox | None = None
         self._instances: dict[tuple[str, str], Instance] = {}
@@ -197,23 +241,25 @@ class PluginHost:
 
     @property
     def state_path(self) -> Path | None:
+        """The SQLite state file; None for a PostgreSQL state or a store passed in."""
         if isinstance(self._state_arg, StateStore):
-            return None
-        if self._state_arg is not None:
-            return Path(self._state_arg)
-        env = os.environ.get("ERP_PLUGINS_STATE")
-        return Path(env) if env else default_state_path()
+            return getattr(self._state_arg, "path", None)
+        kind, location = parse_location(self._state_arg if self._state_arg is not None else default_location())
+        return Path(location).expanduser() if kind == "sqlite" else None
 
     async def open(self) -> PluginHost:
-        """Open the state store and bring back the enabled plugins of the tenants to restore."""
+        """Open the state store and start following it; bring up only the tenants named in `tenants`."""
         if self.store is None:
             if isinstance(self._state_arg, StateStore):
                 self.store = self._state_arg
             else:
-                self.store = SQLiteStateStore(self.state_path)  # type: ignore[arg-type]
-        tenants = self._restore if self._restore is not None else self.store.tenants()
-        for tenant in tenants:
-            await self._ensure_tenant(tenant)
+                self.store = await asyncio.to_thread(open_store, self._state_arg)
+        if self._follower is None:
+            self._follower = StateFollower(self.store, host_name=self.host_name,
+                                           on_plugin=self._apply_plugin_change, on_setting=self._apply_setting_change)
+            await self._follower.start()
+        for tenant in self._restore:
+            await self._ensure_tenant(tenant, lazy=False)
         if self._health_loop_enabled and self._health_task is None:
             self._health_task = asyncio.create_task(self._health_loop(), name="erp-plugins-health")
         await self._jobs().start()
@@ -231,11 +277,19 @@ class PluginHost:
             except asyncio.CancelledError:
                 pass
             self._health_task = None
+        for task in list(self._retiring):
+            task.cancel()
         for inst in list(self._instances.values()):
             await self._stop(inst, persist=False)
         self._instances.clear()
+        if self._fleet is not None:
+            await self._fleet.close()
+            self._fleet = None
+        if self._follower is not None:
+            await self._follower.close()
+            self._follower = None
         if self.store is not None and not isinstance(self._state_arg, StateStore):
-            self.store.close()
+            await asyncio.to_thread(self.store.close)
         self.store = None
 
     async def __aenter__(self) -> PluginHost:
@@ -267,26 +321,42 @@ class PluginHost:
             lock = self._tenant_locks[tenant] = asyncio.Lock()
         return lock
 
-    async def _ensure_tenant(self, tenant: str) -> None:
-        """Start the tenant's enabled plugins (dependencies first) the first time the tenant is used."""
+    async def _ensure_tenant(self, tenant: str, *, lazy: bool = True) -> None:
+        """Start the tenant's enabled plugins (dependencies first) the first time the tenant is used.
+
+        `lazy`: sandboxed instances start their worker on their first call (or now, for a tenant named in
+        `tenants`, so that its health is checked for real and its first call is warm).
+        """
         if tenant in self._started_tenants:
             return
         async with self._lock(tenant):
             if tenant in self._started_tenants:
                 return
-            self._started_tenants.add(tenant)
-            rows = {r.plugin: r for r in self._require_store().list(tenant) if r.enabled}
-            for name in self.catalog.activation_order(list(rows)):
-                inst = self._new_instance(name, tenant, rows[name])
-                if inst is not None:
-                    await self._start(inst)
+            token = applying.set(True)
+            try:
+                rows = {r.plugin: r for r in await self._db(self._require_store().list, tenant) if r.enabled}
+                self._started_tenants.add(tenant)
+                for name in self.catalog.activation_order(list(rows)):
+                    inst = await self._new_instance(name, tenant, rows[name], lazy=lazy)
+                    if inst is not None:
+                        await self._start(inst)
+            finally:
+                applying.reset(token)
+
+    @staticmethod
+    async def _db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a state-store call in a thread: the event loop never waits on the database."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     # --- instances ----------------------------------------------------------------------------------------
 
     def _make_runner(self, record: PluginRecord, tenant: str, trusted: bool,
-                     granted: Iterable[str] = ()) -> PluginRunner:
+                     granted: Iterable[str] = (), *, lazy: bool = False) -> PluginRunner:
         """The one place that decides where a plugin's code runs (and, sandboxed, whether it gets the network:
-        a plugin that declares network.external gets it only where the tenant granted it)."""
+        a plugin that declares network.external gets it only where the tenant granted it).
+
+        `lazy`: a sandboxed instance records its start and runs it in a worker when its first call comes.
+        """
         assert record.manifest is not None
         if not record.manifest.security.sandbox:
             return InProcessRunner(record, tenant)
@@ -296,13 +366,16 @@ class PluginHost:
                 "(development only; never in production)", UNSAFE_NO_SANDBOX_ENV, record.name, tenant,
             )
             return InProcessRunner(record, tenant)
-        from ._sandbox import SandboxRunner
+        from ._sandbox import SandboxRunner, WorkerFleet
 
+        if self._fleet is None:
+            self._fleet = WorkerFleet(**self._fleet_args)
         forbidden = [str(p) for p in (self.state_path, self.box.key_file) if p is not None]
         record = record.with_network(network_allowed(record.manifest, granted))
-        return SandboxRunner(record, tenant, data_root=data_root(), forbidden=forbidden)
+        return SandboxRunner(record, tenant, data_root=data_root(), forbidden=forbidden, fleet=self._fleet,
+                             lazy=lazy)
 
-    def _new_instance(self, name: str, tenant: str, row: TenantPlugin) -> Instance | None:
+    async def _new_instance(self, name: str, tenant: str, row: TenantPlugin, *, lazy: bool = True) -> Instance | None:
         record = self.catalog.get(name)
         if record is None or record.errors or record.manifest is None:
             reason = (
@@ -311,10 +384,11 @@ class PluginHost:
                 else f"plugin {name!r} is invalid: {'; '.join(record.errors)}"
             )
             log.error(reason)
-            self._require_store().set_runtime_state(tenant, name, PluginState.ERROR.value, reason)
+            await self._db(self._require_store().set_runtime_state, tenant, name, PluginState.ERROR.value, reason,
+                           host=self.host_name)
             return None
-        inst = Instance(record, tenant, row, self._make_runner(record, tenant, row.trusted, row.granted),
-                        Lifecycle(name, tenant))
+        runner = self._make_runner(record, tenant, row.trusted, row.granted, lazy=lazy)
+        inst = Instance(record, tenant, row, runner, Lifecycle(name, tenant))
         self._instances[(tenant, name)] = inst
         return inst
 
@@ -324,7 +398,7 @@ class PluginHost:
         assert manifest is not None
         try:
             if inst.life.state in (PluginState.ERROR, PluginState.UNLOADED, PluginState.DISCOVERED):
-                self._verify_files(inst.record)
+                await asyncio.to_thread(self._verify_files, inst.record)  # hashes files, reads the lock
                 # a sandboxed plugin has no file system: the host reads its `format: file-path` files for it
                 runtime, secrets = resolve(inst.row.config, manifest, self.box, read_paths=inst.runner.sandboxed)
                 inst.redactor = Redactor(secrets)
@@ -350,16 +424,7 @@ class PluginHost:
                 ok = await inst.runner.lifecycle("activate")
             if ok is False:
                 raise PluginError(f"plugin {inst.name!r}: activate() returned False")
-            functions = {h.name: inst.runner.hook_function(h.name, h.method) for h in manifest.hooks}
-            self._dispatcher(inst.tenant).register(
-                inst.name,
-                functions,
-                priority=inst.row.priority,
-                timeout=manifest.resources.timeout,
-                granted=frozenset(inst.row.granted),
-                redactor=inst.redactor,
-                self_timed=inst.runner.times_its_calls,
-            )
+            self._register(inst)
             inst.life.to(PluginState.ACTIVE)
         except Exception as exc:
             reason = describe(exc if not isinstance(exc, TimeoutError) else PluginError(
@@ -374,7 +439,7 @@ class PluginHost:
             except Exception:  # closing a broken runner must not hide why it broke
                 log.debug("closing %s failed", inst.runner, exc_info=True)
             if persist:
-                self._persist_state(inst)
+                await self._persist_state(inst)
             if raise_errors:
                 raise PluginError(reason) from None
             log.warning("plugin %s for tenant %s failed to start: %s", inst.name, inst.tenant, reason)
@@ -382,16 +447,38 @@ class PluginHost:
         inst.failures = 0
         inst.next_health = time.monotonic() + manifest.health_check.interval
         if persist:
-            self._persist_state(inst)
+            await self._persist_state(inst)
         return True
 
-    def _persist_state(self, inst: Instance) -> None:
-        if self.store is not None:
-            self.store.set_runtime_state(inst.tenant, inst.name, inst.life.state.value, inst.life.reason)
+    def _register(self, inst: Instance) -> None:
+        """Make an instance's hooks dispatchable for its tenant, with its priority, grants and timeout."""
+        manifest = inst.record.manifest
+        assert manifest is not None
+        functions = {h.name: inst.runner.hook_function(h.name, h.method) for h in manifest.hooks}
+        self._dispatcher(inst.tenant).register(
+            inst.name,
+            functions,
+            priority=inst.row.priority,
+            timeout=manifest.resources.timeout,
+            granted=frozenset(inst.row.granted),
+            redactor=inst.redactor,
+            self_timed=inst.runner.times_its_calls,
+        )
+
+    async def _persist_state(self, inst: Instance, state: str | None = None) -> None:
+        """Record this host's runtime state of an instance (a database that is down only costs the record)."""
+        if self.store is None:
+            return
+        try:
+            await self._db(self.store.set_runtime_state, inst.tenant, inst.name, state or inst.life.state.value,
+                           None if state else inst.life.reason, host=self.host_name)
+        except Exception as exc:
+            log.warning("cannot record the state of %s for tenant %s: %s", inst.name, inst.tenant, exc)
 
     async def _stop(self, inst: Instance, *, persist: bool = True) -> None:
         """Deactivate and clean up an instance; errors are logged, never raised (the plugin is going away)."""
-        self._dispatcher(inst.tenant).unregister(inst.name)
+        if self._instances.get((inst.tenant, inst.name)) is inst:
+            self._dispatcher(inst.tenant).unregister(inst.name)
         timeout = inst.record.manifest.resources.timeout if inst.record.manifest else 30.0
         if inst.life.state is PluginState.ACTIVE:
             for method in ("deactivate", "cleanup"):
@@ -406,9 +493,10 @@ class PluginHost:
             await inst.runner.close()
         except Exception:
             log.debug("closing %s failed", inst.runner, exc_info=True)
-        self._instances.pop((inst.tenant, inst.name), None)
-        if persist and self.store is not None:
-            self.store.set_runtime_state(inst.tenant, inst.name, PluginState.INACTIVE.value, None)
+        if self._instances.get((inst.tenant, inst.name)) is inst:
+            del self._instances[(inst.tenant, inst.name)]
+        if persist:
+            await self._persist_state(inst, PluginState.INACTIVE.value)
 
     def _verify_files(self, record: PluginRecord) -> None:
         """Refuse a plugin whose installed files differ from its RECORD, or (while a lock exists) from the lock.
@@ -490,11 +578,11 @@ class PluginHost:
                 f"cannot grant {', '.join(undeclared)} to {name!r}: its plugin.yaml does not declare "
                 f"{'it' if len(undeclared) == 1 else 'them'} (declared: {', '.join(manifest.permissions) or 'none'})"
             )
-        self._require_dependencies(name, tenant, store.list(tenant))
+        self._require_dependencies(name, tenant, await self._db(store.list, tenant))
         await self._ensure_tenant(tenant)
         validated = validate_config(dict(config or {}), manifest)
         stored = to_stored(validated, manifest, self.box)
-        previous = store.get(tenant, name)
+        previous = await self._db(store.get, tenant, name)
         row = TenantPlugin(
             tenant=tenant,
             plugin=name,
@@ -505,28 +593,39 @@ class PluginHost:
             config=stored,
             state=PluginState.DISCOVERED.value,
         )
+        detail = self._audit_detail(row, previous, manifest)
+
+        def commit(tx: StateTransaction) -> None:
+            # atomic with the check: a dependency disabled meanwhile by another process refuses this enable
+            self._require_dependencies(name, tenant, tx.list(tenant))
+            tx.put(row)
+            tx.add_audit(AuditEntry.now(tenant, name, "enable", detail))
+
         async with self._lock(tenant):
-            old = self._instances.get((tenant, name))
-            if old is not None:
-                await self._stop(old, persist=False)
-            inst = Instance(rec, tenant, row, self._make_runner(rec, tenant, trust, granted),
-                            Lifecycle(name, tenant))
-            self._instances[(tenant, name)] = inst
+            token = applying.set(True)
             try:
-                # persisted below, in one transaction with the dependency re-check and the audit entry
-                await self._start(inst, raise_errors=True, persist=False)
-            except Exception:
-                self._instances.pop((tenant, name), None)
-                if old is not None and previous is not None and previous.enabled:
-                    restored = self._new_instance(name, tenant, previous)  # keep serving the old config
-                    if restored is not None:
-                        await self._start(restored)
-                raise
-            with store.transaction() as tx:
-                self._require_dependencies(name, tenant, tx.list(tenant))
-                row.state = inst.life.state.value
-                tx.put(row)
-                tx.add_audit(AuditEntry.now(tenant, name, "enable", self._audit_detail(row, previous, manifest)))
+                old = self._instances.get((tenant, name))
+                if old is not None:
+                    await self._stop(old, persist=False)
+                inst = Instance(rec, tenant, row, self._make_runner(rec, tenant, trust, granted),
+                                Lifecycle(name, tenant))
+                self._instances[(tenant, name)] = inst
+                try:
+                    # persisted below, in one transaction with the dependency re-check and the audit entry
+                    await self._start(inst, raise_errors=True, persist=False)
+                    row.state = inst.life.state.value
+                    await self._db(store.atomic, commit)
+                except BaseException:
+                    if self._instances.get((tenant, name)) is inst:
+                        await self._stop(inst, persist=False)
+                    if old is not None and previous is not None and previous.enabled:
+                        restored = await self._new_instance(name, tenant, previous, lazy=False)  # the old config
+                        if restored is not None:
+                            await self._start(restored)
+                    raise
+                await self._persist_state(inst)  # this host's runtime row (the row put records policy only)
+            finally:
+                applying.reset(token)
         return row
 
     @staticmethod
@@ -575,27 +674,31 @@ class PluginHost:
         validate_tenant(tenant)
         store = self._require_store()
         self.record(name)
+        dependents = self.catalog.dependents(name)
+
+        def commit(tx: StateTransaction) -> None:
+            row = tx.get(tenant, name)
+            if row is None or not row.enabled:
+                raise LifecycleError(f"plugin {name!r} is not enabled for tenant {tenant!r}")
+            enabled = {r.plugin for r in tx.list(tenant) if r.enabled}
+            users = [d for d in dependents if d in enabled]
+            if users:
+                raise DependencyError(
+                    f"cannot disable {name!r} for tenant {tenant!r}: {', '.join(users)} depend(s) on it; "
+                    f"disable {'them' if len(users) > 1 else 'it'} first: erp-plugins disable {users[0]} "
+                    f"--tenant {tenant}"
+                )
+            row.enabled = False
+            row.state = PluginState.INACTIVE.value
+            row.reason = None
+            tx.put(row)
+            tx.add_audit(AuditEntry.now(tenant, name, "disable", {}))
+
         async with self._lock(tenant):
-            with store.transaction() as tx:
-                row = tx.get(tenant, name)
-                if row is None or not row.enabled:
-                    raise LifecycleError(f"plugin {name!r} is not enabled for tenant {tenant!r}")
-                enabled = {r.plugin for r in tx.list(tenant) if r.enabled}
-                users = [d for d in self.catalog.dependents(name) if d in enabled]
-                if users:
-                    raise DependencyError(
-                        f"cannot disable {name!r} for tenant {tenant!r}: {', '.join(users)} depend(s) on it; "
-                        f"disable {'them' if len(users) > 1 else 'it'} first: erp-plugins disable {users[0]} "
-                        f"--tenant {tenant}"
-                    )
-                row.enabled = False
-                row.state = PluginState.INACTIVE.value
-                row.reason = None
-                tx.put(row)
-                tx.add_audit(AuditEntry.now(tenant, name, "disable", {}))
+            await self._db(store.atomic, commit)
             inst = self._instances.get((tenant, name))
             if inst is not None:
-                await self._stop(inst, persist=False)
+                self._retire(inst)
 
     def config_of(self, name: str, *, tenant: str) -> dict[str, Any]:
         """The stored config of `name` for `tenant`, sensitive values redacted."""
@@ -625,9 +728,75 @@ class PluginHost:
             }
         return out
 
+    # --- following the shared state -------------------------------------------------------------------------
+
+    async def _apply_plugin_change(self, tenant: str, name: str) -> None:
+        """Bring this host's instance of `name` for `tenant` in line with its row, which some process changed.
+
+        Disabled: no new call, stopped once its running calls end. Config, grants or trust changed: a new
+        instance with the new values serves the next call. Priority alone: re-registered in place.
+        """
+        if tenant not in self._started_tenants:
+            return  # its plugins start from the store on its first call
+        row = await self._db(self._require_store().get, tenant, name)
+        async with self._lock(tenant):
+            token = applying.set(True)
+            try:
+                inst = self._instances.get((tenant, name))
+                if inst is not None and row is not None and row.enabled and _same_policy(inst.row, row):
+                    if inst.row.priority != row.priority:
+                        inst.row = row
+                        if inst.life.state is PluginState.ACTIVE:
+                            self._register(inst)
+                    return
+                if inst is not None:
+                    self._retire(inst)
+                if row is not None and row.enabled:
+                    new = await self._new_instance(name, tenant, row)
+                    if new is not None:
+                        await self._start(new)
+            finally:
+                applying.reset(token)
+
+    async def _apply_setting_change(self, key: str) -> None:
+        """A new lock or new accepted findings apply to running instances: one that fails them now is stopped."""
+        if key not in ("lock", ACCEPTED_FINDINGS):
+            return
+        for inst in list(self._instances.values()):
+            if inst.life.state is not PluginState.ACTIVE:
+                continue
+            try:
+                if key == "lock":
+                    await asyncio.to_thread(self._verify_files, inst.record)
+                elif inst.record.manifest is not None and not inst.record.manifest.security.sandbox:
+                    await asyncio.to_thread(self._require_accepted_findings, inst.record)
+            except (IntegrityError, PermissionDenied) as exc:
+                await self._put_in_error(inst, str(exc))
+
+    def _retire(self, inst: Instance) -> None:
+        """No new call reaches `inst`; it is stopped once its running calls end (within its timeout)."""
+        key = (inst.tenant, inst.name)
+        if self._instances.get(key) is inst:
+            self._dispatcher(inst.tenant).unregister(inst.name)
+            del self._instances[key]
+        task = asyncio.create_task(self._stop_when_idle(inst), name=f"erp-plugins-retire-{inst.name}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _stop_when_idle(self, inst: Instance) -> None:
+        timeout = inst.record.manifest.resources.timeout if inst.record.manifest else 30.0
+        deadline = time.monotonic() + timeout
+        while inst.runner.in_flight() and time.monotonic() < deadline:  # noqa: ASYNC110 (a poll of a count)
+            await asyncio.sleep(0.02)
+        # a replacement instance records its own state; only a plugin gone from this host is recorded inactive
+        await self._stop(inst, persist=(inst.tenant, inst.name) not in self._instances)
+
     # --- hooks ----------------------------------------------------------------------------------------------
 
     async def _impls(self, hook: str, tenant: str) -> list[Impl]:
+        follower = self._follower
+        if follower is not None and follower.due():
+            await follower.catch_up()
         if hook not in HOOKS and self.catalog.hook(hook) is None:  # a core hook, or one a plugin provides
             raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(hook_names())}")
         if tenant not in self._started_tenants:
@@ -650,6 +819,9 @@ class PluginHost:
 
         One HookResult per plugin; a plugin's exception, timeout or missing permission is its own result.
         """
+        follower = self._follower
+        if follower is not None and follower.due():
+            await follower.catch_up()
         disp = self._dispatchers.get(tenant) if tenant in self._started_tenants and hook in HOOKS else None
         impls = disp.table(hook) if disp is not None else await self._impls(hook, tenant)
         args = bind_arguments(hook, kwargs)
@@ -681,16 +853,20 @@ class PluginHost:
         reason = getattr(inst.runner, "failed", None) if inst is not None else None
         if inst is None or not reason or inst.life.state is PluginState.ERROR:
             return
-        self._dispatcher(tenant).unregister(plugin)
-        inst.life.fail(inst.redactor.text(str(reason)))
+        await self._put_in_error(inst, str(reason))
+
+    async def _put_in_error(self, inst: Instance, reason: str) -> None:
+        """Take an instance out of dispatch into its error state; the health loop retries it with backoff."""
+        self._dispatcher(inst.tenant).unregister(inst.name)
+        inst.life.fail(inst.redactor.text(reason))
         inst.failures += 1
         inst.retry_at = time.monotonic() + min(_RETRY_MAX_S, _RETRY_BASE_S * 2 ** (inst.failures - 1))
         try:
             await inst.runner.close()
         except Exception:
             log.debug("closing %s failed", inst.runner, exc_info=True)
-        self._persist_state(inst)
-        log.warning("plugin %s for tenant %s put into its error state: %s", plugin, tenant, inst.life.reason)
+        await self._persist_state(inst)
+        log.warning("plugin %s for tenant %s put into its error state: %s", inst.name, inst.tenant, inst.life.reason)
 
     async def first(
         self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None, **kwargs: Any
@@ -843,14 +1019,16 @@ class PluginHost:
     async def health(self, tenant: str | None = None) -> list[HealthReport]:
         """Every enabled plugin's health check (with the manifest's timeout), for one tenant or all."""
         store = self._require_store()
-        tenants = [tenant] if tenant is not None else store.tenants()
+        tenants = [tenant] if tenant is not None else await self._db(store.tenants)
         reports: list[HealthReport] = []
         for t in tenants:
             validate_tenant(t)
             await self._ensure_tenant(t)
-            rows = [r for r in store.list(t) if r.enabled]
+            rows = [r for r in await self._db(store.list, t) if r.enabled]
             checks = [self._health_one(t, r) for r in rows]
             reports.extend(await asyncio.gather(*checks))
+        for report in reports:
+            report.host = self.host_name
         return reports
 
     async def _health_one(self, tenant: str, row: TenantPlugin) -> HealthReport:
