@@ -231,3 +231,16 @@ def test_the_token_secret_is_never_stored(state_location: str, tmp_path: Path) -
     else:
         raw = b"".join(p.read_bytes() for p in Path(state_location).parent.glob("state.db*"))
         assert b"tok_q" in raw and secret.encode() not in raw
+
+
+@pytest.mark.parametrize("host", ["", "   ", "a\nb", "x" * 201])
+def test_bad_host_names_are_refused(state_location: str, host: str) -> None:
+    with open_store(state_location) as store:
+        _enable(store, "p1")
+        with pytest.raises(ConfigError, match="invalid host name"):
+            store.set_runtime_state("acme", "p1", "active", host=host)
+        with pytest.raises(ConfigError, match="invalid host name"):
+            store.heartbeat(host)
+        with pytest.raises(ConfigError, match="invalid host name"):
+            store.forget_host(host)
+        assert store.runtime() == []

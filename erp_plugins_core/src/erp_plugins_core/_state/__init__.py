@@ -26,6 +26,7 @@ from ._model import (
     default_location,
     default_state_path,
     os_user,
+    validate_host,
     validate_tenant,
 )
 from ._sqlite import SQLiteStateStore
@@ -58,6 +59,7 @@ __all__ = [
     "open_store",
     "os_user",
     "parse_location",
+    "validate_host",
     "validate_tenant",
 ]
 

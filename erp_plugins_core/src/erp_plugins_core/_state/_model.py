@@ -55,6 +55,13 @@ def default_host_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def validate_host(name: str) -> str:
+    """`name` if it can label a host's runtime rows (1-200 printable characters); ConfigError otherwise."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or not name.isprintable():
+        raise ConfigError(f"invalid host name {name!r}: use 1-200 printable characters")
+    return name
+
+
 def validate_tenant(name: str) -> str:
     """`name` if it is a valid tenant name; ConfigError saying what is allowed otherwise."""
     if not isinstance(name, str) or not _TENANT_RE.match(name):

@@ -20,6 +20,7 @@ from ._model import (
     TenantPlugin,
     TokenRecord,
     default_host_name,
+    validate_host,
     validate_token,
 )
 from ._queries import Exec, SQLTransaction
@@ -66,16 +67,18 @@ class SQLStateStore(StateStore):
     def set_runtime_state(
         self, tenant: str, plugin: str, state: str, reason: str | None = None, *, host: str | None = None
     ) -> bool:
-        owner = host or default_host_name()
+        owner = default_host_name() if host is None else validate_host(host)
         return self._write(lambda ex: q.set_runtime(ex, tenant, plugin, state, reason, owner))
 
     def runtime(self, tenant: str | None = None) -> list[RuntimeState]:
         return self._read(lambda ex: q.runtime(ex, tenant))
 
     def heartbeat(self, host: str, *, ttl: float = 60.0) -> None:
+        validate_host(host)
         self._write(lambda ex: q.heartbeat(ex, host, ttl))
 
     def forget_host(self, host: str) -> None:
+        validate_host(host)
         self._write(lambda ex: q.forget_host(ex, host))
 
     def change_seq(self) -> int:
