@@ -17,8 +17,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -26,13 +24,12 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from sandboxkit import build_site, record
 
 from erp_plugins_core import _cgroup, _rpc, _sandbox
 from erp_plugins_core._cgroup import MemoryCgroup
 from erp_plugins_core._context import PluginContext, current_usage, current_user_context
-from erp_plugins_core._discovery import PluginRecord
 from erp_plugins_core._errors import HookTimeout, PermissionDenied, SandboxError
-from erp_plugins_core._manifest import load_manifest
 from erp_plugins_core._redact import Redactor
 from erp_plugins_core._sandbox import (
     LOOP_ENV,
@@ -46,24 +43,13 @@ from erp_plugins_core._sandbox import (
 )
 from erp_plugins_core._services import FilesService, allowed_files, current_call_files
 
-HOSTILE = Path(__file__).parent / "hostile"
 SECRET = "sk-sandbox-secret-4242"
 
 
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The corpus built as wheels and installed into a fresh site directory."""
-    work = tmp_path_factory.mktemp("hostile-build")
-    wheels = work / "wheels"
-    for dist in sorted(HOSTILE.iterdir()):
-        if (dist / "pyproject.toml").exists():
-            shutil.copytree(dist, work / dist.name, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    *[str(p) for p in sorted(work.iterdir()) if p.name.startswith("sbx_")]], check=True)
-    site = work / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(site),
-                    *[str(w) for w in wheels.glob("*.whl")]], check=True)
-    return site
+    return build_site(tmp_path_factory.mktemp("hostile-build"))
 
 
 @pytest.fixture(scope="session")
@@ -80,16 +66,6 @@ def require_sandbox() -> None:
     reason = sandbox_available()
     if reason is not None:
         pytest.fail(f"the sandbox cannot start here, so containment is untested: {reason}")
-
-
-def record(site: Path, name: str, dist: str | None = None) -> PluginRecord:
-    path = site / name / "plugin.yaml"
-    manifest = load_manifest(path.read_bytes(), str(path))
-    dist = dist or name
-    return PluginRecord(
-        name=name, entry_point=f"{name}.plugin:Plugin", distribution=dist.replace("_", "-"), dist_version="0.1.0",
-        dist_path=str(site / f"{dist}-0.1.0.dist-info"), manifest_path=str(path), manifest=manifest,
-    )
 
 
 class Bridge:
