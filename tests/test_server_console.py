@@ -118,7 +118,7 @@ def test_enable_with_config_bad_value_secret_and_disable(page, fleet: Fleet) -> 
     assert "enabled web_tool" in page.get_by_role("status").inner_text()
     row = page.locator("#plugin-web_tool")
     assert row.locator(".state").inner_text().startswith("active (trusted)")
-    assert "ai.generate, email.send" in row.inner_text() and "healthy" in row.inner_text()
+    assert "ai.generate, email.send, files.read" in row.inner_text() and "healthy" in row.inner_text()
     page.screenshot(path=SHOTS / "tenant.png", full_page=True)
     with httpx.Client(base_url=fleet.url, headers=fleet.h("platform")) as c:
         answer = c.post("/v1/tenants/initech/hooks/ai_request/first", json={"prompt": "x"}).json()
