@@ -109,6 +109,12 @@ async def ask(runner: SandboxRunner, prompt: str) -> str:
     return await runner.hook_function("ai_request", "answer")(prompt, {})
 
 
+def hook_running(runner: SandboxRunner) -> bool:
+    """Whether a hook call (not a start's load, initialize or activate) is in the runner's worker now."""
+    w = runner._worker
+    return w is not None and any(call.what == "hook ai_request" for call in w.calls.values())
+
+
 def steps(runner: SandboxRunner) -> list[str]:
     path: Path = runner.steps  # type: ignore[attr-defined]
     return path.read_text().splitlines() if path.exists() else []
@@ -243,12 +249,14 @@ async def test_with_every_worker_busy_a_call_waits_for_a_slot(runners, fleets) -
     a, b, c = [await runners(t, fleet, lazy=True) for t in ("a", "b", "c")]
     with Sampler({a.uid, b.uid, c.uid}) as sampler:
         slow = [asyncio.create_task(ask(r, "sleep:2")) for r in (a, b)]
-        await until(lambda: all(r._worker is not None and r._worker.calls for r in (a, b)), "a and b to be busy")
+        await until(lambda: all(hook_running(r) for r in (a, b)), "a and b to be busy")
         third = asyncio.create_task(ask(c, "config"))
         await until(lambda: fleet.stats()["waiting"] == 1, "c to wait for a slot")
         assert not third.done() and c.worker_pids == ()
+        assert (a.in_flight(), b.in_flight(), c.in_flight()) == (1, 1, 1)  # a start waiting counts, for the host
         assert await third == "hello c"
         assert await asyncio.gather(*slow) == ["slept", "slept"]
+        assert (a.in_flight(), b.in_flight(), c.in_flight()) == (0, 0, 0)
     assert sampler.most <= 2
     assert fleet.stats()["evictions"] == 1 and fleet.stats()["waiting"] == 0
 
@@ -259,7 +267,7 @@ async def test_waiting_past_its_own_timeout_names_the_slot_and_the_cap(runners, 
     quick = await runners("q", fleet, plugin="sbx_fleet_quick", lazy=True)  # resources.timeout: 2 s
     assert await ask(quick, "config") == "hello q"  # its runtime site is built: the wait below is for a slot only
     slow = [asyncio.create_task(ask(r, "sleep:6")) for r in (a, b)]
-    await until(lambda: all(r._worker is not None and r._worker.calls for r in (a, b)), "a and b to be busy")
+    await until(lambda: all(hook_running(r) for r in (a, b)), "a and b to be busy")
     with pytest.raises(HookTimeout, match=r"hook ai_request timed out after 2 s waiting for a worker slot: all 2 "
                                           r"sandbox workers of the cap are busy \(raise ERP_PLUGINS_MAX_WORKERS, "
                                           r"now 2, or PluginHost\(max_workers=\.\.\.\)\)"):
@@ -285,7 +293,7 @@ async def test_a_runner_closed_while_its_call_waits_for_a_slot_starts_nothing(ru
     busy = await runners("busy", fleet, lazy=True)
     waiting = await runners("waiting", fleet, lazy=True)
     slow = asyncio.create_task(ask(busy, "sleep:3"))
-    await until(lambda: busy._worker is not None and busy._worker.calls, "the only worker to be busy")
+    await until(lambda: hook_running(busy), "the only worker to be busy")
     call = asyncio.create_task(ask(waiting, "x"))
     await until(lambda: fleet.stats()["waiting"] == 1, "the call to wait for a slot")
     await waiting.close()

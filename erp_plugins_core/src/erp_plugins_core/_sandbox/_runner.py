@@ -95,6 +95,7 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
         self.lazy = lazy
         self._dormant = False  # no worker on purpose: lazy and not started yet, or stopped when idle
         self._retiring: _Worker | None = None
+        self._starting = 0  # calls waiting for a worker to start
         self._closes = 0  # how many times close() ran: a start it overtook ends its worker
         self._slot_given_up = -math.inf  # loop time a start last stopped waiting for a fleet slot unserved
 
@@ -113,6 +114,11 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
         """True when the runner has no worker on purpose (lazy, or stopped when idle); its next call starts one."""
         w = self._worker
         return self._dormant and (w is None or w.dead)
+
+    def in_flight(self) -> int:
+        """Calls in the worker now, and calls waiting for their worker to start (or for a fleet slot)."""
+        w = self._worker
+        return (len(w.calls) if w is not None and not w.dead else 0) + self._starting
 
     @property
     def failed(self) -> str | None:
@@ -292,6 +298,7 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
         """
         loop = asyncio.get_running_loop()
         start = loop.time()
+        self._starting += 1
         try:
             async with asyncio.timeout(seconds):
                 w = await self._ensure_worker()
@@ -301,6 +308,8 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
             raise HookTimeout(
                 f"plugin {self.record.name!r}: {what} timed out after {seconds:g} s while its worker restarted"
             ) from None
+        finally:
+            self._starting -= 1  # the caller registers its call with the worker before it next yields
         return w, max(seconds - (loop.time() - start), 0.001)
 
     def _closed_meanwhile(self) -> SandboxError:
