@@ -879,10 +879,16 @@ class PluginHost:
         return (await self.first_result(hook, tenant=tenant, user_context=user_context, **kwargs)).result
 
     async def first_result(
-        self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None, **kwargs: Any
+        self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None,
+        plugin_type: str | None = None, **kwargs: Any
     ) -> HookResult:
-        """As `first`, but the whole HookResult of the plugin that answered (its name, usage, duration)."""
+        """As `first`, but the whole HookResult of the plugin that answered (its name, usage, duration).
+
+        `plugin_type` (e.g. "ai_provider") limits it to plugins of that manifest type.
+        """
         impls = await self._impls(hook, tenant)
+        if plugin_type is not None:
+            impls = self._of_type(impls, plugin_type)
         args = bind_arguments(hook, kwargs)
         failures: list[HookResult] = []
         t_user = current_user_context.set(dict(user_context or {}))
@@ -925,13 +931,28 @@ class PluginHost:
         finally:
             await tagged.aclose()  # a consumer that stopped early stops the plugin's stream too
 
+    def _of_type(self, impls: list[Impl], plugin_type: str) -> list[Impl]:
+        """The implementations whose plugin's manifest says `plugin_type`."""
+        out = []
+        for impl in impls:
+            rec = self.catalog.get(impl.plugin)
+            if rec is not None and rec.manifest is not None and rec.manifest.plugin_type.value == plugin_type:
+                out.append(impl)
+        return out
+
     async def stream_tagged(
-        self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None, **kwargs: Any
+        self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None,
+        plugin_type: str | None = None, **kwargs: Any
     ) -> AsyncIterator[tuple[str, Any]]:
-        """As `stream`, each chunk with the name of the plugin that produced it: `(plugin, chunk)`."""
+        """As `stream`, each chunk with the name of the plugin that produced it: `(plugin, chunk)`.
+
+        `plugin_type` (e.g. "ai_provider") limits it to plugins of that manifest type.
+        """
         if (info := hook_info(hook)) is not None and not info.streaming:
             raise UnknownHookError(f"{hook} is not a streaming hook; use call() or first()")
         impls = await self._impls(hook, tenant)
+        if plugin_type is not None:
+            impls = self._of_type(impls, plugin_type)
         args = bind_arguments(hook, kwargs)
         failures: list[HookResult] = []
         t_user = current_user_context.set(dict(user_context or {}))
