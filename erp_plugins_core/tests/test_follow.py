@@ -230,3 +230,34 @@ async def test_a_call_made_while_enabling_does_not_wait_for_itself(world, site, 
         await host.enable("emitter", tenant="acme", config={"journal": world["journal"]}, trust=True)
         assert sorted(p for p, ok, _ in await answers(host)) == ["echo", "emitter", "other"]
 
+
+
+def _prune_whole_feed(location: str) -> None:
+    """Do what pruning does to a host that fell behind: its changes are gone, the feed says so."""
+    if location.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(location, autocommit=True) as db:
+            db.execute("DELETE FROM erp_plugins.changes")
+            db.execute("UPDATE erp_plugins.changes_pruned SET through_seq = 1000000")
+    else:
+        import sqlite3
+
+        with sqlite3.connect(location) as db:
+            db.execute("DELETE FROM changes")
+            db.execute("UPDATE changes_pruned SET through_seq = 1000000")
+
+
+async def test_a_host_behind_a_pruned_feed_compares_everything(world) -> None:
+    async with PluginHost(world["location"], health_loop=False) as host:
+        await host.enable("echo", tenant="acme", config={"journal": world["journal"], "prefix": "a"}, trust=True)
+        assert await answers(host) == [("echo", True, "a:hi")]
+        cli(world, "enable", "echo", "--tenant", "acme", "--trust", "--config", "prefix=b",
+            "--config", f"journal={world['journal']}")
+        cli(world, "enable", "other", "--tenant", "acme", "--trust", "--config", "prefix=o",
+            "--config", f"journal={world['journal']}")
+        _prune_whole_feed(world["location"])
+        async def both() -> list[Any]:
+            return sorted(await answers(host))
+
+        await sees(world, both, [("echo", True, "b:hi"), ("other", True, "o:hi")])

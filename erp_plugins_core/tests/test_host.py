@@ -109,8 +109,9 @@ def plugins(site, manifest_text, secret_key):
 
 
 @pytest.fixture
-async def host(plugins, tmp_path):
-    async with PluginHost(tmp_path / "state.db", health_loop=False) as h:
+async def host(plugins, state_location):
+    """A host on SQLite and on PostgreSQL: both backends give the same answers (it delivers events on both)."""
+    async with PluginHost(state_location, health_loop=False, deliver=True) as h:
         yield h
 
 
@@ -241,10 +242,10 @@ async def test_dependencies_gate_enable_and_disable(host) -> None:
     assert await host.call("ai_request", tenant="acme", prompt="x", context={}) == []
 
 
-async def test_state_survives_a_restart(plugins, tmp_path) -> None:
-    async with PluginHost(tmp_path / "s.db", health_loop=False) as h1:
+async def test_state_survives_a_restart(plugins, state_location) -> None:
+    async with PluginHost(state_location, health_loop=False) as h1:
         await h1.enable("echo", tenant="acme", config={"api_key": SECRET, "prefix": "P"}, trust=True, priority=5)
-    async with PluginHost(tmp_path / "s.db", health_loop=False) as h2:
+    async with PluginHost(state_location, health_loop=False) as h2:
         assert await h2.first("ai_request", tenant="acme", prompt="x", context={}) == "P:x:acme"
         status = h2.status("acme")["echo"]
         assert status["state"] == "active" and status["trusted"] and status["priority"] == 5
@@ -329,13 +330,13 @@ async def test_health_reports_unhealthy_and_timeouts(host) -> None:
     assert not r.healthy and "did not answer within 0.3s" in r.error
 
 
-async def test_failed_start_goes_to_error_and_is_retried(plugins, tmp_path, monkeypatch) -> None:
+async def test_failed_start_goes_to_error_and_is_retried(plugins, state_location, monkeypatch) -> None:
     monkeypatch.setenv("ECHO_KEY", SECRET)
-    async with PluginHost(tmp_path / "r.db", health_loop=False) as h:
+    async with PluginHost(state_location, health_loop=False) as h:
         await h.enable("echo", tenant="acme", config={"api_key": "env:ECHO_KEY"}, trust=True)
         assert h.config_of("echo", tenant="acme")["api_key"] == "env:ECHO_KEY"
     monkeypatch.delenv("ECHO_KEY")
-    async with PluginHost(tmp_path / "r.db", health_loop=False, tenants=["acme"]) as h:  # brought up at open
+    async with PluginHost(state_location, health_loop=False, tenants=["acme"]) as h:  # brought up at open
         status = h.status("acme")["echo"]
         assert status["state"] == "error" and "ECHO_KEY is not set" in status["reason"]
         [r] = await h.health("acme")

@@ -45,6 +45,7 @@ applying: contextvars.ContextVar[bool] = contextvars.ContextVar("erp_plugins_app
 
 PluginChange = Callable[[str, str], Awaitable[None]]
 SettingChange = Callable[[str], Awaitable[None]]
+Reload = Callable[[], Awaitable[None]]
 
 
 class StateFollower:
@@ -57,12 +58,14 @@ class StateFollower:
         host_name: str,
         on_plugin: PluginChange,
         on_setting: SettingChange,
+        on_reload: Reload,
         check_interval: float = CHECK_INTERVAL_S,
     ) -> None:
         self._store = store
         self.host_name = host_name
         self._on_plugin = on_plugin
         self._on_setting = on_setting
+        self._on_reload = on_reload
         self._interval = check_interval
         self._watch = store.watch()
         self._seq = 0
@@ -142,12 +145,17 @@ class StateFollower:
         self._retry_delay = _RETRY_FIRST_S
         plugins: dict[tuple[str, str], None] = {}
         settings: dict[str, None] = {}
+        reload = False
         for change in changes:
-            if change.kind == "plugin" and change.tenant and change.plugin:
+            if change.kind == "reset":  # this host fell behind the pruned feed: compare everything
+                reload = True
+            elif change.kind == "plugin" and change.tenant and change.plugin:
                 plugins[(change.tenant, change.plugin)] = None
             elif change.kind.startswith("setting:"):
                 settings[change.kind.removeprefix("setting:")] = None
         try:
+            if reload:
+                await self._apply(self._on_reload(), "every plugin (the change feed was pruned past this host)")
             for tenant, plugin in plugins:
                 await self._apply(self._on_plugin(tenant, plugin), f"{plugin} for tenant {tenant}")
             for key in settings:

@@ -256,7 +256,8 @@ class PluginHost:
                 self.store = await asyncio.to_thread(open_store, self._state_arg)
         if self._follower is None:
             self._follower = StateFollower(self.store, host_name=self.host_name,
-                                           on_plugin=self._apply_plugin_change, on_setting=self._apply_setting_change)
+                                           on_plugin=self._apply_plugin_change, on_setting=self._apply_setting_change,
+                                           on_reload=self._reload_all)
             await self._follower.start()
         for tenant in self._restore:
             await self._ensure_tenant(tenant, lazy=False)
@@ -757,6 +758,16 @@ class PluginHost:
                         await self._start(new)
             finally:
                 applying.reset(token)
+
+    async def _reload_all(self) -> None:
+        """Compare every started tenant's instances with the store (after missing part of the change feed)."""
+        for tenant in list(self._started_tenants):
+            names = {r.plugin for r in await self._db(self._require_store().list, tenant)}
+            names |= {name for (t, name) in self._instances if t == tenant}
+            for name in sorted(names):
+                await self._apply_plugin_change(tenant, name)
+        for key in ("lock", ACCEPTED_FINDINGS):
+            await self._apply_setting_change(key)
 
     async def _apply_setting_change(self, key: str) -> None:
         """A new lock or new accepted findings apply to running instances: one that fails them now is stopped."""
