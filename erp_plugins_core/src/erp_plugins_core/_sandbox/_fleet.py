@@ -250,7 +250,8 @@ class WorkerFleet:
                   else f"idle for {self.idle_timeout:g} s")
         stopped = False
         try:
-            stopped = w is not None and await slot.runner._retire(w, reason)
+            level = logging.DEBUG if eviction else logging.INFO  # evictions: counted in stats(), not logged
+            stopped = w is not None and await slot.runner._retire(w, reason, level=level)
         except Exception:  # a stop that failed leaves the worker to its runner; the fleet goes on
             log.exception("stopping the idle worker of %r failed", slot.runner)
         if stopped:

@@ -324,9 +324,10 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
             "or PluginHost(max_workers=...))"
         )
 
-    async def _retire(self, w: _Worker, reason: str) -> bool:
+    async def _retire(self, w: _Worker, reason: str, *, level: int = logging.INFO) -> bool:
         """Stop worker `w` for the fleet (idle, or to make room): `deactivate` and `cleanup` with a short bound,
-        then end it; no crash, no backoff. False when it is in use again (or being restarted) by now."""
+        then end it; no crash, no backoff. False when it is in use again (or being restarted) by now. The stop
+        is logged at `level` (the fleet logs evictions, one per start under churn, at debug)."""
         if self._lock.locked():
             return False
         async with self._lock:
@@ -347,6 +348,6 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
             finally:
                 await self._stop(w, f"stopped: {reason}")
                 self._retiring = None
-        log.info("plugin %r (tenant %r): worker stopped (%s); it starts again on its next call",
-                 self.record.name, self.tenant, reason)
+        log.log(level, "plugin %r (tenant %r): worker stopped (%s); it starts again on its next call",
+                self.record.name, self.tenant, reason)
         return True
