@@ -42,6 +42,10 @@ def ai(tmp_path_factory: pytest.TempPathFactory):
                 "config": {"api_key": "env:TEST_OPENAI_KEY", "base_url": oai.url, "model": "gpt-4o-mini",
                            "max_retries": 0, "timeout": 5}, "priority": 2})
             assert r.status_code == 200, r.text
+            # a business plugin implementing ai_request, first in priority: not an OpenAI model, never asked
+            r = c.put("/v1/tenants/acme/plugins/web_tool", json={
+                "config": {"api_key": "env:WEB_TOOL_KEY"}, "trust": True, "priority": 0})
+            assert r.status_code == 200, r.text
         with httpx.Client(base_url=server.url, headers=bearer(tokens["globex"]), timeout=60) as c:
             r = c.put("/v1/tenants/globex/plugins/openai_provider", json={
                 "config": {"api_key": "env:TEST_OPENAI_KEY", "base_url": oai.url, "model": "gpt-4o-mini",

@@ -1,9 +1,9 @@
 """OpenAI-compatible routes under /v1/openai: any OpenAI client can use a tenant's AI providers.
 
 Chat completions go to `ai_request` (or `ai_stream` with `stream: true`) through `host.first_result` and
-`host.stream_tagged`, so the tenant's providers are tried in priority order with fallback. The tenant is the
-token's; a platform token names it in the `ERP-Tenant` header. Errors are problem+json that also carry
-OpenAI's `{"error": {"message", "type", "code"}}`, so OpenAI SDKs show the message.
+`host.stream_tagged` limited to `ai_provider` plugins, so the tenant's providers are tried in priority order
+with fallback. The tenant is the token's; a platform token names it in the `ERP-Tenant` header. Errors are
+problem+json that also carry OpenAI's `{"error": {"message", "type", "code"}}`, so OpenAI SDKs show the message.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from ._runtime import ServerRuntime, read_object
 from ._sse import EventStream, event
 
 TENANT_HEADER = "erp-tenant"
+#: Only plugins of this manifest type answer here (a business plugin implementing ai_request does not).
+PROVIDERS = PluginType.AI_PROVIDER.value
 DEFAULT_MODEL = "erp-plugins"
 
 
@@ -113,7 +115,8 @@ async def chat_completions(request: Request) -> Response:
         user = {"token": request.state.token_id}
         if body.get("stream"):
             return await _chat_stream(rt, tenant, model, args, user)
-        result = await rt.host.first_result("ai_request", tenant=tenant, user_context=user, **args)
+        result = await rt.host.first_result("ai_request", tenant=tenant, user_context=user,
+                                            plugin_type=PROVIDERS, **args)
     except (Problem, PluginError) as exc:
         return _openai_error(exc)
     answer = result.result if isinstance(result.result, str) else str(result.result)
@@ -131,7 +134,7 @@ async def chat_completions(request: Request) -> Response:
 
 async def _chat_stream(rt: ServerRuntime, tenant: str, model: str, args: dict[str, Any],
                        user: dict[str, Any]) -> Response:
-    chunks = rt.host.stream_tagged("ai_stream", tenant=tenant, user_context=user, **args)
+    chunks = rt.host.stream_tagged("ai_stream", tenant=tenant, user_context=user, plugin_type=PROVIDERS, **args)
     try:
         first: tuple[str, Any] | None = await chunks.__anext__()
     except StopAsyncIteration:
@@ -185,7 +188,7 @@ async def embeddings(request: Request) -> Response:
             raise Problem(422, f"encoding_format must be float or base64, got {fmt!r}")
         model = body.get("model") if isinstance(body.get("model"), str) else DEFAULT_MODEL
         result = await rt.host.first_result("ai_embedding", tenant=tenant, user_context={
-            "token": request.state.token_id}, texts=texts)
+            "token": request.state.token_id}, plugin_type=PROVIDERS, texts=texts)
     except (Problem, PluginError) as exc:
         return _openai_error(exc)
     data = []
