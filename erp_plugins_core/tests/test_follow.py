@@ -60,6 +60,10 @@ hooks:
 @pytest.fixture
 def world(site, manifest_text, secret_key, tmp_path, state_location) -> dict[str, Any]:
     """Two trusted plugins installed, the environment child processes need, a journal file."""
+    return make_world(site, manifest_text, secret_key, tmp_path, state_location)
+
+
+def make_world(site: Any, manifest_text: Any, secret_key: str, tmp_path: Path, state_location: str) -> dict[str, Any]:
     site.install("erp-echo", plugins={"echo": (manifest_text("echo", extra=ECHO_MANIFEST), ECHO)})
     site.install("erp-other", plugins={"other": (manifest_text("other", extra=ECHO_MANIFEST), ECHO)})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site.root), str(HERE), *sys.path[1:]]),
@@ -261,3 +265,22 @@ async def test_a_host_behind_a_pruned_feed_compares_everything(world) -> None:
             return sorted(await answers(host))
 
         await sees(world, both, [("echo", True, "b:hi"), ("other", True, "o:hi")])
+
+
+async def test_a_lost_database_leaves_active_instances_answering_and_the_host_recovers(
+        pg_cluster, pg_url, site, manifest_text, secret_key, tmp_path, caplog) -> None:
+    world = make_world(site, manifest_text, secret_key, tmp_path, pg_url)
+    async with PluginHost(pg_url, health_loop=False) as host:
+        await host.enable("echo", tenant="acme", config={"journal": world["journal"], "prefix": "a"}, trust=True)
+        await asyncio.to_thread(pg_cluster.stop)
+        try:
+            for _ in range(3):  # the follower finds the database gone, says so once, and the calls go on
+                assert await answers(host) == [("echo", True, "a:hi")]
+                await asyncio.sleep(1.1)  # past the watch's fallback poll, so each call looks at the feed
+        finally:
+            await asyncio.to_thread(pg_cluster.start)
+        assert "state store unreachable" in caplog.text and "password" not in caplog.text.lower()
+        # back: a change made by another process now reaches this host by itself
+        cli(world, "enable", "echo", "--tenant", "acme", "--trust", "--config", "prefix=b",
+            "--config", f"journal={world['journal']}")
+        await sees(world, lambda: answers(host), [("echo", True, "b:hi")])
