@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import operator
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,10 +17,13 @@ from typing import Any
 
 import pluggy
 
+from ._arguments import POSITIONAL, info_of, positional
+from ._arguments import bind_arguments as bind_arguments  # re-exported: callers bind through dispatch
 from ._context import current_usage
-from ._errors import HookArgumentError, HookTimeout, PermissionDenied, PluginError, ProviderError, SandboxError
-from ._hookspecs import HOOKS, PROJECT, STR_LISTS, HookInfo, HookSpecs, arg_types, hook_info, provided_specs
+from ._errors import HookTimeout, PermissionDenied, PluginError, ProviderError, SandboxError
+from ._hookspecs import HOOKS, PROJECT, HookSpecs, hook_info, provided_specs
 from ._redact import Redactor
+from ._results import RESULT_CHECKS, check_results
 from ._services import allowed_files, current_call_files
 
 _perf = time.perf_counter
@@ -132,7 +134,7 @@ def _call_names(function: Callable[..., Any], hook: str) -> tuple[tuple[str, ...
 
     Read with `inspect.signature`, which honours a proxy's `__signature__` (pluggy 1.7 no longer does).
     """
-    spec = _info(hook).argnames
+    spec = info_of(hook).argnames
     params = list(inspect.signature(function).parameters.values())
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return spec, False
@@ -209,7 +211,7 @@ class TenantDispatcher:
         caller = getattr(self._pm.hook, hook, None)
         if caller is None:  # a provided hook no active plugin of this tenant implements
             return []
-        info = _info(hook)
+        info = info_of(hook)
         permission = info.permission
         impls = []
         # pluggy calls the last registered first; keep that order among equal priorities
@@ -365,7 +367,7 @@ async def _gather(waiting: list[tuple[int, Impl, Any, dict[str, int], float]], h
 
 def _call_files(hook: str, kwargs: dict[str, Any]) -> frozenset[str]:
     out: frozenset[str] = frozenset()
-    for a in _info(hook).file_args:
+    for a in info_of(hook).file_args:
         out |= allowed_files(kwargs.get(a))
     return out
 
@@ -413,7 +415,7 @@ def start_all(impls: list[Impl], hook: str, kwargs: dict[str, Any]) -> tuple[lis
             try:
                 if impl.positional:
                     if args is None:
-                        args = (_POSITIONAL.get(hook) or _positional(hook))(kwargs)
+                        args = (POSITIONAL.get(hook) or positional(hook))(kwargs)
                     out = impl.function(*args)
                 else:
                     out = impl.function(**(kwargs if impl.takes_all else _kwargs(impl, kwargs)))
@@ -459,29 +461,6 @@ async def finish_all(pending: Pending, hook: str, results: list[HookResult | Non
     if hook in RESULT_CHECKS or hook not in HOOKS:
         check_results(hook, results)  # type: ignore[arg-type]
     return results  # type: ignore[return-value]
-
-
-def _ui_problem(result: Any) -> str | None:
-    from ._ui import component_problem
-
-    return component_problem(result)
-
-
-#: Per hook: what is wrong with a plugin's successful result (None when nothing), for hooks whose results the
-#: host checks before handing them on (`ui_components`: data-only components).
-RESULT_CHECKS: dict[str, Callable[[Any], str | None]] = {"ui_components": _ui_problem}
-
-
-def check_results(hook: str, results: list[HookResult]) -> None:
-    """Turn each successful result that fails its hook's result check into that plugin's failure, in place."""
-    check = RESULT_CHECKS.get(hook) or _returns_check(hook)
-    if check is None:
-        return
-    for r in results:
-        if r is not None and r.success:
-            problem = check(r.result)
-            if problem is not None:
-                r.success, r.result, r.error, r.error_kind = False, None, f"{r.plugin}: {problem}", "invalid_result"
 
 
 async def call_all(impls: list[Impl], hook: str, kwargs: dict[str, Any]) -> list[HookResult]:
@@ -605,96 +584,3 @@ class StreamDeadline:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-
-
-def _info(hook: str) -> HookInfo:
-    info = hook_info(hook)
-    if info is None:
-        from ._errors import UnknownHookError
-
-        raise UnknownHookError(f"no hook named {hook!r}")
-    return info
-
-
-def _positional(hook: str) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """A function giving the bound arguments of `hook` as a tuple in spec order."""
-    names = _info(hook).argnames
-    if len(names) > 1:
-        return lambda kw, _get=operator.itemgetter(*names): _get(kw)
-    if names:
-        return lambda kw, _name=names[0]: (kw[_name],)
-    return lambda kw: ()
-
-
-def _checks(hook: str) -> tuple[tuple[str, frozenset[type], bool], ...]:
-    """(name, exact accepted types, must be a list of strings) for each argument of `hook`."""
-    info = _info(hook)
-    return tuple((n, frozenset(arg_types(info, n)), info.provider is None and n in STR_LISTS) for n in info.argnames)
-
-
-def _returns_check(hook: str) -> Callable[[Any], str | None] | None:
-    """A provided hook's result-type check (its manifest's `returns`), or None when it declares none."""
-    info = hook_info(hook)
-    if info is None or info.provider is None or not info.returns or info.returns == "None":
-        return None
-    from ._hookspecs import parse_type
-
-    accepted = parse_type(info.returns)
-
-    def check(result: Any) -> str | None:
-        if isinstance(result, accepted) and not (isinstance(result, bool) and bool not in accepted):
-            return None
-        return f"{hook} must return {info.returns} (provides_hooks of {info.provider}), got {type(result).__name__}"
-
-    return check
-
-
-#: Per core hook: its bound arguments as a tuple in spec order, for implementations called positionally.
-_POSITIONAL: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {hook: _positional(hook) for hook in HOOKS}
-
-#: Per core hook: (name, exact accepted types, must be a list of strings) for each of its arguments.
-_CHECKS: dict[str, tuple[tuple[str, frozenset[type], bool], ...]] = {hook: _checks(hook) for hook in HOOKS}
-
-
-def bind_arguments(hook: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The hook's keyword arguments with defaults applied; TypeError naming unknown, missing or mistyped ones.
-
-    Takes ownership of `kwargs` (callers pass the dict of their own `**kwargs`): when every argument is given
-    with exactly an accepted type, that dict is returned as it is, after one pass over the arguments (every
-    call pays for this check, so the common case is kept to a dict lookup and a set lookup per argument).
-    """
-    checks = _CHECKS.get(hook) or _checks(hook)
-    if len(kwargs) == len(checks):
-        try:
-            for name, types, str_list in checks:
-                value = kwargs[name]
-                if type(value) not in types or (str_list and not all(type(v) is str for v in value)):
-                    break
-            else:
-                return kwargs
-        except KeyError:  # an unknown argument in place of a known one: named below
-            pass
-    info = _info(hook)
-    unknown = sorted(set(kwargs) - set(info.argnames))
-    if unknown:
-        raise HookArgumentError(
-            f"hook {hook} takes {', '.join(info.argnames)}; unknown argument(s): {', '.join(unknown)}"
-        )
-    out = {k: (v.copy() if isinstance(v, (dict, list)) else v) for k, v in info.defaults}
-    out.update(kwargs)
-    missing = [a for a in info.argnames if a not in out]
-    if missing:
-        raise HookArgumentError(f"hook {hook} needs argument(s): {', '.join(missing)}")
-    for name in info.argnames:
-        value, types = out[name], arg_types(info, name)
-        str_list = info.provider is None and name in STR_LISTS
-        if not isinstance(value, types) or (str_list and not all(isinstance(v, str) for v in value)) or (
-            isinstance(value, bool) and bool not in types  # True is an int to isinstance, not to a manifest
-        ):
-            want = " or ".join("null" if t is type(None) else t.__name__ for t in types if t is not int or
-                               float not in types)
-            if str_list:
-                want = "list of strings"
-            raise HookArgumentError(f"hook {hook} argument {name} must be {want}, got {type(value).__name__}")
-    return out
-
