@@ -78,7 +78,7 @@ def serve(ctx: click.Context, bind: str, workers: int, max_body: int, upload_dir
             upload.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise ConfigError(f"--upload-dir {upload_dir}: cannot create it: {exc.strerror or exc}") from None
-    settings = ServerSettings(state=_state_location(ctx), max_body=max_body, upload_dir=upload)
+    settings = ServerSettings(state=_state_location(ctx), max_body=max_body, upload_dir=upload, log_level=log_level)
     os.environ.update(settings.to_env())
     configure(log_level)
     import logging

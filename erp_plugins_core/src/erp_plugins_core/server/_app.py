@@ -73,7 +73,8 @@ def create_app(settings: ServerSettings | None = None, *, host: PluginHost | Non
         auth = Authenticator(plugin_host.store, ttl=settings.token_ttl, flush_every=settings.audit_flush)
         app.state.rt = ServerRuntime(plugin_host, auth, settings)
         flusher = asyncio.create_task(auth.run(), name="erp-plugins-token-use")
-        log.info("ready", extra={"fields": {"state": str(plugin_host.store), "max_body": settings.max_body,
+        where = getattr(plugin_host.store, "location", "?")  # safe display text: never a password
+        log.info("ready", extra={"fields": {"state": where, "max_body": settings.max_body,
                                             "uploads": str(settings.upload_dir or "off")}})
         try:
             yield
@@ -107,5 +108,12 @@ def create_app(settings: ServerSettings | None = None, *, host: PluginHost | Non
 
 
 def app_from_env() -> Starlette:
-    """The factory uvicorn calls in each worker process (settings from ERP_PLUGINS_SERVE_* variables)."""
-    return create_app(ServerSettings.from_env())
+    """The factory uvicorn calls in each worker process (settings from ERP_PLUGINS_SERVE_* variables).
+
+    A worker started by uvicorn's process manager is a fresh interpreter: its log lines are set up here.
+    """
+    from ._logging import configure
+
+    settings = ServerSettings.from_env()
+    configure(settings.log_level)
+    return create_app(settings)

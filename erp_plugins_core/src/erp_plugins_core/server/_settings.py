@@ -26,10 +26,11 @@ class ServerSettings:
     upload_dir: Path | None = None
     token_ttl: float = 1.0
     audit_flush: float = 1.0
+    log_level: str = "info"
 
     def to_env(self) -> dict[str, str]:
         """The variables `from_env` reads (for uvicorn's worker processes)."""
-        env = {_ENV + "MAX_BODY": str(self.max_body)}
+        env = {_ENV + "MAX_BODY": str(self.max_body), _ENV + "LOG_LEVEL": self.log_level}
         if self.state is not None:
             env[_ENV + "STATE"] = self.state
         if self.upload_dir is not None:
@@ -43,4 +44,5 @@ class ServerSettings:
             state=os.environ.get(_ENV + "STATE") or None,
             max_body=int(os.environ.get(_ENV + "MAX_BODY", DEFAULT_MAX_BODY)),
             upload_dir=Path(upload) if upload else None,
+            log_level=os.environ.get(_ENV + "LOG_LEVEL", "info"),
         )
