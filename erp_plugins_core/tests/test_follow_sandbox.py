@@ -1,0 +1,71 @@
+"""A sandboxed plugin changed by another process: the open host's worker stops, or restarts with the new config.
+
+Real bwrap workers (as root, each with its own uid), the CLI as a subprocess, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sandboxkit import build_site, uid_of
+from test_follow import cli, eventually, sees
+
+from erp_plugins_core import PluginHost
+from erp_plugins_core._sandbox import sandbox_available
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def fleet_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_site(tmp_path_factory.mktemp("follow-build"), ["sbx_fleet"])
+
+
+@pytest.fixture
+def world(fleet_site, secret_key, tmp_path, state_location, monkeypatch) -> dict[str, Any]:
+    reason = sandbox_available()
+    if reason is not None:
+        pytest.fail(f"the sandbox cannot start here, so following a sandboxed plugin is untested: {reason}")
+    data = Path(tempfile.mkdtemp(prefix="erp-follow-data-", dir="/tmp"))
+    os.chmod(data, 0o755)
+    monkeypatch.syspath_prepend(str(fleet_site))
+    monkeypatch.setenv("ERP_PLUGINS_DATA_DIR", str(data))
+    monkeypatch.setenv("ERP_PLUGINS_CACHE_DIR", str(tmp_path / "cache"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fleet_site), str(HERE), *sys.path[1:]]),
+           "ERP_PLUGINS_STATE": state_location}
+    yield {"location": state_location, "env": env}
+    shutil.rmtree(data, ignore_errors=True)
+
+
+async def greeting(host: PluginHost) -> list[Any]:
+    return [(r.plugin, r.result.split()[0] if r.success else r.error)
+            for r in await host.call("ai_request", tenant="acme", prompt="hi", context={})]
+
+
+def alive(pids: tuple[int, ...]) -> bool:
+    return any(uid_of(pid) is not None for pid in pids)
+
+
+async def test_a_sandboxed_plugin_changed_elsewhere_restarts_or_stops_its_worker(world) -> None:
+    async with PluginHost(world["location"], health_loop=False) as host:
+        await host.enable("sbx_fleet", tenant="acme", config={"greeting": "v1"})
+        assert await greeting(host) == [("sbx_fleet", "v1")]
+        first = host._instances[("acme", "sbx_fleet")].runner.worker_pids
+        assert first and alive(first)
+
+        cli(world, "enable", "sbx_fleet", "--tenant", "acme", "--config", "greeting=v2")
+        await sees(world, lambda: greeting(host), [("sbx_fleet", "v2")])
+        second = host._instances[("acme", "sbx_fleet")].runner.worker_pids
+        assert second and set(second).isdisjoint(first)
+        await eventually(lambda: not alive(first))  # the old worker is stopped, not left behind
+
+        cli(world, "disable", "sbx_fleet", "--tenant", "acme")
+        await sees(world, lambda: greeting(host), [])
+        await eventually(lambda: not alive(second))
+        assert ("acme", "sbx_fleet") not in host._instances
