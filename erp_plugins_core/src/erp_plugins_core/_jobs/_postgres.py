@@ -27,6 +27,7 @@ try:
     from procrastinate import retry as _retry
     from procrastinate.schema import SchemaManager
     from psycopg.types.json import Jsonb
+    from psycopg_pool import AsyncConnectionPool
 except ImportError as exc:  # pragma: no cover - depends on the installed extra
     raise StateError(
         f"a postgresql:// state needs the PostgreSQL extra ({exc.name} is missing); "
@@ -160,6 +161,10 @@ class PostgresEngine(JobEngine):
         connector = procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=8, configure=_autocommit)
         self.app = procrastinate.App(connector=connector)
         self.app.task(name=TASK, queue=QUEUE, pass_context=True, retry=BackoffWithJitter(settings))(self._task)
+        # our own statements (emit, submit, listing) on a pool without procrastinate's per-checkout health query:
+        # an emit is then one round trip
+        self._pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True},
+                                         name="erp-plugins-jobs")
         self._open = False
 
     def __repr__(self) -> str:
@@ -174,7 +179,8 @@ class PostgresEngine(JobEngine):
             return self
         try:
             await self.app.open_async()
-            async with self.app.connector.pool.connection() as conn, conn.transaction():
+            await self._pool.open(wait=True, timeout=10)
+            async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 cur = await conn.execute("SELECT to_regclass('procrastinate_jobs')")
                 if (await cur.fetchone())[0] is None:
@@ -188,12 +194,13 @@ class PostgresEngine(JobEngine):
                 if version < SCHEMA_VERSION:
                     await conn.execute("DELETE FROM erp_jobs_schema")
                     await conn.execute("INSERT INTO erp_jobs_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
-        except StateError:
-            await self.app.close_async()
-            raise
-        except Exception as exc:
+        except BaseException as exc:
             with contextlib.suppress(Exception):
                 await self.app.close_async()
+            with contextlib.suppress(Exception):
+                await self._pool.close()
+            if isinstance(exc, StateError) or not isinstance(exc, Exception):
+                raise
             raise self._error(exc) from None
         self._open = True
         return self
@@ -202,10 +209,11 @@ class PostgresEngine(JobEngine):
         if self._open:
             self._open = False
             await self.app.close_async()
+            await self._pool.close()
 
     async def _exec(self, sql: str, params: dict[str, Any] | tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            async with self.app.connector.pool.connection() as conn:
+            async with self._pool.connection() as conn:
                 cur = await conn.execute(sql, params)
                 return await cur.fetchall() if cur.description else []
         except StateError:
@@ -241,7 +249,7 @@ class PostgresEngine(JobEngine):
             await self._exec(_INSERT, params)
             return str(params["id"])
         try:
-            async with self.app.connector.pool.connection() as conn, conn.transaction():
+            async with self._pool.connection() as conn, conn.transaction():
                 # one submitter per (tenant, key) at a time, so two racing submits give one job
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                                    (f"{tenant}/{idempotency_key}",))
