@@ -182,3 +182,26 @@ def test_forms_need_the_sessions_csrf_token(fleet: Fleet) -> None:
     with httpx.Client(base_url=fleet.url) as c:
         cfg = c.get("/v1/tenants/globex/plugins/web_tool/config", headers=fleet.h("globex_admin")).json()
     assert cfg["config"]["greeting"] == "Hi from globex"
+
+
+def test_env_references_in_the_form(fleet: Fleet) -> None:
+    with httpx.Client(base_url=fleet.url, follow_redirects=False) as c:
+        login = c.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', login.text).group(1)
+        assert c.post("/login", data={"csrf": csrf, "token": fleet.token("platform")}).status_code == 303
+        form = c.get("/tenants/umbrella/plugins/web_tool")
+        session_csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+        r = c.post("/tenants/umbrella/plugins/web_tool", data={
+            "csrf": session_csrf, "config.api_key": "env:WEB_TOOL_KEY", "config.tags": '["a", "b"]',
+            "config.verbose": "true", "grant": ["ai.generate"], "trust": "yes"})
+        assert r.status_code == 303, r.text
+        page = c.get("/tenants/umbrella/plugins/web_tool").text
+        assert 'value="env:WEB_TOOL_KEY"' in page  # a reference is not a secret: shown as given
+        r = c.post("/tenants/umbrella/plugins/web_tool", data={
+            "csrf": session_csrf, "config.api_key": "env:not a name", "trust": "yes"})
+        assert r.status_code == 422 and "is not an environment variable name" in r.text
+    with httpx.Client(base_url=fleet.url, headers=fleet.h("platform")) as c:
+        cfg = c.get("/v1/tenants/umbrella/plugins/web_tool/config").json()["config"]
+        assert cfg["api_key"] == "env:WEB_TOOL_KEY" and cfg["tags"] == ["a", "b"] and cfg["verbose"] is True
+        assert c.post("/v1/tenants/umbrella/hooks/ai_request/first", json={"prompt": "secret"}).json()["result"] \
+            == "the key is ***"
