@@ -1,14 +1,13 @@
-"""The manifest (plugin.yaml): a strict pydantic model of every contract field, and a bounded safe YAML loader.
+"""The manifest (plugin.yaml): a strict pydantic model of every contract field, read with the loader of `_yaml`.
 
 Every problem becomes a ManifestError whose lines name the file, the field path and what is allowed.
 """
 
 from __future__ import annotations
 
-import functools
 import keyword
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
@@ -17,16 +16,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from ._errors import ManifestError
 from ._hookspecs import HOOKS, parse_type
 from ._interface import PluginType
+from ._metaschema import meta_schema_validator
 from ._permissions import PERMISSIONS, is_plugin_permission
+from ._yaml import MAX_MANIFEST_BYTES as MAX_MANIFEST_BYTES  # re-exported
+from ._yaml import load_yaml
 
-if TYPE_CHECKING:
-    import yaml
-    from jsonschema import Draft202012Validator
-
-MAX_MANIFEST_BYTES = 1024 * 1024
-#: Bound on YAML nodes after alias expansion: far above any real manifest, far below a billion laughs.
-MAX_EXPANDED_NODES = 100_000
-MAX_DEPTH = 64
 SUPPORTED_API_MAJOR = 1
 
 _NAME_RE = r"^[a-z][a-z0-9_]{1,62}$"
@@ -331,129 +325,6 @@ def normalize_schema(schema: dict[str, Any]) -> dict[str, Any]:
     if required:
         out["required"] = required
     return out
-
-
-# --- The meta-schema ---------------------------------------------------------------------------------------
-
-_META_BASE = "https://json-schema.org/draft/2020-12/"
-
-
-def _static_refs(node: Any) -> Any:
-    """`node` with `$dynamicRef: "#meta"` as `$ref: "#"` and vocabulary `$defs` references made local."""
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            if key == "$dynamicRef" and value == "#meta":
-                out["$ref"] = "#"
-            elif key == "$ref" and isinstance(value, str) and "#/$defs/" in value:
-                out["$ref"] = "#/$defs/" + value.split("#/$defs/", 1)[1]
-            else:
-                out[key] = _static_refs(value)
-        return out
-    if isinstance(node, list):
-        return [_static_refs(v) for v in node]
-    return node
-
-
-@functools.cache
-def meta_schema_validator() -> Draft202012Validator:
-    """A validator of JSON Schemas against the 2020-12 meta-schema, flattened into one static schema.
-
-    `Draft202012Validator.check_schema` resolves the meta-schema's `$dynamicRef`s on every keyword of every
-    schema (milliseconds per manifest); merging the vocabulary meta-schemas into one and pointing `#meta` at
-    its root asks the same questions of a schema, and reports the same errors, without dynamic scopes.
-    """
-    from jsonschema import Draft202012Validator
-    from jsonschema_specifications import REGISTRY
-
-    meta = Draft202012Validator.META_SCHEMA
-    properties: dict[str, Any] = {}
-    defs: dict[str, Any] = {}
-    for part in meta["allOf"]:
-        vocabulary = REGISTRY.contents(_META_BASE + part["$ref"])
-        properties.update(vocabulary.get("properties", {}))
-        defs.update(vocabulary.get("$defs", {}))
-    properties.update(meta.get("properties", {}))
-    flat = {"$schema": _META_BASE + "schema", "type": ["object", "boolean"], "properties": properties,
-            "$defs": defs}
-    return Draft202012Validator(_static_refs(flat), format_checker=Draft202012Validator.FORMAT_CHECKER)
-
-
-# --- Loading --------------------------------------------------------------------------------------------
-
-
-def _check_nodes(root: yaml.Node) -> None:
-    """Raise ValueError if the node graph is recursive, too deep, has duplicate keys, or expands too far.
-
-    Aliases share nodes, so the expanded size is counted with memoization per node: a billion-laughs
-    document is measured in time proportional to its text, and rejected without building anything.
-    """
-    import yaml
-
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-
-    def size(node: yaml.Node, depth: int) -> int:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in active:
-            raise ValueError("recursive YAML alias")
-        if depth > MAX_DEPTH:
-            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
-        active.add(key)
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            for child in node.value:
-                total += size(child, depth + 1)
-        elif isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode):
-                    if k.value in seen:
-                        raise ValueError(f"duplicate key {k.value!r} (line {k.start_mark.line + 1})")
-                    seen.add(k.value)
-                total += size(k, depth + 1) + size(v, depth + 1)
-        if total > MAX_EXPANDED_NODES:
-            raise ValueError(f"expands past {MAX_EXPANDED_NODES} nodes (YAML alias bomb?)")
-        active.discard(key)
-        sizes[key] = total
-        return total
-
-    size(root, 0)
-
-
-def load_yaml(data: bytes | str, source: str) -> Any:
-    """Parse one YAML document safely, within the size and expansion bounds; ManifestError otherwise."""
-    import yaml
-
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{source}: manifest is {len(raw)} bytes, larger than the 1 MiB allowed")
-    try:
-        text = raw.decode("utf-8")
-        # libyaml's parser when PyYAML was built with it (several times faster), else the pure-Python one
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
-        try:
-            node = loader.get_single_node()
-            if node is None:
-                raise ManifestError(
-                    f"{source}: manifest is empty; it needs at least name, version, plugin_type, api_version"
-                )
-            _check_nodes(node)
-            return loader.construct_document(node)
-        finally:
-            getattr(loader, "dispose", lambda: None)()
-    except ManifestError:
-        raise
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ManifestError(f"{source}: invalid YAML{where}: {' '.join(str(exc.problem or exc).split())}") from None
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise ManifestError(f"{source}: invalid YAML: {' '.join(str(exc).split()) or type(exc).__name__}") from None
 
 
 def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
