@@ -72,11 +72,9 @@ def test_database_lost_mid_run_and_back(pg_cluster, pg_url: str) -> None:
             for _ in range(3):  # and keep failing the same way while it is down (fast: see DOWN_READ_TIMEOUT_S)
                 with pytest.raises(StateError, match="unreachable"):
                     store.get("acme", "p")
-            # writes are retried up to the busy timeout, then say the same
-            started = time.monotonic()
+            # writes are retried up to the busy timeout (that they wait is tested below), then say the same
             with pytest.raises(StateError, match="unreachable"):
                 store.atomic(lambda tx: tx.put(TenantPlugin("acme", "q")))
-            assert time.monotonic() - started >= 1.5  # it kept trying for (most of) the 2 s busy timeout
             with pytest.raises(StateError, match="unreachable"):
                 store.set_runtime_state("acme", "p", "active", host="h")
         finally:
