@@ -382,3 +382,33 @@ def test_backoff_doubles_is_capped_and_jittered() -> None:
     delays = [backoff_delay(s, 3) for _ in range(200)]
     assert all(2.0 <= d <= 4.0 for d in delays) and len({round(d, 6) for d in delays}) > 100
     assert all(5.0 <= backoff_delay(s, 20) <= 10.0 for _ in range(50))
+
+
+async def test_finished_work_past_the_retention_is_purged_and_unfinished_work_is_kept(env) -> None:
+    from erp_plugins_core._jobs import Outcome, open_engine
+
+    await _enable(env, "acme")
+    engine = await open_engine(env.location, JobSettings(retention_s=0.0, poll_s=0.05)).open()
+    try:
+        ran: list[str] = []
+
+        async def executor(unit: Any) -> Outcome:
+            ran.append(unit.work)
+            return Outcome(True, result={"ok": True})
+
+        finished = await engine.store_job("acme", "send_email", {"to": "a"}, ["ledger"], idempotency_key=None)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(engine.run(executor, stop=stop))
+        async with asyncio.timeout(30):
+            while (await engine.get(finished)).deliveries[0].state != "succeeded":  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        stop.set()
+        await runner
+        waiting = await engine.store_job("acme", "send_email", {"to": "b"}, ["ledger"], idempotency_key=None)
+        assert (await engine.get(finished)).deliveries[0].result == {"ok": True}
+        assert await engine.purge() == 1
+        with pytest.raises(JobNotFound):
+            await engine.get(finished)
+        assert (await engine.get(waiting)).deliveries[0].state == "queued" and ran == [finished]
+    finally:
+        await engine.close()

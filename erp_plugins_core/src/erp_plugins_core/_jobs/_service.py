@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._dispatch import bind_arguments, call_one
 from .._errors import AllPluginsFailed, HookArgumentError, UnknownHookError
-from .._hookspecs import HOOKS
+from .._hookspecs import hook_info, hook_names
 from ._engine import JobEngine, is_postgres_url, open_engine
 from ._model import EventChainTooDeep, Outcome, Unit, job_view
 from ._settings import JobSettings
@@ -102,9 +102,10 @@ class JobService:
         return await engine.store_event(tenant, event_type, args["data"], targets, source=source, depth=depth + 1)
 
     async def submit(self, hook: str, tenant: str, idempotency_key: str | None, kwargs: dict[str, Any]) -> str:
-        info = HOOKS.get(hook)
+        _ = self._host.catalog  # loading the catalog registers the hooks plugins provide
+        info = hook_info(hook)
         if info is None:
-            raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(HOOKS)}")
+            raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(hook_names())}")
         if info.streaming:
             raise UnknownHookError(f"{hook} is a streaming hook; submit takes hooks that return one result")
         key = idempotency_key
@@ -149,7 +150,8 @@ class JobService:
         if row is None or not row.enabled:
             return Outcome(False, error=f"plugin {unit.plugin!r} was disabled for tenant {unit.tenant!r} after the "
                            f"{what} was stored; not run", error_kind="disabled", permanent=True)
-        info = HOOKS.get(unit.hook)
+        _ = host.catalog
+        info = hook_info(unit.hook)
         if info is None:
             return Outcome(False, error=f"hook {unit.hook!r} no longer exists", error_kind="unknown_hook",
                            permanent=True)
