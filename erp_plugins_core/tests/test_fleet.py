@@ -264,6 +264,18 @@ async def test_with_every_worker_busy_a_call_waits_for_a_slot(runners, fleets) -
     assert fleet.stats()["evictions"] == 1 and fleet.stats()["waiting"] == 0
 
 
+async def test_a_stream_in_progress_keeps_its_worker(runners, fleets) -> None:
+    fleet = fleets(max_workers=1, idle_timeout=math.inf)
+    a, b = [await runners(t, fleet, lazy=True) for t in ("a", "b")]
+    stream = a.hook_function("ai_stream", "stream")("s", {"n": 3, "gap": 0.5})
+    assert await stream.__anext__() == "s-0"
+    call = asyncio.create_task(ask(b, "config"))
+    await until(lambda: fleet.stats()["waiting"] == 1, "b to wait for the only slot")
+    assert [chunk async for chunk in stream] == ["s-1", "s-2"]  # the stream is not cut to make room
+    assert await call == "hello b"
+    assert a.idle and fleet.stats()["evictions"] == 1
+
+
 async def test_waiting_past_its_own_timeout_names_the_slot_and_the_cap(runners, fleets) -> None:
     fleet = fleets(max_workers=2, idle_timeout=math.inf)
     a, b = [await runners(t, fleet, lazy=True) for t in ("a", "b")]

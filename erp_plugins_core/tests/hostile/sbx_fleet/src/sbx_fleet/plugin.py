@@ -44,6 +44,11 @@ class Plugin(PluginInterface):
         _step("cleanup")
         return True
 
+    async def stream(self, prompt: str, context: dict):
+        for i in range(int(context.get("n", 3))):
+            await asyncio.sleep(float(context.get("gap", 0)))
+            yield f"{prompt}-{i}"
+
     async def answer(self, prompt: str, context: dict) -> str:
         if prompt == "boot":
             return self.boot
