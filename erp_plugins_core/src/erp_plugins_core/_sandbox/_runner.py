@@ -41,6 +41,7 @@ IDLE_HEALTH = {"healthy": True, "idle": True, "detail": "idle: no worker running
 #: How long an idle worker's `deactivate` and `cleanup` may each take before it is stopped anyway.
 RETIRE_GRACE = 2.0
 
+
 class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
     """Runs one plugin for one tenant in a bubblewrap worker; see the package docstring for what holds it."""
 
