@@ -412,3 +412,14 @@ async def test_finished_work_past_the_retention_is_purged_and_unfinished_work_is
         assert (await engine.get(waiting)).deliveries[0].state == "queued" and ran == [finished]
     finally:
         await engine.close()
+
+
+async def test_a_worker_started_before_the_plugin_was_enabled_delivers_to_it(env) -> None:
+    env.worker()
+    env.wait_lines(lambda lines: "event=worker_start" in env.logs())
+    await _enable(env, "acme")
+    async with env.host() as host:
+        event_id = await host.emit("acme", "tick", {"n": 0})
+        job = await _wait_job(host, event_id)
+    assert job["state"] == "succeeded", env.logs()
+    assert [x["phase"] for x in env.lines()] == ["start", "done"]
