@@ -33,6 +33,8 @@ class WebTool(PluginInterface):
         return [[float(len(t)), 1.0, 0.5] for t in texts]
 
     async def send(self, to: str, subject: str, body: str, attachments: list) -> str:
+        if to == "nobody":
+            raise ValueError("no such recipient: nobody")
         files = self.context.get_service("files")
         out = []
         for path in attachments:
