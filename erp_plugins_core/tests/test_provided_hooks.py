@@ -241,3 +241,30 @@ async def test_conformance_checks_signatures_of_provided_hooks(two, manifest_tex
     report = await check_conformance("impl_bad")
     assert any("hooks: prov_score -> method score: has no parameter 'weight'" in p for p in report.problems), \
         report.problems
+
+
+def test_list_json_shows_provided_hooks_and_call_reaches_them(two, tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from erp_plugins_core._cli import cli
+
+    runner = CliRunner()
+    state = str(tmp_path / "cli.db")
+    listed = runner.invoke(cli, ["--state", state, "list", "--json"])
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["prov"]["provides_hooks"] == ["prov_score", "prov_pick"] and rows["prov"]["valid"]
+    assert rows["impl"]["hooks"] == ["prov_score", "prov_pick"] and rows["impl"]["provides_hooks"] == []
+    for name in ("prov", "impl"):
+        done = runner.invoke(cli, ["--state", state, "enable", name, "--tenant", "acme", "--trust"])
+        assert done.exit_code == 0, done.output
+    called = runner.invoke(cli, ["--state", state, "call", "prov_score", "--tenant", "acme",
+                                 "--args-json", '{"text": "abc", "weight": 2}', "--json"])
+    assert called.exit_code == 0, called.output
+    assert [(r["plugin"], r["result"]) for r in json.loads(called.stdout)] == [("impl", 6)]
+    bad = runner.invoke(cli, ["--state", state, "call", "prov_score", "--tenant", "acme", "--arg", "text=a",
+                              "--arg", "weight=2"])
+    assert bad.exit_code == 2 and "argument weight must be int or null, got str" in bad.output
+    unknown = runner.invoke(cli, ["--state", state, "call", "prov_nope", "--tenant", "acme"])
+    assert unknown.exit_code == 2 and "no hook named 'prov_nope'" in unknown.output and "prov_score" in unknown.output

@@ -30,6 +30,7 @@ def plugin_rows(catalog: Catalog, tenant: str | None = None,
             "plugin_type": m.plugin_type.value if m else None,
             "api_version": m.api_version if m else None,
             "hooks": [h.name for h in m.hooks] if m else [],
+            "provides_hooks": [h.name for h in m.provides_hooks] if m else [],  # hooks it defines for other plugins
             "permissions": list(m.permissions) if m else [],
             "sandboxed": m.security.sandbox if m else None,
             "valid": not rec.errors,
