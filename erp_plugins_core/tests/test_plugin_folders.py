@@ -361,3 +361,25 @@ async def test_network_external_gates_the_network_per_tenant(isolated, tmp_path,
         [no] = await host.call("ai_request", tenant="denied", prompt=str(listener))
     assert (ok.success, ok.result) == (True, "hello-net"), ok.error
     assert no.success and no.result.startswith("refused: "), no.result
+
+
+def test_a_trusted_folder_plugin_with_scan_findings_needs_acceptance_of_its_exact_files(isolated, tmp_path) -> None:
+    top = isolated / "plugins"
+    folder = write_plugin(top, "risky", 'name: risky\nversion: "0.1"\nplugin_type: workflow\napi_version: "1.0"\n'
+                          "main_file: main.py\nmain_class: Risky\nsecurity: {sandbox: false}\n",
+                          {"main.py": "import subprocess\nfrom erp_plugins_core import PluginInterface\n\n\n"
+                                      "class Risky(PluginInterface):\n    pass\n"})
+    runner = CliRunner()
+    base = ["--state", str(tmp_path / "s.db"), "--plugins-dir", str(top)]
+    refused = runner.invoke(cli, [*base, "enable", "risky", "--tenant", "acme", "--trust"])
+    assert refused.exit_code == 1 and "code-scan finding" in refused.output and "main.py" in refused.output
+    checked = runner.invoke(cli, [*base, "check", "risky", "--json"])
+    [report] = json.loads(checked.stdout)
+    assert any(f["file"] == "main.py" for f in report["findings"])
+    assert runner.invoke(cli, [*base, "check", "--accept-findings", "risky"]).exit_code in (0, 1)
+    enabled = runner.invoke(cli, [*base, "enable", "risky", "--tenant", "acme", "--trust"])
+    assert enabled.exit_code == 0, enabled.output
+    # the acceptance is for these files: an edit needs a new review
+    (folder / "main.py").write_text((folder / "main.py").read_text() + "\nimport socket\n")
+    again = runner.invoke(cli, [*base, "enable", "risky", "--tenant", "other", "--trust"])
+    assert again.exit_code == 1 and "code-scan finding" in again.output
