@@ -42,9 +42,10 @@ if TYPE_CHECKING:
     )
     from ._hookspecs import hookimpl
     from ._host import HealthReport, PluginHost
-    from ._interface import AIProviderPlugin, PluginInterface, PluginMetadata, PluginType
+    from ._interface import AIProviderPlugin, PluginInterface, PluginType
     from ._lifecycle import PluginState
     from ._manifest import Manifest, load_manifest
+    from ._metadata import PluginMetadata
     from ._redact import redact_url
 
 #: Public name -> the submodule defining it. Imported on first use, so `import erp_plugins_core` (and the
@@ -69,7 +70,7 @@ _EXPORTS: dict[str, str] = {
     "PluginHost": "._host",
     "AIProviderPlugin": "._interface",
     "PluginInterface": "._interface",
-    "PluginMetadata": "._interface",
+    "PluginMetadata": "._metadata",
     "PluginType": "._interface",
     "PluginState": "._lifecycle",
     "Manifest": "._manifest",

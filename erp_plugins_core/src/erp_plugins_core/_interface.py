@@ -11,8 +11,6 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
-
 if TYPE_CHECKING:
     from ._context import PluginContext
 
@@ -26,19 +24,6 @@ class PluginType(enum.StrEnum):
     UI_EXTENSION = "ui_extension"
     WORKFLOW = "workflow"
     NOTIFICATION = "notification"
-
-
-class PluginMetadata(BaseModel):
-    """The descriptive part of a manifest, as a plugin instance sees it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    version: str
-    description: str = ""
-    author: str = ""
-    license: str = ""
-    plugin_type: PluginType
 
 
 class PluginInterface(ABC):  # noqa: B024 - every method has a sensible default; subclassing is what matters
