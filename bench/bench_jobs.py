@@ -9,6 +9,8 @@
    <= 1.5x. Also against procrastinate's own `defer_async` of one job with the same data and a lock (the
    floor of any delivery stored on procrastinate: its row, its indexes, its event trigger and NOTIFY).
 3. 10,000 queued events (10 tenants) drained by two `erp-plugins worker` processes (--concurrency 4).
+4. The same emit latency on the embedded SQLite state (outbox rows in the state file, synchronous=FULL)
+   against a plain INSERT of the row into that file.
 
 Needs PostgreSQL: --url postgresql://..., or the binaries (a throwaway cluster is started as the tests do, but
 durable: fsync and synchronous_commit on, so every commit pays the disk's flush as it would in production).
@@ -184,6 +186,44 @@ async def emit_latency(url: str, rounds: int, per_round: int) -> tuple[float, fl
     return statistics.median(ours), statistics.median(ref), statistics.median(defer)
 
 
+async def emit_latency_sqlite(path: Path, rounds: int, per_round: int) -> tuple[float, float]:
+    """The embedded engine: emit (outbox rows in the state file) against a plain INSERT into the same file."""
+    import sqlite3
+
+    host = await _host(str(path), ["acme"])
+    await host.emit("acme", "warm", {})
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA synchronous = FULL")  # as the state store and the outbox write
+    conn.execute("CREATE TABLE IF NOT EXISTS plain_events (id TEXT PRIMARY KEY, tenant TEXT, event_type TEXT, "
+                 "data TEXT, created_at REAL)")
+    data = {"invoice": "INV-1", "amount": 125.5, "lines": [1, 2, 3]}
+    ours, ref = [], []
+
+    async def run_ours() -> None:
+        for _ in range(per_round):
+            t = time.perf_counter()
+            await host.emit("acme", "invoice.created", data)
+            ours.append(time.perf_counter() - t)
+
+    def run_ref() -> None:
+        for _ in range(per_round):
+            t = time.perf_counter()
+            conn.execute("INSERT INTO plain_events VALUES (?, ?, ?, ?, ?)",
+                         (str(uuid.uuid4()), "acme", "invoice.created", json.dumps(data), time.time()))
+            ref.append(time.perf_counter() - t)
+
+    for r in range(rounds):
+        if r % 2 == 0:
+            await run_ours()
+            run_ref()
+        else:
+            run_ref()
+            await run_ours()
+    conn.close()
+    await host.close()
+    return statistics.median(ours), statistics.median(ref)
+
+
 async def drain(url: str, site: Path, n: int, tenants: int) -> float:
     names = [f"t{i}" for i in range(tenants)]
     host = await _host(url, names)
@@ -247,6 +287,7 @@ def main() -> None:
         ours_eps, ref_eps = asyncio.run(end_to_end(create(), create(), args.events, args.rounds))
         ours_lat, ref_lat, defer_lat = asyncio.run(emit_latency(create(), args.rounds, args.per_round))
         drain_s = asyncio.run(drain(create(), site, args.drain, 10))
+        sq_ours, sq_ref = asyncio.run(emit_latency_sqlite(tmp / "state.db", args.rounds, args.per_round))
     finally:
         if cluster is not None:
             cluster.stop("immediate")
@@ -257,18 +298,22 @@ def main() -> None:
                             "ratio": round(ours_lat / ref_lat, 3), "target": "<= 1.5",
                             "procrastinate_defer": round(defer_lat * 1e3, 3),
                             "ratio_to_defer": round(ours_lat / defer_lat, 3)},
+        "emit_latency_sqlite_ms": {"ours": round(sq_ours * 1e3, 3), "plain_insert": round(sq_ref * 1e3, 3),
+                                   "ratio": round(sq_ours / sq_ref, 3), "target": "<= 1.5"},
         "drain": {"events": args.drain, "tenants": 10, "workers": 2, "concurrency": 4, "seconds": round(drain_s, 2),
                   "events_per_s": round(args.drain / drain_s, 1)},
     }
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    e, lat, d = result["events_per_s"], result["emit_latency_ms"], result["drain"]
+    e, lat, d, sq = result["events_per_s"], result["emit_latency_ms"], result["drain"], result["emit_latency_sqlite_ms"]
     print(f"end to end, 1 worker: {e['ours']} events/s vs procrastinate empty task {e['procrastinate_empty_task']}/s"
           f" -> {e['ratio']}x (target {e['target']})")
     print(f"emit latency: {lat['ours']} ms vs plain INSERT {lat['plain_insert']} ms -> {lat['ratio']}x "
           f"(target {lat['target']}); vs procrastinate's own defer of one job {lat['procrastinate_defer']} ms -> "
           f"{lat['ratio_to_defer']}x")
+    print(f"emit latency, SQLite state: {sq['ours']} ms vs plain INSERT {sq['plain_insert']} ms -> {sq['ratio']}x "
+          f"(target {sq['target']})")
     print(f"drain {d['events']} queued events ({d['tenants']} tenants), 2 workers x concurrency 4: {d['seconds']} s "
           f"({d['events_per_s']} events/s)")
 
