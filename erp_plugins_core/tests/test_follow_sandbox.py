@@ -69,3 +69,18 @@ async def test_a_sandboxed_plugin_changed_elsewhere_restarts_or_stops_its_worker
         await sees(world, lambda: greeting(host), [])
         await eventually(lambda: not alive(second))
         assert ("acme", "sbx_fleet") not in host._instances
+
+
+async def test_opening_starts_no_worker_health_says_idle_and_warm_up_starts_them(world) -> None:
+    cli(world, "enable", "sbx_fleet", "--tenant", "acme", "--config", "greeting=w")
+    async with PluginHost(world["location"], health_loop=False) as host:
+        assert host._instances == {}  # opening started nothing
+        [report] = await host.health("acme")  # the tenant's instance exists now, its worker does not
+        runner = host._instances[("acme", "sbx_fleet")].runner
+        assert report.healthy and report.detail.startswith("idle") and runner.worker_pids == ()
+    async with PluginHost(world["location"], health_loop=False) as host:
+        await host.warm_up()
+        runner = host._instances[("acme", "sbx_fleet")].runner
+        assert runner.worker_pids and alive(runner.worker_pids)
+        [report] = await host.health("acme")
+        assert report.healthy and not report.detail.startswith("idle")

@@ -465,6 +465,7 @@ def health(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
 
     async def go() -> list[Any]:
         async with _host(ctx, tenant) as host:
+            await host.warm_up([tenant] if tenant else None)  # check every plugin for real, workers included
             return await host.health(tenant)
 
     reports = _run(go())

@@ -344,6 +344,16 @@ class PluginHost:
             finally:
                 applying.reset(token)
 
+    async def warm_up(self, tenants: list[str] | None = None) -> None:
+        """Start these tenants' plugins now, sandboxed workers included (None: every tenant in the state).
+
+        Opening a host starts nothing; this is for a process that wants warm first calls, or a real health
+        check of every plugin (`erp-plugins health`). Tenants already started are left as they are.
+        """
+        for tenant in tenants if tenants is not None else await self._db(self._require_store().tenants):
+            validate_tenant(tenant)
+            await self._ensure_tenant(tenant, lazy=False)
+
     @staticmethod
     async def _db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a state-store call in a thread: the event loop never waits on the database."""
