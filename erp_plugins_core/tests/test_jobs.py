@@ -423,3 +423,12 @@ async def test_a_worker_started_before_the_plugin_was_enabled_delivers_to_it(env
         job = await _wait_job(host, event_id)
     assert job["state"] == "succeeded", env.logs()
     assert [x["phase"] for x in env.lines()] == ["start", "done"]
+
+
+def test_an_unreachable_postgresql_state_is_one_line_without_the_password() -> None:
+    for command in (["jobs"], ["events", "--tenant", "acme"], ["retry", "0f9c1d2e-0000-0000-0000-000000000000"]):
+        out = subprocess.run([sys.executable, "-m", "erp_plugins_core._cli", "--state",
+                              "postgresql://erp:s3cr3t-pw@127.0.0.1:1/erp", *command],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert "127.0.0.1" in out.stderr and "s3cr3t-pw" not in out.stderr + out.stdout

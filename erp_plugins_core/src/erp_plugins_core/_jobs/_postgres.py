@@ -24,6 +24,7 @@ from ._settings import JobSettings, backoff_delay
 
 try:
     import procrastinate
+    import psycopg
     from procrastinate import retry as _retry
     from procrastinate.schema import SchemaManager
     from psycopg.types.json import Jsonb
@@ -178,22 +179,11 @@ class PostgresEngine(JobEngine):
         if self._open:
             return self
         try:
+            # one direct connection first: an unreachable database is one clear error at once, not pools retrying
+            async with await psycopg.AsyncConnection.connect(self.url, connect_timeout=5) as conn:
+                await self._create_schema(conn)
             await self.app.open_async()
             await self._pool.open(wait=True, timeout=10)
-            async with self._pool.connection() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                cur = await conn.execute("SELECT to_regclass('procrastinate_jobs')")
-                if (await cur.fetchone())[0] is None:
-                    await conn.execute(SchemaManager.get_schema())
-                await conn.execute(_OWN_SCHEMA)
-                cur = await conn.execute("SELECT MAX(version) FROM erp_jobs_schema")
-                version = (await cur.fetchone())[0] or 0
-                if version > SCHEMA_VERSION:
-                    raise StateError(f"the job tables have schema version {version}, newer than the "
-                                     f"{SCHEMA_VERSION} this erp-plugins-core knows; upgrade erp-plugins-core")
-                if version < SCHEMA_VERSION:
-                    await conn.execute("DELETE FROM erp_jobs_schema")
-                    await conn.execute("INSERT INTO erp_jobs_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await self.app.close_async()
@@ -204,6 +194,24 @@ class PostgresEngine(JobEngine):
             raise self._error(exc) from None
         self._open = True
         return self
+
+    @staticmethod
+    async def _create_schema(conn: Any) -> None:
+        """procrastinate's schema and ours, once, under an advisory lock (many processes may open at once)."""
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            cur = await conn.execute("SELECT to_regclass('procrastinate_jobs')")
+            if (await cur.fetchone())[0] is None:
+                await conn.execute(SchemaManager.get_schema())
+            await conn.execute(_OWN_SCHEMA)
+            cur = await conn.execute("SELECT MAX(version) FROM erp_jobs_schema")
+            version = (await cur.fetchone())[0] or 0
+            if version > SCHEMA_VERSION:
+                raise StateError(f"the job tables have schema version {version}, newer than the "
+                                 f"{SCHEMA_VERSION} this erp-plugins-core knows; upgrade erp-plugins-core")
+            if version < SCHEMA_VERSION:
+                await conn.execute("DELETE FROM erp_jobs_schema")
+                await conn.execute("INSERT INTO erp_jobs_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
 
     async def close(self) -> None:
         if self._open:
