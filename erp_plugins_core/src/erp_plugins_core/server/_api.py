@@ -215,15 +215,15 @@ async def tenant_audit(request: Request) -> Response:
     return JSONResponse(audit_rows(reversed(entries)))  # newest first
 
 
-ROUTES = [
+ROUTES = [  # the hook calls first: a request is matched against the routes in this order
+    Route("/v1/tenants/{tenant}/hooks/{hook}", call_hook, methods=["POST"]),
+    Route("/v1/tenants/{tenant}/hooks/{hook}/first", call_first, methods=["POST"]),
+    Route("/v1/tenants/{tenant}/hooks/{hook}/stream", call_stream, methods=["POST"]),
     Route("/v1/plugins", list_plugins, methods=["GET"]),
     Route("/v1/tenants/{tenant}/plugins", list_tenant_plugins, methods=["GET"]),
     Route("/v1/tenants/{tenant}/plugins/{name}", enable_plugin, methods=["PUT"]),
     Route("/v1/tenants/{tenant}/plugins/{name}", disable_plugin, methods=["DELETE"]),
     Route("/v1/tenants/{tenant}/plugins/{name}/config", plugin_config, methods=["GET"]),
-    Route("/v1/tenants/{tenant}/hooks/{hook}", call_hook, methods=["POST"]),
-    Route("/v1/tenants/{tenant}/hooks/{hook}/first", call_first, methods=["POST"]),
-    Route("/v1/tenants/{tenant}/hooks/{hook}/stream", call_stream, methods=["POST"]),
     Route("/v1/tenants/{tenant}/events", emit_event, methods=["POST"]),
     Route("/v1/tenants/{tenant}/health", tenant_health, methods=["GET"]),
     Route("/v1/tenants/{tenant}/audit", tenant_audit, methods=["GET"]),

@@ -86,10 +86,10 @@ def create_app(settings: ServerSettings | None = None, *, host: PluginHost | Non
             log.info("stopped")
 
     routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
         *API_ROUTES,
         *OPENAI_ROUTES,
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         *DOC_ROUTES,
         *CONSOLE_ROUTES,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

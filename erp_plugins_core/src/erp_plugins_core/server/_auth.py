@@ -86,7 +86,7 @@ class Authenticator:
         if kind.lower() != "bearer" or not text.strip():
             raise Problem(401, "the Authorization header must be: Bearer <token>", headers=_CHALLENGE)
         rec = self.check(text.strip())
-        request.state.token_id = rec.id  # for the access log line
+        request.scope.setdefault("state", {})["token_id"] = rec.id  # for the access log line
         return rec
 
     def require(self, request: Request, *, tenant: str | None, scope: str) -> TokenRecord:
@@ -104,15 +104,16 @@ class Authenticator:
 
     def note(self, rec: TokenRecord, request: Request, tenant: str | None) -> None:
         """Count one use of `rec` (written at the next flush)."""
-        request.state.token_id = rec.id
-        route = request.scope.get("route")
-        path = getattr(route, "path", request.url.path)
-        uses = self._uses.get((rec.id, tenant or rec.tenant or "*"))
+        scope = request.scope
+        scope.setdefault("state", {})["token_id"] = rec.id  # for the access log line
+        route = scope.get("route")
+        key = (rec.id, tenant or rec.tenant or "*")
+        uses = self._uses.get(key)
         if uses is None:
-            uses = self._uses[(rec.id, tenant or rec.tenant or "*")] = _Uses()
+            uses = self._uses[key] = _Uses()
         uses.count += 1
         uses.last = time.time()
-        uses.routes[f"{request.method} {path}"] += 1
+        uses.routes[f"{scope['method']} {route.path if route is not None else scope['path']}"] += 1
 
     def flush(self) -> None:
         """Write the counted uses: last-used times and one `token_use` audit entry per token and tenant."""
