@@ -115,7 +115,10 @@ def test_enable_reconfigure_and_disable_through_the_api(fleet: Fleet, c: httpx.C
     calls = c.post("/v1/tenants/globex/hooks/ai_request", headers=fleet.h("globex_call"), json={"prompt": "q"})
     assert [x["plugin"] for x in calls.json()] == ["web_tool"]
     audit = c.get("/v1/tenants/globex/audit", headers=h).json()
-    assert [e["action"] for e in audit if e["plugin"] == "boxed_stream"][:2] == ["disable", "enable"]
+    assert [e["action"] for e in audit if e["plugin"] == "boxed_stream"][:4] == [
+        "api:disable", "disable", "api:enable", "enable"]
+    who = fleet.tokens["globex_admin"]["id"]
+    assert [e["user"] for e in audit if e["action"].startswith("api:")][:2] == [f"token:{who}"] * 2
 
 
 def test_enable_errors(fleet: Fleet, c: httpx.Client) -> None:

@@ -140,8 +140,10 @@ def test_enable_with_config_bad_value_secret_and_disable(page, fleet: Fleet) -> 
     # disable, and see the audit line
     page.locator("#plugin-web_tool").get_by_role("button", name="Disable web_tool").click()
     assert "disabled web_tool" in page.get_by_role("status").inner_text()
-    audit = page.get_by_role("table", name="Newest first").locator("tbody tr").first.inner_text()
-    assert "web_tool" in audit and "disable" in audit
+    audit = page.get_by_role("table", name="Newest first").locator("tbody tr").all_inner_texts()
+    platform_id = fleet.tokens["platform"]["id"]
+    assert "web_tool" in audit[0] and "console:disable" in audit[0] and f"token:{platform_id}" in audit[0]
+    assert "web_tool" in audit[1] and "\tdisable" in audit[1]
     assert page.locator("#plugin-web_tool .state").inner_text() == "not enabled"
     page.screenshot(path=SHOTS / "after-disable.png", full_page=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -79,12 +80,13 @@ def _enable_body(body: dict[str, Any], manifest: Any) -> dict[str, Any]:
 async def enable_plugin(request: Request) -> Response:
     rt = _rt(request)
     tenant, name = _path(request, "tenant"), _path(request, "name")
-    rt.auth.require(request, tenant=tenant, scope="admin")
+    token = rt.auth.require(request, tenant=tenant, scope="admin")
     body = await read_object(request)
     rec = rt.host.record(name)
     if rec.manifest is None:
         raise Problem(409, f"plugin {name!r} is invalid: {'; '.join(rec.errors)}")
     await rt.host.enable(name, tenant=tenant, **_enable_body(body, rec.manifest))
+    await asyncio.to_thread(rt.auth.record_action, token, tenant, name, "enable", "api")
     return JSONResponse(_row_of(rt, tenant, name))
 
 
@@ -95,9 +97,10 @@ def _row_of(rt: ServerRuntime, tenant: str, name: str) -> dict[str, Any]:
 async def disable_plugin(request: Request) -> Response:
     rt = _rt(request)
     tenant, name = _path(request, "tenant"), _path(request, "name")
-    rt.auth.require(request, tenant=tenant, scope="admin")
+    token = rt.auth.require(request, tenant=tenant, scope="admin")
     rt.known_tenant(tenant)
     await rt.host.disable(name, tenant=tenant)
+    await asyncio.to_thread(rt.auth.record_action, token, tenant, name, "disable", "api")
     return JSONResponse(_row_of(rt, tenant, name))
 
 

@@ -245,6 +245,7 @@ async def enable_submit(request: Request, session: Session) -> Response:
                                f"confirmation to enable it")
         await rt.host.enable(rec.name, tenant=tenant, config=config, grant=list(form.getlist("grant")),
                              trust=trust, priority=int(priority_text) if priority_text else None)
+        await asyncio.to_thread(rt.auth.record_action, session.token, tenant, rec.name, "enable", "console")
     except ConfigError as exc:
         rest = field_errors(exc, fields)
         for f in fields:  # what the user typed comes back (never a sensitive value)
@@ -266,6 +267,7 @@ async def disable_submit(request: Request, session: Session) -> Response:
     check_csrf(session.csrf, form.get("csrf"))
     name = request.path_params["name"]
     await rt.host.disable(name, tenant=tenant)
+    await asyncio.to_thread(rt.auth.record_action, session.token, tenant, name, "disable", "console")
     return _redirect(f"/tenants/{quote(tenant)}?done={quote('disabled ' + name)}")
 
 
