@@ -8,9 +8,13 @@ pluggy. ERP code uses `PluginHost`; plugin authors subclass `PluginInterface` or
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
 
+# `typing` is not imported at run time: it would be most of what `import erp_plugins_core` and the command line's
+# cached `list` cost (type checkers treat a module-level TYPE_CHECKING like typing's)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._chat import ChatRequest
     from ._context import PluginContext
     from ._dispatch import HookResult

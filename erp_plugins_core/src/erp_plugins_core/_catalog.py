@@ -121,10 +121,14 @@ class Catalog:
     def load(cls, *, use_cache: bool = True, plugins_dirs: Iterable[str | os.PathLike[str]] | None = None) -> Catalog:
         """Discover the installed plugins and the folder plugins of `plugins_dirs` and ERP_PLUGINS_PATH, and validate
         them; a cache hit carries records validated when cached."""
-        from ._folders import plugins_dirs as resolve_dirs
+        from ._searchpath import plugins_dirs as resolve_dirs
 
         dirs = resolve_dirs(plugins_dirs or ())
-        return cls(discover(use_cache=use_cache, validate=validate_discovery, plugins_dirs=dirs))
+        from ._listing import listing_entry
+
+        # the cache also keeps what `list` prints, so the command line answers `list` from the file alone
+        return cls(discover(use_cache=use_cache, validate=validate_discovery, plugins_dirs=dirs,
+                            listing=listing_entry))
 
     def hook(self, name: str) -> HookInfo | None:
         """A core hook's or a provided hook's info."""

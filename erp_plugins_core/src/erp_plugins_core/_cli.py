@@ -1,5 +1,9 @@
 """The `erp-plugins` command line (click).
 
+Its module imports only click and light modules, so `--help` and every command's `--help` start fast; what a
+command needs (discovery, the catalog, the host) is imported inside it. `list` from a warm discovery cache does
+not reach this module at all (`__main__`, `_listing`).
+
 Exit codes: 0 ok, 1 a check or call failed, 2 bad usage (unknown command, plugin or hook, malformed
 option). `--json` prints one JSON document on stdout and nothing else; diagnostics go to stderr.
 """
@@ -10,12 +14,10 @@ import json
 import os
 import sys
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ._catalog import ACCEPTED_FINDINGS, Catalog, acceptance_key, deep_check
 from ._errors import (
     ConfigError,
     HookArgumentError,
@@ -26,7 +28,6 @@ from ._errors import (
     UnknownHookError,
     UnknownPluginError,
 )
-from ._hookspecs import HOOKS
 from ._interface import PluginType
 
 T = TypeVar("T")
@@ -46,23 +47,16 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 def _state_location(ctx: click.Context) -> str:
     """`--state`, else ERP_PLUGINS_STATE, else the default file: a path or a postgresql:// URL, checked."""
-    from ._state import default_location, parse_location
+    from ._listing import state_location
 
-    given = ctx.obj.get("state")
-    try:
-        return parse_location(given if given else default_location())[1]
-    except StateError as exc:  # a location that is neither a path nor a PostgreSQL URL is bad usage
-        raise ConfigError(str(exc)) from None
+    return state_location(ctx.obj.get("state"))
 
 
 def _read_store(ctx: click.Context) -> Any:
     """The state store for reading, or None when its file does not exist yet (reading never creates it)."""
-    from ._state import open_store, parse_location
+    from ._listing import read_store
 
-    kind, location = parse_location(_state_location(ctx))
-    if kind == "sqlite" and not Path(location).expanduser().exists():
-        return None
-    return open_store(location)
+    return read_store(ctx.obj.get("state"))
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -130,36 +124,15 @@ def cli(ctx: click.Context, state: str | None, plugins_dirs: tuple[str, ...]) ->
 @click.pass_context
 def list_cmd(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
     """Every discovered plugin: version, type, hooks, permissions, valid or not (without importing plugins)."""
-    catalog = Catalog.load()
-    status: dict[str, Any] = {}
+    from ._catalog import Catalog
+    from ._listing import json_text, render_text, tenant_status
+    from ._shapes import plugin_rows, with_tenant
+
+    # the same rows and renderers as the answer from the cache (`_listing.run`), so both print the same
+    rows = plugin_rows(Catalog.load())
     if tenant is not None:
-        from ._state import validate_tenant
-
-        validate_tenant(tenant)
-        store = _read_store(ctx)
-        if store is not None:
-            with store:
-                status = {r.plugin: r for r in store.list(tenant)}
-    from ._shapes import plugin_rows
-
-    rows = plugin_rows(catalog, tenant, status)
-    if as_json:
-        _emit_json(rows)
-        return
-    if not rows:
-        click.echo("no plugins installed (entry point group erp_plugins)")
-        return
-    for item in rows:
-        mark = "ok" if item["valid"] else "INVALID"
-        click.echo(f"{item['name']} {item['version']} [{item['plugin_type'] or '?'}] ({item['distribution']}) {mark}")
-        click.echo(f"    hooks: {', '.join(item['hooks']) or '-'}")
-        click.echo(f"    permissions: {', '.join(item['permissions']) or '-'}")
-        if "tenant" in item:
-            t = item["tenant"]
-            extra = f", reason: {t['reason']}" if t["reason"] else ""
-            click.echo(f"    tenant {tenant}: {t['state']}{' (trusted)' if t['trusted'] else ''}{extra}")
-        for err in item["errors"]:
-            click.echo(f"    error: {err}")
+        rows = with_tenant(rows, tenant, tenant_status(ctx.obj.get("state"), tenant))
+    click.echo(json_text(rows) if as_json else render_text(rows, tenant), nl=False)
 
 
 @cli.command()
@@ -170,6 +143,7 @@ def list_cmd(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
 @click.pass_context
 def check(ctx: click.Context, names: tuple[str, ...], as_json: bool, accept_findings: bool) -> None:
     """Full validation: manifest, dependencies, cycles, api_version, files against RECORD, code scan."""
+    from ._catalog import ACCEPTED_FINDINGS, Catalog, acceptance_key, deep_check
     from ._integrity import lock_from_json
 
     catalog = Catalog.load()
@@ -229,6 +203,7 @@ def lock(ctx: click.Context, remove: bool, as_json: bool) -> None:
 
     While a lock exists the host refuses to load a plugin whose distribution drifted from it.
     """
+    from ._catalog import Catalog
     from ._integrity import build_lock, editable_location, lock_to_json
 
     with _open_store(ctx) as store:
@@ -337,6 +312,9 @@ def config_show(ctx: click.Context, name: str, tenant: str, as_json: bool) -> No
 
 
 def _call_args(hook: str, args: tuple[str, ...], args_json: str | None) -> dict[str, Any]:
+    from ._catalog import Catalog
+    from ._hookspecs import HOOKS
+
     if hook not in HOOKS and Catalog.load().hook(hook) is None:  # a core hook, or one a plugin provides
         from ._hookspecs import hook_names
 
@@ -514,6 +492,8 @@ def audit(ctx: click.Context, tenant: str | None, limit: int | None, as_json: bo
               help="Folder in which the folder NAME is created.")
 def new(name: str, plugin_type: str, directory: str) -> None:
     """Scaffold a plugin distribution NAME that installs, is discovered, passes check, and has tests."""
+    from pathlib import Path
+
     from ._scaffold import scaffold
 
     path = scaffold(name, plugin_type, Path(directory))

@@ -1,21 +1,17 @@
 """Discovery: find plugins through the `erp_plugins` entry point group and read their manifests, never importing.
 
-The result is cached on disk. The cache key is the nanosecond mtime, inode and ctime of every `sys.path`
-directory (an install, upgrade or removal adds or removes a `.dist-info` there) and of every manifest file
-read last time (editable installs), and, with plugins folders (`_folders`), of each plugins folder and plugin
+The result is cached on disk (`_cachefile`). The cache key is the nanosecond mtime, inode and ctime of every
+`sys.path` directory (an install, upgrade or removal adds or removes a `.dist-info` there) and of every manifest
+file read last time (editable installs), and, with plugins folders (`_folders`), of each plugins folder and plugin
 folder (a plugin folder or one of its files added or removed). Like git's "racy clean" rule, a cache written
 less than two seconds after the newest of those timestamps is not trusted, so changes within one clock tick are
-not missed.
+not missed. The cache also keeps what `erp-plugins list` prints, so the command line answers it from the file.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import importlib.util
-import os
-import sys
-import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,14 +20,15 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
+from . import _cachefile
+from ._cachefile import RACY_SECONDS
 from ._errors import ManifestError
 from ._manifest import Manifest, load_manifest
 from ._record import _FIELDS, PluginRecord
 
 GROUP = "erp_plugins"
 MANIFEST_FILE = "plugin.yaml"
-CACHE_FORMAT = 3  # 3: folder plugins
-_RACY_SECONDS = 2.0
+_RACY_SECONDS = RACY_SECONDS  # a module attribute, so tests can narrow the racy-clean window
 
 
 def _fields(rec: PluginRecord) -> dict[str, Any]:
@@ -49,6 +46,7 @@ class Discovery:
     plugins_dirs: list[str] = field(default_factory=list)
     from_cache: bool = False
     validated: bool = False  # records carry the catalog's checks already (see `discover(validate=...)`)
+    listing: Any = None  # what `list` prints for these records (see `discover(listing=...)`), kept in the cache
 
     def installed_version(self, name: str) -> str | None:
         """The installed version of a distribution, or None when it is not installed."""
@@ -231,48 +229,13 @@ def scan(plugins_dirs: list[str] | None = None) -> Discovery:
                      plugins_dirs=list(plugins_dirs or []))
 
 
-# --- Cache ----------------------------------------------------------------------------------------------
-
-
-def _stat_key(path: str) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size]
-
-
-def _fingerprint(manifest_files: list[str], folders: Sequence[str] = ()) -> dict[str, Any]:
-    # a plugins folder's and a plugin folder's stamps change when a plugin folder or a file in one (its main_file)
-    # is added, removed or renamed; a manifest's own stamps when it is edited
-    return {
-        "format": CACHE_FORMAT,
-        "python": sys.version,
-        "path": {p: _stat_key(p) for p in sys.path if p},
-        "manifests": {p: _stat_key(p) for p in manifest_files},
-        "folders": {p: _stat_key(p) for p in folders},
-    }
-
-
-def _newest_ns(fp: dict[str, Any]) -> int:
-    stamps = [max(v[0], v[1]) for part in ("path", "manifests", "folders") for v in fp[part].values() if v]
-    return max(stamps, default=0)
+# --- Cache (the file and its key: `_cachefile`) ----------------------------------------------------------
 
 
 def cache_path(plugins_dirs: Sequence[str] = ()) -> Path | None:
     """Where the discovery cache lives for this interpreter and sys.path; None when caching is disabled."""
-    if os.environ.get("ERP_PLUGINS_CACHE", "1").lower() in {"0", "false", "no", "off"}:
-        return None
-    root = os.environ.get("ERP_PLUGINS_CACHE_DIR")
-    if not root:
-        import platformdirs
-
-        root = platformdirs.user_cache_dir("erp-plugins")
-    import hashlib
-
-    key = [sys.prefix, sys.executable, *sys.path, "\1", *plugins_dirs]
-    ident = hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
-    return Path(root, f"discovery-{ident}.msgpack")
+    path = _cachefile.cache_path(plugins_dirs)
+    return Path(path) if path is not None else None
 
 
 def _record_to_data(rec: PluginRecord) -> list[Any]:
@@ -295,50 +258,43 @@ def _record_from_data(data: list[Any]) -> PluginRecord:
 def _load_cache(path: Path) -> Discovery | None:
     import msgpack
 
+    data = _cachefile.read(str(path), _RACY_SECONDS)
+    if data is None:
+        return None
     try:
-        data = msgpack.unpackb(path.read_bytes())
-        manifest_files = data["manifest_files"]
-        if data["fingerprint"] != _fingerprint(manifest_files, data["folders"]):
-            return None
-        if _newest_ns(data["fingerprint"]) > data["written_ns"] - _RACY_SECONDS * 1e9:
-            return None
-        return Discovery([_record_from_data(r) for r in data["records"]], data["versions"], manifest_files,
-                         folders=data["folders"], plugins_dirs=data["plugins_dirs"], from_cache=True,
-                         validated=data["validated"])
-    except (OSError, ValueError, KeyError, TypeError):
+        # the records are a nested document, unpacked here only: `list` answers from `listing` without them
+        records = [_record_from_data(r) for r in msgpack.unpackb(data["records"])]
+        return Discovery(records, data["versions"], data["manifest_files"], folders=data["folders"],
+                         plugins_dirs=data["plugins_dirs"], from_cache=True, validated=data["validated"],
+                         listing=data.get("listing"))
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException):
         return None
 
 
 def _save_cache(path: Path, found: Discovery) -> None:
     import msgpack
 
-    data = {
-        "fingerprint": _fingerprint(found.manifest_files, found.folders),
-        "written_ns": time.time_ns(),
+    _cachefile.write(str(path), {
         "manifest_files": found.manifest_files,
         "folders": found.folders,
         "plugins_dirs": found.plugins_dirs,
-        "records": [_record_to_data(r) for r in found.records],
+        "records": msgpack.packb([_record_to_data(r) for r in found.records]),
         "versions": found.versions,
         "validated": found.validated,
-    }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".discovery-")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(msgpack.packb(data))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache folder only costs speed
+        "listing": found.listing,
+    })
 
 
 def discover(*, use_cache: bool = True,
              validate: Callable[[Discovery], list[PluginRecord]] | None = None,
-             plugins_dirs: list[str] | None = None) -> Discovery:
+             plugins_dirs: list[str] | None = None,
+             listing: Callable[[list[PluginRecord]], Any] | None = None) -> Discovery:
     """Installed plugins, from the cache when nothing was installed, upgraded or removed since it was written.
 
     `validate` (the catalog's checks) runs on a fresh scan before it is cached, so a cache hit carries the
-    validated records and `validated` is true; it depends only on what the cache key covers.
+    validated records and `validated` is true; it depends only on what the cache key covers. `listing` turns
+    the validated records into what `erp-plugins list` prints (plain data), cached with them so that the
+    command line answers `list` from the cache file alone.
     """
     dirs = list(plugins_dirs or [])
     path = cache_path(dirs) if use_cache else None
@@ -350,6 +306,8 @@ def discover(*, use_cache: bool = True,
     if validate is not None:
         found.records = validate(found)
         found.validated = True
+        if listing is not None:
+            found.listing = listing(found.records)
     if path is not None:
         _save_cache(path, found)
     return found

@@ -20,35 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from ._discovery import MANIFEST_FILE, PluginRecord
-from ._errors import ConfigError, ManifestError
+from ._errors import ManifestError
 from ._manifest import load_manifest
+from ._searchpath import PATH_ENV, plugins_dirs  # re-exported; light, as the command line's cached list needs them
 
-PATH_ENV = "ERP_PLUGINS_PATH"
+__all__ = ["PATH_ENV", "FolderDistribution", "candidate_folders", "folder_files", "plugins_dirs", "prepare_import",
+           "read_folder", "scan_folders", "site_files"]
+
 #: The package a folder plugin's files live in when it runs: `erp_folder_plugins.<name>.<main_file stem>`.
 PACKAGE = "erp_folder_plugins"
 _SKIP_DIRS = frozenset({"__pycache__", ".git", ".venv", "node_modules"})
-
-
-def plugins_dirs(given: Iterable[str | os.PathLike[str]] = (), *, env: bool = True) -> list[str]:
-    """The plugins folders to search: `given` first, then those of ERP_PLUGINS_PATH (os.pathsep-separated).
-
-    ConfigError naming the folder and where it came from when one is not an existing folder (a URL is refused
-    as such, not looked up as a file name).
-    """
-    sources = [(str(os.fspath(d)), "--plugins-dir") for d in given]
-    if env:
-        sources += [(d, PATH_ENV) for d in os.environ.get(PATH_ENV, "").split(os.pathsep) if d.strip()]
-    out: list[str] = []
-    for text, origin in sources:
-        if "://" in text:
-            raise ConfigError(f"{origin} {text!r} is a URL; give a local folder that holds plugin folders")
-        path = Path(text).expanduser()
-        if not path.is_dir():
-            raise ConfigError(f"{origin} {text!r} is not an existing folder; create it or fix the path")
-        resolved = str(path.resolve())
-        if resolved not in out:
-            out.append(resolved)
-    return out
 
 
 def candidate_folders(dirs: Iterable[str]) -> list[Path]:
