@@ -214,17 +214,20 @@ class OutboxEngine(JobEngine):
                 "VALUES (?, ?, ?, 'queued', ?, ?)",
                 [(work_id, f"{tenant}/{plugin}", plugin, now, now) for plugin in targets],
             )
-        self.wake()
         return work_id
 
     async def store_event(self, tenant: str, event_type: str, data: dict[str, Any], targets: list[str], *,
                           source: str | None, depth: int) -> str:
-        return self._insert("event", tenant, "on_event", {"event_type": event_type, "data": data}, targets,
-                            source, depth, None)
+        work_id = await asyncio.to_thread(self._insert, "event", tenant, "on_event",
+                                          {"event_type": event_type, "data": data}, targets, source, depth, None)
+        self.wake()
+        return work_id
 
     async def store_job(self, tenant: str, hook: str, args: dict[str, Any], targets: list[str], *,
                         idempotency_key: str | None) -> str:
-        return self._insert("job", tenant, hook, args, targets, None, 0, idempotency_key)
+        work_id = await asyncio.to_thread(self._insert, "job", tenant, hook, args, targets, None, 0, idempotency_key)
+        self.wake()
+        return work_id
 
     # --- reading -------------------------------------------------------------------------------------------
 
@@ -243,6 +246,9 @@ class OutboxEngine(JobEngine):
         return works
 
     async def get(self, work_id: str) -> Work:
+        return await asyncio.to_thread(self._get, work_id)
+
+    def _get(self, work_id: str) -> Work:
         rows = self._require().read(f"SELECT {_WORK_COLUMNS} FROM job_works WHERE id = ?", (work_id,))  # noqa: S608
         if not rows:
             raise JobNotFound(f"no event or job {work_id!r} (never stored, or removed after the retention period)")
@@ -250,6 +256,9 @@ class OutboxEngine(JobEngine):
 
     async def list(self, *, kind: str, tenant: str | None = None, state: str | None = None,
                    limit: int = 100) -> list[Work]:
+        return await asyncio.to_thread(self._list, kind, tenant, state, limit)
+
+    def _list(self, kind: str, tenant: str | None, state: str | None, limit: int) -> list[Work]:
         where, params = ["w.kind = ?"], [kind]
         if tenant is not None:
             where.append("w.tenant = ?")
@@ -261,6 +270,9 @@ class OutboxEngine(JobEngine):
         return self._works(self._require().read(sql, [*params, max(0, int(limit))]))
 
     async def counts(self, *, kind: str, tenant: str | None = None) -> dict[str, int]:
+        return await asyncio.to_thread(self._counts, kind, tenant)
+
+    def _counts(self, kind: str, tenant: str | None) -> dict[str, int]:
         sql = ("SELECT d.state, COUNT(*) FROM job_deliveries d JOIN job_works w ON w.id = d.work "
                "WHERE w.kind = ? AND (? IS NULL OR w.tenant = ?) GROUP BY d.state")
         out = dict.fromkeys(("queued", "running", "succeeded", "failed"), 0)
@@ -269,17 +281,24 @@ class OutboxEngine(JobEngine):
         return out
 
     async def retry(self, work_id: str) -> int:
-        await self.get(work_id)
+        count = await asyncio.to_thread(self._retry, work_id)
+        self.wake()
+        return count
+
+    def _retry(self, work_id: str) -> int:
+        self._get(work_id)
         now = time.time()
         with self._require().write() as conn:
             cur = conn.execute(
                 "UPDATE job_deliveries SET state = 'queued', run_after = ?, lease_owner = NULL, lease_until = NULL, "
                 "updated_at = ? WHERE work = ? AND state = 'failed'", (now, now, work_id),
             )
-        self.wake()
         return cur.rowcount
 
     async def purge(self) -> int:
+        return await asyncio.to_thread(self._purge)
+
+    def _purge(self) -> int:
         cutoff = time.time() - self.settings.retention_s
         with self._require().write() as conn:
             cur = conn.execute(

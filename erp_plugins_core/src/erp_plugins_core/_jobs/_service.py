@@ -2,7 +2,8 @@
 units with the host's checks (still enabled, still granted) when a worker takes them.
 
 The host keeps one JobService and delegates `emit`, `submit`, `job` and `run_jobs` to it. With the embedded
-SQLite state an open host also delivers in the background (the contract's "open hosts also run them").
+SQLite state an open host also delivers in the background (the contract's "open hosts also run them"). As in
+the host, state-store calls run in a thread: the event loop never waits on the database.
 """
 
 from __future__ import annotations
@@ -77,11 +78,11 @@ class JobService:
 
     # --- storing -------------------------------------------------------------------------------------------
 
-    def _implementers(self, hook: str, tenant: str, exclude: str | None = None) -> list[str]:
+    async def _implementers(self, hook: str, tenant: str, exclude: str | None = None) -> list[str]:
         """Plugins enabled for the tenant whose manifest implements `hook` (read from the store now)."""
         store = self._host._require_store()
         out = []
-        for row in store.list(tenant):
+        for row in await asyncio.to_thread(store.list, tenant):
             record = self._host.catalog.get(row.plugin) if row.enabled and row.plugin != exclude else None
             if record is not None and record.manifest is not None and any(
                 h.name == hook for h in record.manifest.hooks
@@ -97,7 +98,7 @@ class JobService:
                 f"{MAX_EVENT_DEPTH} for tenant {tenant!r} (plugins emitting events in a loop?)"
             )
         args = _jsonable("on_event", bind_arguments("on_event", {"event_type": event_type, "data": data}))
-        targets = self._implementers("on_event", tenant, exclude=source)
+        targets = await self._implementers("on_event", tenant, exclude=source)
         engine = await self.engine()
         return await engine.store_event(tenant, event_type, args["data"], targets, source=source, depth=depth + 1)
 
@@ -112,7 +113,7 @@ class JobService:
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 200):
             raise HookArgumentError("idempotency_key must be a non-empty string of at most 200 characters")
         args = _jsonable(hook, bind_arguments(hook, dict(kwargs)))
-        targets = self._implementers(hook, tenant)
+        targets = await self._implementers(hook, tenant)
         if not targets:
             raise AllPluginsFailed(f"no plugin enabled for tenant {tenant!r} implements {hook}; nothing to submit")
         engine = await self.engine()
@@ -146,7 +147,7 @@ class JobService:
         """Run one unit: refuse (for good) a plugin disabled or no longer granted since, else call its hook."""
         host = self._host
         what = "event" if unit.kind == "event" else "job"
-        row = host._require_store().get(unit.tenant, unit.plugin)
+        row = await asyncio.to_thread(host._require_store().get, unit.tenant, unit.plugin)
         if row is None or not row.enabled:
             return Outcome(False, error=f"plugin {unit.plugin!r} was disabled for tenant {unit.tenant!r} after the "
                            f"{what} was stored; not run", error_kind="disabled", permanent=True)
