@@ -120,6 +120,19 @@ def test_put_writes_policy_only_each_host_records_its_own_state(state_location: 
         assert [(r.host, r.state) for r in store.runtime()] == [("other", "error")]
 
 
+def test_a_disabled_record_reads_inactive_whatever_hosts_recorded(state_location: str) -> None:
+    with open_store(state_location) as store:
+        with store.transaction() as tx:
+            tx.put(TenantPlugin("acme", "p1", enabled=True))
+        store.set_runtime_state("acme", "p1", "active", host="gone-cli")
+        assert store.get("acme", "p1").state == "active"
+        with store.transaction() as tx:
+            rec = tx.get("acme", "p1")
+            rec.enabled = False
+            tx.put(rec)
+        assert store.get("acme", "p1").state == "inactive" and store.list("acme")[0].state == "inactive"
+
+
 def test_runtime_writes_inside_a_transaction_are_refused(state_location: str) -> None:
     with open_store(state_location) as store:
         _enable(store, "p1")

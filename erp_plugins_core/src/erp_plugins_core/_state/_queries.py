@@ -54,8 +54,9 @@ def _record(row: Sequence[Any]) -> TenantPlugin:
         granted=list(json.loads(granted)),
         priority=int(priority),
         config=dict(json.loads(config)),
-        state=state if state is not None else INACTIVE,
-        reason=reason,
+        # a disabled plugin is inactive whatever a host still retiring it (or gone) last recorded
+        state=state if state is not None and enabled else INACTIVE,
+        reason=reason if enabled else None,
         updated_at=float(updated_at),
     )
 
