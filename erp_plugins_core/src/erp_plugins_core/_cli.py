@@ -110,6 +110,9 @@ def cli(ctx: click.Context, state: str | None, plugins_dirs: tuple[str, ...]) ->
     ctx.ensure_object(dict)
     ctx.obj["state"] = state
     if plugins_dirs:
+        from ._searchpath import plugins_dirs as checked
+
+        checked(plugins_dirs, env=False)  # each as given, before the join below would split a URL at its colon
         # every catalog this process (and the workers it starts) loads reads ERP_PLUGINS_PATH; checked there
         env = os.environ.get("ERP_PLUGINS_PATH", "")
         os.environ["ERP_PLUGINS_PATH"] = os.pathsep.join([*plugins_dirs, *([env] if env else [])])
