@@ -84,3 +84,21 @@ async def test_opening_starts_no_worker_health_says_idle_and_warm_up_starts_them
         assert runner.worker_pids and alive(runner.worker_pids)
         [report] = await host.health("acme")
         assert report.healthy and not report.detail.startswith("idle")
+
+
+def test_a_host_on_uvloop_runs_sandboxed_workers_as_their_own_uid(world) -> None:
+    """ERP applications often run on uvloop, whose subprocesses take no user/group arguments."""
+    import uvloop
+
+    from sandboxkit import uid_of
+
+    async def go() -> tuple[str, set[int | None]]:
+        async with PluginHost(world["location"], health_loop=False) as host:
+            await host.enable("sbx_fleet", tenant="acme", config={"greeting": "loop"})
+            [result] = await host.call("ai_request", tenant="acme", prompt="hi", context={})
+            pids = host._instances[("acme", "sbx_fleet")].runner.worker_pids
+            return (result.result or result.error or ""), {uid_of(pid) for pid in pids}
+
+    answer, uids = uvloop.run(go())
+    assert answer.startswith("loop hi")
+    assert uids and all(uid is not None and uid >= 1_500_000_000 for uid in uids)  # never root

@@ -66,19 +66,20 @@ class WorkerLauncher(WorkerCommand):
         seccomp_fd = _seccomp.filter_fd(self.manifest.resources.network_access)
         info_r, info_w = os.pipe()
         out_r, out_w = os.pipe()  # the worker's replies; read by a protocol, not a StreamReader
+        in_r, in_w = os.pipe()  # the host's messages; our own pipe, so that any event loop can take it
         _grow_pipe(out_r)
+        _grow_pipe(in_w)
         try:
             argv = self.argv(info_w, seccomp_fd, cgroup=group is not None)
-            kwargs: dict[str, Any] = {}
-            if self.uid is not None:
-                kwargs = {"user": self.uid, "group": self.uid, "extra_groups": []}
+            kwargs = _as_user(self.uid) if self.uid is not None else {}
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=out_w, stderr=asyncio.subprocess.PIPE,
+                *argv, stdin=in_r, stdout=out_w, stderr=asyncio.subprocess.PIPE,
                 pass_fds=(seccomp_fd, info_w), start_new_session=True, cwd="/", env={}, limit=1 << 20, **kwargs,
             )
         except BaseException:
             os.close(info_r)
             os.close(out_r)
+            os.close(in_w)
             if group is not None:
                 group.remove()
             raise
@@ -86,9 +87,10 @@ class WorkerLauncher(WorkerCommand):
             os.close(seccomp_fd)
             os.close(info_w)
             os.close(out_w)
-        if proc.stdin is not None:
-            _grow_pipe(proc.stdin.get_extra_info("pipe").fileno())
-        w = _Worker(proc)
+            os.close(in_r)
+        loop = asyncio.get_running_loop()
+        pipe, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(in_w, "wb", buffering=0))
+        w = _Worker(proc, pipe)
         w.cgroup = group  # removed by _finish, however the worker ends
         if slot is not None:  # released by _finish too
             w.slot, slot.worker = slot, w
@@ -269,8 +271,8 @@ class WorkerLauncher(WorkerCommand):
         for bt in list(w.bridge_tasks):
             bt.cancel()
         w.finished.set()
-        if w.proc.stdin is not None:
-            w.proc.stdin.close()
+        if w.pipe is not None:
+            w.pipe.close()
         if counted:
             log.warning("%s", self._redactor.redact(message))
         if w.cgroup is not None:
@@ -337,3 +339,22 @@ def _read_all(fd: int) -> bytes:
     while chunk := os.read(fd, 65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _as_user(uid: int) -> dict[str, Any]:
+    """Arguments that start the worker's bwrap as `uid`, with no supplementary groups.
+
+    On asyncio's own loops, the subprocess module's `user`/`group`/`extra_groups` (set in C after the fork).
+    Other loops (uvloop, which an ERP application often runs) do not take those; there a `preexec_fn` makes
+    the same three calls in the child before it executes bwrap.
+    """
+    if isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
+        return {"user": uid, "group": uid, "extra_groups": []}
+
+    def become() -> None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+
+    return {"preexec_fn": become}
+

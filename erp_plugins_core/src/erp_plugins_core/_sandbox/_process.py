@@ -143,9 +143,9 @@ class _FromWorker(asyncio.Protocol):
 class _Worker:
     """One running bwrap worker: its process, pipe, calls in flight and how it ended."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, pipe: asyncio.WriteTransport | None) -> None:
         self.proc = proc
-        self.pipe: asyncio.WriteTransport | None = proc.stdin.transport if proc.stdin is not None else None
+        self.pipe: asyncio.WriteTransport | None = pipe
         self.pid = proc.pid
         self.child_pid: int | None = None
         self.pidfd: int | None = None
