@@ -251,7 +251,7 @@ async def test_with_every_worker_busy_a_call_waits_for_a_slot(runners, fleets) -
     fleet = fleets(max_workers=2, idle_timeout=math.inf)
     a, b, c = [await runners(t, fleet, lazy=True) for t in ("a", "b", "c")]
     with Sampler({a.uid, b.uid, c.uid}) as sampler:
-        slow = [asyncio.create_task(ask(r, "sleep:2")) for r in (a, b)]
+        slow = [asyncio.create_task(ask(r, "sleep:5")) for r in (a, b)]
         await until(lambda: all(hook_running(r) for r in (a, b)), "a and b to be busy")
         third = asyncio.create_task(ask(c, "config"))
         await until(lambda: fleet.stats()["waiting"] == 1, "c to wait for a slot")
