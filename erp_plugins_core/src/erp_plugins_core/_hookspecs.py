@@ -159,7 +159,7 @@ JSON_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "int": (int,), "float": (float, int), "bool": (bool,), "dict": (dict,), "list": (list,),
 }
 
-#: Hooks that plugins provide (`provides_hooks`), as the catalog last registered them.
+#: Hooks that plugins provide (`provides_hooks`), as catalogs of this process registered them.
 _provided: dict[str, HookInfo] = {}
 
 
@@ -174,8 +174,8 @@ def parse_type(text: str) -> tuple[type, ...]:
 
 
 def set_provided(infos: dict[str, HookInfo]) -> None:
-    """Make `infos` the hooks plugins provide (replacing those registered before)."""
-    _provided.clear()
+    """Register hooks plugins provide. Added to those registered before, so that two catalogs in one process (a
+    host's and the CLI's) never unregister each other's; a catalog answers for its own plugins (`Catalog.hook`)."""
     _provided.update(infos)
 
 
