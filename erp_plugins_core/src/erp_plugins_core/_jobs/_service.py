@@ -82,7 +82,9 @@ class JobService:
         """Plugins enabled for the tenant whose manifest implements `hook` (read from the store now)."""
         store = self._host._require_store()
         out = []
-        for row in await asyncio.to_thread(store.list, tenant):
+        # a WAL reader never waits on a writer, so an SQLite read runs inline (a thread hop would double an emit)
+        rows = store.list(tenant) if store.backend == "sqlite" else await asyncio.to_thread(store.list, tenant)
+        for row in rows:
             record = self._host.catalog.get(row.plugin) if row.enabled and row.plugin != exclude else None
             if record is not None and record.manifest is not None and any(
                 h.name == hook for h in record.manifest.hooks
