@@ -15,6 +15,7 @@ as it was given even for a sensitive key: it names where the value comes from, n
 A key whose schema says `format: file-path` holds a host path (absolute), or the content itself (a JSON object
 or array). For a sandboxed plugin the host reads such a path when the plugin starts and hands over the content,
 as for `file:`; a trusted plugin in the host's process gets the path. A URL or a relative path is refused.
+Reading those files is `_config_files`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import jsonschema
+from ._config_files import (
+    FILE_PATH_FORMAT,
+    FILE_PREFIX,
+    file_path_keys,
+    file_path_problem,
+    file_reference,
+    read_file,
+    read_host_path,
+)
 from ._errors import ConfigError
 from ._manifest import Manifest
 from ._redact import REDACTED, Redactor
@@ -50,9 +60,6 @@ __all__ = [
 ]
 
 ENV_PREFIX = "env:"
-FILE_PREFIX = "file:"
-#: Largest file a `file:` reference may name (secrets and key files are small; this keeps a mistake cheap).
-MAX_FILE_BYTES = 1024 * 1024
 SECRET_MARK = "$secret"  # noqa: S105 - the marker key, not a password
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TRUE = {"true", "1", "yes", "on"}
@@ -67,70 +74,9 @@ def env_reference(value: Any) -> str | None:
     return None
 
 
-def file_reference(value: Any, key: str, manifest: Manifest) -> str | None:
-    """The path if `value` is a `file:/path` reference given for a sensitive key, else None."""
-    if key in manifest.sensitive_keys and isinstance(value, str) and value.startswith(FILE_PREFIX):
-        return value[len(FILE_PREFIX):]
-    return None
-
-
 def _is_reference(value: Any, key: str, manifest: Manifest) -> bool:
     """Whether `value` names where the value comes from (`env:` or, for a sensitive key, `file:`)."""
     return env_reference(value) is not None or file_reference(value, key, manifest) is not None
-
-
-def _read_file(path: str, key: str, manifest: Manifest) -> str:
-    """The text of a `file:` reference's file, for `resolve`; ConfigError naming the file and the fix."""
-    fix = f"fix the file, or enable the plugin again with another --config {key}=..."
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{_where(manifest, key)}: cannot read {path}: {exc.strerror or exc}; {fix}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError(f"{_where(manifest, key)}: {path} is larger than {MAX_FILE_BYTES // 1024} KiB; {fix}")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{_where(manifest, key)}: {path} is not UTF-8 text; {fix}") from None
-    return text[:-1] if text.endswith("\n") else text
-
-
-FILE_PATH_FORMAT = "file-path"
-
-
-def file_path_keys(manifest: Manifest) -> frozenset[str]:
-    """Top-level config keys whose schema says `format: file-path` (a host path the host reads for a sandbox)."""
-    props = _properties(manifest.schema)
-    return frozenset(k for k, p in props.items() if isinstance(p, dict) and p.get("format") == FILE_PATH_FORMAT)
-
-
-def _file_path_problem(value: Any) -> str | None:
-    """Why a `format: file-path` value is neither an absolute host path nor content, or None when it is fine."""
-    if not isinstance(value, str) or value.lstrip().startswith(("{", "[")):
-        return None  # content given inline (JSON), or a type error the schema reports
-    if "://" in value:
-        return "is a URL, not a file path; give an absolute path to a file on the host"
-    if not os.path.isabs(value):
-        return "is not an absolute path; give /path/to/the/file on the host"
-    return None
-
-
-def _read_host_path(path: str, key: str, manifest: Manifest) -> str:
-    """A `format: file-path` file's text, read by the host for a sandboxed plugin; ConfigError saying so."""
-    why = "the host tried to read it for the sandboxed plugin (its schema says format: file-path)"
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{_where(manifest, key)}: cannot read {path}: {exc.strerror or exc}; {why}; give a "
-                          "path readable by the host's user") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError(f"{_where(manifest, key)}: {path} is larger than {MAX_FILE_BYTES // 1024} KiB; {why}")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{_where(manifest, key)}: {path} is not UTF-8 text; {why}") from None
 
 
 def _is_secret_mark(value: Any) -> bool:
@@ -363,7 +309,7 @@ def validate_config(config: Mapping[str, Any], manifest: Manifest) -> dict[str, 
     skip = {k for k, v in full.items() if _is_reference(v, k, manifest)}
     problems = _errors(full, manifest, skip, _sensitive_values(full, manifest))
     for key in sorted(file_path_keys(manifest) - skip):
-        why = _file_path_problem(full.get(key))
+        why = file_path_problem(full.get(key))
         if why is not None:
             shown = "the value (sensitive, not shown)" if key in manifest.sensitive_keys else repr(full[key])
             problems.append(f"{_where(manifest, key)}: {shown} {why}")
@@ -423,7 +369,7 @@ def resolve(
                     f"{_where(manifest, key)}: environment variable {name}: expected {exc}, {got}"
                 ) from None
         elif (path := file_reference(value, key, manifest)) is not None:
-            text = _read_file(path, key, manifest)
+            text = read_file(path, key, manifest)
             secret_values.append(text)
             try:
                 value = _convert(text, _key_schema(manifest, key))
@@ -438,7 +384,7 @@ def resolve(
             except ValueError:
                 value = plain
         if read_paths and key in file_path_keys(manifest) and isinstance(value, str) and os.path.isabs(value):
-            value = _read_host_path(value, key, manifest)
+            value = read_host_path(value, key, manifest)
             if sensitive:
                 secret_values.append(value)
         runtime[key] = value
