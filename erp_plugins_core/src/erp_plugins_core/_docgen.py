@@ -64,7 +64,8 @@ VALIDATOR_RULES: dict[tuple[str, str], str] = {
     ("Manifest", "permissions"): "each one of: " + ", ".join(f"`{p}`" for p in PERMISSIONS) + ", or "
     "`<plugin>.<word>` that a plugin in `dependencies` gives a hook it provides",
     ("Manifest", "config_schema"): "a JSON Schema (Draft 2020-12); a property may carry `required: true` and "
-    "`sensitive: true` (stored encrypted, redacted everywhere)",
+    "`sensitive: true` (stored encrypted, redacted everywhere); a string property with `format: file-path` holds an "
+    "absolute host path (or the content itself), which the host reads at start for a sandboxed plugin",
     ("HookEntry", "name"): "one of: " + ", ".join(f"`{h}`" for h in HOOKS) + ", or a hook a plugin in "
     "`dependencies` provides (`provides_hooks`)",
     ("Manifest", "main_file"): "a `.py` file name; a folder plugin's module, in its folder; in a distribution it "
