@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,10 +23,16 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
 def build_site(work: Path) -> Path:
-    """The sample plugins built as a wheel and installed (no deps) into `work/site`."""
+    """The sample plugins built as a wheel and installed (no deps) into `work/site`.
+
+    Built from a copy: setuptools writes build/ and *.egg-info into the source folder, and parallel test
+    processes building the same folder at once break each other's builds.
+    """
     wheels = work / "wheels"
+    source = work / "server_samples"
+    shutil.copytree(SAMPLES, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "-w", str(wheels), str(SAMPLES)], check=True, timeout=300,
+                    "--disable-pip-version-check", "-w", str(wheels), str(source)], check=True, timeout=300,
                    cwd=work)
     site = work / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile",
