@@ -19,7 +19,7 @@ def provided_infos(records: list[PluginRecord]) -> dict[str, HookInfo]:
     """The hooks valid plugins provide (`provides_hooks`), as HookInfos, from their manifests alone."""
     out: dict[str, HookInfo] = {}
     for rec in records:
-        if rec.errors or rec.manifest is None:
+        if rec.errors or not _provides_hooks(rec) or rec.manifest is None:
             continue
         for h in rec.manifest.provides_hooks:
             types = tuple((arg, parse_type(t)) for arg, t in h.arguments.items())
@@ -28,6 +28,15 @@ def provided_infos(records: list[PluginRecord]) -> dict[str, HookInfo]:
                                             provider=rec.name, types=types, firstresult=h.firstresult,
                                             returns=h.returns, description=h.description))
     return out
+
+
+def _provides_hooks(rec: PluginRecord) -> bool:
+    """Whether `rec`'s manifest provides hooks, read from a cache hit's manifest data while its model is not built
+    (building every plugin's model is most of what a warm load would cost)."""
+    data = rec._manifest_data
+    if data is not None:
+        return bool(data.get("provides_hooks"))
+    return rec._manifest is not None and bool(rec._manifest.provides_hooks)
 
 
 def _providers(records: list[PluginRecord]) -> dict[str, list[PluginRecord]]:
