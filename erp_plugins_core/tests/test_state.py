@@ -439,3 +439,17 @@ def test_opening_a_file_locked_past_the_timeout_is_a_clear_state_error(tmp_path:
         assert str(path) in str(info.value) and "\n" not in str(info.value)
     finally:
         other.close()
+
+
+def test_opening_an_existing_file_again_never_opens_it_outside_sqlite(tmp_path: Path, monkeypatch) -> None:
+    """Closing any descriptor of a file drops this process's POSIX locks on it, those of open connections too."""
+    path = tmp_path / "state.db"
+    first = open_store(str(path))
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: (opened.append(str(p)), real_open(p, *a, **k))[1])
+    try:
+        open_store(str(path)).close()
+    finally:
+        first.close()
+    assert str(path) not in opened

@@ -132,13 +132,19 @@ class SQLiteStateStore(SQLStateStore):
     # -- opening ----------------------------------------------------------------------------------------------
 
     def _create_file(self) -> None:
-        """Create the parent dirs (0700) and an empty file (0600) so SQLite never creates it world-readable."""
+        """Create the parent dirs (0700) and an empty file (0600) so SQLite never creates it world-readable.
+
+        An existing file is never opened here: closing any descriptor of a file drops every POSIX lock this
+        process holds on it, including those of another open connection, and another process could then
+        take its connection for the last one and remove the WAL under it.
+        """
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if self.path.is_dir():
                 raise StateError(f"state path {self.path} is a directory; pass --state with a file path")
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
+            if not self.path.exists():
+                with contextlib.suppress(FileExistsError):  # another process made it meanwhile: leave it be
+                    os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         except StateError:
             raise
         except OSError as exc:
