@@ -90,8 +90,7 @@ def serve(ctx: click.Context, bind: str, workers: int, max_body: int, upload_dir
     log.info("starting", extra={"fields": {"bind": bind, "workers": workers}})
     uvicorn.run("erp_plugins_core.server._app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_config=None, access_log=False, timeout_graceful_shutdown=5, server_header=False,
-                proxy_headers=True, lifespan="on",
-                loop="asyncio")  # the sandbox starts workers with user=, which uvloop's subprocesses refuse
+                proxy_headers=True, lifespan="on", loop="auto")  # uvloop where installed (a core dependency)
 
 
 @click.group("token")
