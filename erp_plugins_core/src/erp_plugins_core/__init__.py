@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ._hookspecs import hookimpl
     from ._host import HealthReport, PluginHost
     from ._interface import AIProviderPlugin, PluginInterface, PluginType
+    from ._jobs import EventChainTooDeep, JobNotFound, JobSettings
     from ._lifecycle import PluginState
     from ._manifest import Manifest, load_manifest
     from ._metadata import PluginMetadata
@@ -72,6 +73,9 @@ _EXPORTS: dict[str, str] = {
     "hookimpl": "._hookspecs",
     "HealthReport": "._host",
     "PluginHost": "._host",
+    "EventChainTooDeep": "._jobs",
+    "JobNotFound": "._jobs",
+    "JobSettings": "._jobs",
     "AIProviderPlugin": "._interface",
     "PluginInterface": "._interface",
     "PluginMetadata": "._metadata",
@@ -104,11 +108,14 @@ __all__ = [
     "ChatRequest",
     "ConfigError",
     "DependencyError",
+    "EventChainTooDeep",
     "HealthReport",
     "HookArgumentError",
     "HookResult",
     "HookTimeout",
     "IntegrityError",
+    "JobNotFound",
+    "JobSettings",
     "LifecycleError",
     "Manifest",
     "ManifestError",

@@ -1,0 +1,56 @@
+"""Durable events and background jobs, delegated to the job service."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .._errors import PluginError
+from .._jobs._service import JobService
+from .._state import validate_tenant
+from ._support import HostBase
+
+
+class EventsMixin(HostBase):
+    """Durable events and background jobs, delegated to the job service."""
+
+    async def emit(self, tenant: str, event_type: str, data: dict[str, Any], *, source: str | None = None) -> str:
+        """Store an event for `on_event` of the tenant's enabled plugins (not the source); its id once stored.
+
+        Delivery is durable and at least once, in emit order per plugin, retried with backoff (see `_jobs`);
+        an event emitted while handling one more than MAX_EVENT_DEPTH deep is refused (EventChainTooDeep).
+        """
+        validate_tenant(tenant)
+        return await self._jobs().emit(tenant, event_type, data, source=source)
+
+
+    async def submit(self, hook: str, *, tenant: str, idempotency_key: str | None = None, **kwargs: Any) -> str:
+        """Queue `hook` as a background job for the tenant's enabled plugins that implement it; the job's id.
+
+        Arguments are checked now; the same idempotency key for the same tenant gives the same job. The job
+        runs in a worker (or, with SQLite, an open host); enabled and granted are checked when it runs.
+        """
+        validate_tenant(tenant)
+        return await self._jobs().submit(hook, tenant, idempotency_key, kwargs)
+
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        """`{id, hook, tenant, state, results, attempts, error}` of a job or event (JobNotFound if unknown)."""
+        return await self._jobs().job(job_id)
+
+
+    async def run_jobs(self, *, stop: asyncio.Event, concurrency: int = 1, name: str | None = None) -> None:
+        """Run deliveries and jobs until `stop` is set; the running ones then finish (`erp-plugins worker`)."""
+        await self._jobs().run(stop=stop, concurrency=concurrency, name=name)
+
+
+    def _jobs(self) -> JobService:
+        if self._job_service is None:
+            store = self._require_store()
+            location = getattr(store, "_url", None) or getattr(store, "path", None)
+            if location is None:
+                raise PluginError(f"{store!r} has no location a job engine can open")
+            self._job_service = JobService(self, str(location), self._job_settings, self._deliver)
+        return self._job_service
+
+
