@@ -188,9 +188,10 @@ def test_an_unreachable_postgresql_state_is_said_once_without_the_password(env) 
     assert "hunter2-secret" not in hot.err + hot.out
 
 
-def test_help_and_import_stay_light() -> None:
+def test_import_and_clicks_command_line_stay_light() -> None:
     def modules(code: str) -> set[str]:
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        env = {**os.environ, "ERP_PLUGINS_CACHE": "0"}  # click answers --help, not the help cache
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
         assert proc.returncode == 0, proc.stderr
         return set(proc.stdout.split())
 
@@ -203,6 +204,45 @@ def test_help_and_import_stay_light() -> None:
         assert "click" in loaded
         assert not {m for m in loaded if m.split(".")[0] in ("pydantic", "jsonschema", "packaging", "yaml")}, args
         assert not loaded & {"erp_plugins_core._catalog", "erp_plugins_core._discovery", "erp_plugins_core._host"}
+
+
+def help_hit(env, *args: str, **extra: str) -> Result:
+    """`args` answered from the help cache (kept by the first run, trusted once no source changed for 2 s)."""
+    for _ in range(8):  # another edit of the package within 2 s of a run makes it a miss again
+        result = run(env, *args, **extra)
+        if "click" not in result.modules:
+            return result
+        time.sleep(2.1)
+    pytest.fail(f"the help cache never answered {args}: {result.err}")
+
+
+def test_help_from_the_cache_is_clicks_text_for_each_width_and_command(env) -> None:
+    for columns in ("60", "200"):
+        for args in (["--help"], ["list", "--help"], ["config", "show", "--help"], ["-h"], ["worker", "-h"]):
+            cold = run(env, *args, cold=True, COLUMNS=columns)
+            assert cold.code == 0 and "Usage: erp-plugins" in cold.out and "click" in cold.modules
+            hot = help_hit(env, *args, COLUMNS=columns)
+            assert (hot.code, hot.out, hot.err) == (cold.code, cold.out, cold.err), (args, columns)
+            assert hot.heavy() == [], hot.heavy()
+    narrow = run(env, "--help", COLUMNS="60").out
+    assert narrow != run(env, "--help", COLUMNS="200").out and max(map(len, narrow.splitlines())) <= 60
+    for _ in range(2):  # an error is click's every time, never kept
+        unknown = run(env, "nosuch", "--help")
+        assert unknown.code == 2 and "No such command 'nosuch'" in unknown.err and "click" in unknown.modules
+    assert "click" in run(env, "--state", "x.db", "--help").modules  # only plain [COMMAND ...] --help is cached
+
+
+def test_the_help_cache_key_covers_the_command_lines_code_and_click() -> None:
+    import click
+
+    from erp_plugins_core import _helptext
+
+    sources = set(_helptext._sources())
+    package = Path(_helptext.__file__).parent
+    for name in ("_cli.py", "_cli_server.py", "_cli_jobs.py", "_interface.py", "_errors.py"):
+        assert str(package / name) in sources, name
+    assert str(package) in sources  # a module added or removed
+    assert str(Path(click.__file__).parent / "core.py") in sources and str(Path(click.__file__).parent) in sources
 
 
 @pytest.mark.parametrize("argv, parsed", [

@@ -1,13 +1,16 @@
-"""The discovery cache file: where it lives, the key that says whether it still holds, and its raw read and write.
+"""The cache files: where they live, the discovery cache's key that says whether it still holds, raw read and write.
 
 The key is the nanosecond mtime, ctime, inode and size of every `sys.path` folder (an install, upgrade or removal
 adds or removes a `.dist-info` there), of every manifest read (editable installs) and of every plugins folder and
 plugin folder. Like git's "racy clean" rule, a file written less than `RACY_SECONDS` after the newest of those
 stamps is not trusted, so changes within one clock tick are never missed.
 
-Kept light on purpose (only `os`, `sys`, `hashlib` and `msgpack`): the command line's `list` answers from here
-without importing discovery, the manifest model or the host. What the document holds is up to its writer
-(`_discovery`); this module knows nothing of plugins.
+Kept light on purpose (only `os`, `sys`, `zlib` and `marshal`, which the interpreter has loaded already): the
+command line's `list` and `--help` answer from here without importing discovery, the manifest model, click or the
+host. Files are written with `marshal`, the format of the interpreter's own bytecode cache, and trusted as that
+cache is (a user's own folder): reading one costs nothing to import, and a file of another Python version or a
+damaged one is a miss. What a document holds is up to its writer (`_discovery`, `_helptext`); this module knows
+nothing of plugins.
 """
 
 from __future__ import annotations
@@ -48,23 +51,39 @@ def cache_root() -> str:
     return platformdirs.user_cache_dir(APP_NAME)
 
 
+def enabled() -> bool:
+    """False when ERP_PLUGINS_CACHE turns the caches off (0, false, no, off)."""
+    return os.environ.get("ERP_PLUGINS_CACHE", "1").lower() not in _OFF
+
+
+def named(kind: str, *parts: str) -> str:
+    """The file `<kind>-<checksum of parts>.marshal` in the cache folder.
+
+    Two checksums (zlib's, far cheaper to import than hashlib) make a shared name unlikely; one would only cost
+    speed, as every document also holds the key it was written for.
+    """
+    import zlib
+
+    text = "\0".join(parts).encode("utf-8", "surrogateescape")
+    return os.path.join(cache_root(), f"{kind}-{zlib.crc32(text):08x}{zlib.adler32(text):08x}.marshal")
+
+
 def cache_path(plugins_dirs: Sequence[str] = ()) -> str | None:
     """The cache file for this interpreter, `sys.path` and plugins folders; None when ERP_PLUGINS_CACHE is off."""
-    if os.environ.get("ERP_PLUGINS_CACHE", "1").lower() in _OFF:
+    if not enabled():
         return None
-    import hashlib
-
-    key = [sys.prefix, sys.executable, *sys.path, "\1", *plugins_dirs]
-    ident = hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
-    return os.path.join(cache_root(), f"discovery-{ident}.msgpack")
+    return named("discovery", sys.prefix, sys.executable, *sys.path, "\1", *plugins_dirs)
 
 
-def _stat_key(path: str) -> list[int] | None:
+def stamp(path: str) -> list[int] | None:
+    """A file's or folder's [mtime_ns, ctime_ns, inode, size], or None when it does not exist."""
     try:
         st = os.stat(path)
     except OSError:
         return None
     return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size]
+
+
 
 
 def fingerprint(manifest_files: Sequence[str], folders: Sequence[str] = ()) -> dict[str, Any]:
@@ -76,37 +95,79 @@ def fingerprint(manifest_files: Sequence[str], folders: Sequence[str] = ()) -> d
     return {
         "format": CACHE_FORMAT,
         "python": sys.version,
-        "path": {p: _stat_key(p) for p in sys.path if p},
-        "manifests": {p: _stat_key(p) for p in manifest_files},
-        "folders": {p: _stat_key(p) for p in folders},
+        "interpreter": [sys.prefix, sys.executable],
+        "sys_path": list(sys.path),
+        "path": {p: stamp(p) for p in sys.path if p},
+        "manifests": {p: stamp(p) for p in manifest_files},
+        "folders": {p: stamp(p) for p in folders},
     }
 
 
-def newest_ns(fp: dict[str, Any]) -> int:
-    """The newest mtime or ctime in a key, in nanoseconds (0 when it stamps nothing that exists)."""
-    stamps = [max(v[0], v[1]) for part in ("path", "manifests", "folders") for v in fp[part].values() if v]
+def newest_ns(fp: dict[str, Any], parts: Sequence[str] = ("path", "manifests", "folders")) -> int:
+    """The newest mtime or ctime among the stamps of a key's `parts`, in nanoseconds (0 when none exists)."""
+    stamps = [max(v[0], v[1]) for part in parts for v in fp[part].values() if v]
     return max(stamps, default=0)
 
 
-def read(path: str, racy_seconds: float = RACY_SECONDS) -> dict[str, Any] | None:
-    """The document at `path` when its key still holds and it was written safely after its newest stamp, else None.
+def load(path: str) -> dict[str, Any] | None:
+    """The document at `path`, or None when it is missing, unreadable, damaged or not a dict.
 
-    Any unreadable, malformed or foreign file is a miss, never an error: the caller scans instead.
+    Only a file of this user that no one else may write is read (`dump` makes them so): marshal data is trusted as
+    the interpreter trusts its bytecode cache, which is why nobody else's file is.
     """
-    import msgpack
+    import marshal
 
     try:
         with open(path, "rb") as fh:
-            data = msgpack.unpackb(fh.read())
-        if not isinstance(data, dict):
-            return None
+            st = os.fstat(fh.fileno())
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                return None
+            data = marshal.loads(fh.read())  # noqa: S302 - our own file, as the bytecode cache (see above)
+    except (OSError, ValueError, TypeError, EOFError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def dump(path: str, data: dict[str, Any]) -> None:
+    """Write `data` to `path` atomically (a temporary file renamed over it, mode 0600 as mkstemp makes it); a folder
+    that cannot be written only costs speed."""
+    import marshal
+    import tempfile
+
+    try:
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(marshal.dumps(data))
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass
+
+
+def read(path: str, plugins_dirs: Sequence[str], racy_seconds: float = RACY_SECONDS) -> dict[str, Any] | None:
+    """The discovery document at `path` for `plugins_dirs` when its key still holds and it was written safely after
+    its newest stamp, else None.
+
+    Any unreadable, malformed or foreign file is a miss, never an error: the caller scans instead.
+    """
+    data = load(path)
+    if data is None:
+        return None
+    try:
         key = data["fingerprint"]
-        if key.get("format") != CACHE_FORMAT or key != fingerprint(data["manifest_files"], data["folders"]):
+        if data["plugins_dirs"] != list(plugins_dirs) or key.get("format") != CACHE_FORMAT:
+            return None
+        if key != fingerprint(data["manifest_files"], data["folders"]):
             return None
         if newest_ns(key) > data["written_ns"] - racy_seconds * 1e9:
             return None
         return data
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException):
+    except (KeyError, TypeError, AttributeError):
         return None
 
 
@@ -116,22 +177,5 @@ def write(path: str, document: dict[str, Any]) -> None:
     The key is taken before the time, so a change between the two makes the file untrusted, never wrongly
     trusted. A folder that cannot be written only costs speed.
     """
-    import tempfile
-
-    import msgpack
-
-    data = {**document, "fingerprint": fingerprint(document["manifest_files"], document["folders"]),
-            "written_ns": time.time_ns()}
-    try:
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".discovery-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(msgpack.packb(data))
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError:
-        pass
+    dump(path, {**document, "fingerprint": fingerprint(document["manifest_files"], document["folders"]),
+                "written_ns": time.time_ns()})

@@ -255,30 +255,30 @@ def _record_from_data(data: list[Any]) -> PluginRecord:
     return rec
 
 
-def _load_cache(path: Path) -> Discovery | None:
-    import msgpack
+def _load_cache(path: Path, plugins_dirs: list[str]) -> Discovery | None:
+    import marshal
 
-    data = _cachefile.read(str(path), _RACY_SECONDS)
+    data = _cachefile.read(str(path), plugins_dirs, _RACY_SECONDS)
     if data is None:
         return None
     try:
-        # the records are a nested document, unpacked here only: `list` answers from `listing` without them
-        records = [_record_from_data(r) for r in msgpack.unpackb(data["records"])]
+        # the records are a nested document, read here only: `list` answers from `listing` without them
+        records = [_record_from_data(r) for r in marshal.loads(data["records"])]  # noqa: S302 - see _cachefile.load
         return Discovery(records, data["versions"], data["manifest_files"], folders=data["folders"],
                          plugins_dirs=data["plugins_dirs"], from_cache=True, validated=data["validated"],
                          listing=data.get("listing"))
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+    except (ValueError, KeyError, TypeError, EOFError):
         return None
 
 
 def _save_cache(path: Path, found: Discovery) -> None:
-    import msgpack
+    import marshal
 
     _cachefile.write(str(path), {
         "manifest_files": found.manifest_files,
         "folders": found.folders,
         "plugins_dirs": found.plugins_dirs,
-        "records": msgpack.packb([_record_to_data(r) for r in found.records]),
+        "records": marshal.dumps([_record_to_data(r) for r in found.records]),
         "versions": found.versions,
         "validated": found.validated,
         "listing": found.listing,
@@ -299,7 +299,7 @@ def discover(*, use_cache: bool = True,
     dirs = list(plugins_dirs or [])
     path = cache_path(dirs) if use_cache else None
     if path is not None:
-        cached = _load_cache(path)
+        cached = _load_cache(path, dirs)
         if cached is not None:
             return cached
     found = scan(dirs)

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from ._record import PluginRecord
     from ._state import StateStore, TenantPlugin
 
-__all__ = ["json_text", "listing_entry", "read_store", "render_text", "run", "state_location", "tenant_status"]
+__all__ = ["json_text", "listing_entry", "read_store", "render_text", "run", "state_location", "tenant_status",
+           "write_text"]
 
 STATE_ENV = "ERP_PLUGINS_STATE"  # `--state`'s environment variable (click's envvar of the group's option)
 _GLOBAL_OPTIONS = ("--state", "--plugins-dir")
@@ -162,7 +163,7 @@ def _parse(argv: Sequence[str]) -> tuple[str | None, list[str], str | None, bool
     return state, dirs, tenant, as_json
 
 
-def _write(text: str) -> bool:
+def write_text(text: str) -> bool:
     """Print `text` as click.echo would, or False (nothing printed) when click would print it differently."""
     stream = sys.stdout
     if stream is None or "\x1b" in text:  # click strips ANSI sequences from what is not a terminal
@@ -196,13 +197,13 @@ def run(argv: Sequence[str]) -> int | None:
     except PluginError:
         return None  # click says what is wrong
     path = cache_path(dirs)
-    data = read(path) if path is not None else None
+    data = read(path, dirs) if path is not None else None
     listing = data.get("listing") if data is not None else None
-    if data is None or not data.get("validated") or not isinstance(listing, dict) or data.get("plugins_dirs") != dirs:
+    if data is None or not data.get("validated") or not isinstance(listing, dict):
         return None
     if tenant is None:
         text = listing["json"] if as_json else render_text(listing["rows"], None)
-        return 0 if _write(text) else None
+        return 0 if write_text(text) else None
     from ._state import validate_tenant
 
     try:
@@ -219,4 +220,4 @@ def run(argv: Sequence[str]) -> int | None:
     from ._shapes import with_tenant
 
     rows = with_tenant(listing["rows"], tenant, status)
-    return 0 if _write(json_text(rows) if as_json else render_text(rows, tenant)) else None
+    return 0 if write_text(json_text(rows) if as_json else render_text(rows, tenant)) else None
