@@ -81,6 +81,11 @@ def cli(world: dict[str, Any], *args: str, code: int = 0) -> subprocess.Complete
     return proc
 
 
+async def acli(world: dict[str, Any], *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+    """`cli` while this process's event loop keeps running, as it does while another process changes the state."""
+    return await asyncio.to_thread(cli, world, *args, code=code)
+
+
 def journal(world: dict[str, Any]) -> list[list[Any]]:
     path = Path(world["journal"])
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -105,6 +110,10 @@ class OtherHost:
         answer = self.ask_raw()
         assert "ok" in answer, answer
         return answer["ok"]
+
+    async def aask(self, *cmd: Any) -> Any:
+        """`ask` while this process's event loop keeps running."""
+        return await asyncio.to_thread(self.ask, *cmd)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -146,23 +155,23 @@ async def test_cli_changes_apply_to_an_open_hosts_next_call(world) -> None:
         assert await answers(host) == [("echo", True, "echo:hi")]
 
         # config changed by another process: the next call runs a new instance with the new config
-        cli(world, "enable", "echo", "--tenant", "acme", "--trust", "--config", "prefix=v2",
+        await acli(world, "enable", "echo", "--tenant", "acme", "--trust", "--config", "prefix=v2",
             "--config", f"journal={world['journal']}")
         await sees(world, lambda: answers(host), [("echo", True, "v2:hi")])
         await eventually(lambda: ["deactivate", "echo"] in [e[1:] for e in journal(world) if e[0] == os.getpid()])
 
         # a grant revoked elsewhere is enforced from the next call
-        cli(world, "enable", "echo", "--tenant", "acme", "--trust", "--grant", "ai.generate",
+        await acli(world, "enable", "echo", "--tenant", "acme", "--trust", "--grant", "ai.generate",
             "--config", "prefix=v3", "--config", f"journal={world['journal']}")
         await sees(world, lambda: answers(host), [("echo", True, "v3:hi")])
 
         # disabled elsewhere: no new call reaches it, and this host deactivates its instance
-        cli(world, "disable", "echo", "--tenant", "acme")
+        await acli(world, "disable", "echo", "--tenant", "acme")
         await sees(world, lambda: answers(host), [])
         assert await host.call("on_event", tenant="acme", event_type="x", data={}) == []
 
         # enabled elsewhere: this host starts it for the next call
-        cli(world, "enable", "other", "--tenant", "acme", "--trust", "--config", "prefix=o",
+        await acli(world, "enable", "other", "--tenant", "acme", "--trust", "--config", "prefix=o",
             "--config", f"journal={world['journal']}")
         await sees(world, lambda: answers(host), [("other", True, "o:hi")])
 
@@ -174,7 +183,7 @@ async def test_priority_changed_elsewhere_reorders_first_without_a_restart(world
         await host.enable("other", tenant="acme", config={**cfg, "prefix": "o"}, trust=True, priority=2)
         assert await host.first("ai_request", tenant="acme", prompt="p") == "e:p"
         starts = len(journal(world))
-        cli(world, "enable", "other", "--tenant", "acme", "--trust", "--priority", "0", "--config", "prefix=o",
+        await acli(world, "enable", "other", "--tenant", "acme", "--trust", "--priority", "0", "--config", "prefix=o",
             "--config", f"journal={world['journal']}")
         await sees(world, lambda: host.first("ai_request", tenant="acme", prompt="p"), "o:p")
         # a new priority re-orders dispatch; no instance of this host is restarted for it
@@ -188,12 +197,12 @@ async def test_two_hosts_follow_each_other(world) -> None:
         async with PluginHost(world["location"], health_loop=False, host_name="host-a") as host:
             await host.enable("echo", tenant="acme", config={"journal": world["journal"], "prefix": "a"},
                               trust=True)
-            assert other.ask("call", "ai_request", "acme", {"prompt": "x"}) == [["echo", True, "a:x", None]]
-            other.ask("enable", "echo", "acme", {"journal": world["journal"], "prefix": "b"}, None)
+            assert await other.aask("call", "ai_request", "acme", {"prompt": "x"}) == [["echo", True, "a:x", None]]
+            await other.aask("enable", "echo", "acme", {"journal": world["journal"], "prefix": "b"}, None)
             await sees(world, lambda: answers(host), [("echo", True, "b:hi")])
-            other.ask("disable", "echo", "acme")
+            await other.aask("disable", "echo", "acme")
             await sees(world, lambda: answers(host), [])
-            assert other.ask("call", "ai_request", "acme", {"prompt": "x"}) == []
+            assert await other.aask("call", "ai_request", "acme", {"prompt": "x"}) == []
     finally:
         other.close()
 
@@ -203,12 +212,12 @@ async def test_each_host_records_its_own_runtime_state_and_gone_hosts_expire(wor
     try:
         async with PluginHost(world["location"], health_loop=False, host_name="host-a") as host:
             await host.enable("echo", tenant="acme", config={"journal": world["journal"]}, trust=True)
-            other.ask("call", "ai_request", "acme", {"prompt": "x"})  # host-b starts its own instance
+            await other.aask("call", "ai_request", "acme", {"prompt": "x"})  # host-b starts its own instance
             rows = {(r.host, r.plugin): r.state for r in await host._db(host.store.runtime, "acme")}
             assert rows == {("host-a", "echo"): "active", ("host-b", "echo"): "active"}
             [report] = await host.health("acme")
             assert report.to_json()["host"] == "host-a" and report.healthy
-            health = json.loads(cli(world, "health", "--tenant", "acme", "--json").stdout)
+            health = json.loads((await acli(world, "health", "--tenant", "acme", "--json")).stdout)
             assert health[0]["healthy"] and health[0]["host"].rsplit(":", 1)[1].isdigit()
             assert health[0]["host"] not in ("host-a", "host-b")  # the CLI's own host, hostname:pid
 
@@ -230,7 +239,7 @@ async def test_a_call_made_while_enabling_does_not_wait_for_itself(world, site, 
     cli(world, "check", "--accept-findings", "emitter")
     async with PluginHost(world["location"], health_loop=False) as host:
         await host.enable("echo", tenant="acme", config={"journal": world["journal"]}, trust=True)
-        cli(world, "enable", "other", "--tenant", "acme", "--trust", "--config", f"journal={world['journal']}")
+        await acli(world, "enable", "other", "--tenant", "acme", "--trust", "--config", f"journal={world['journal']}")
         await host.enable("emitter", tenant="acme", config={"journal": world["journal"]}, trust=True)
         assert sorted(p for p, ok, _ in await answers(host)) == ["echo", "emitter", "other"]
 
@@ -256,9 +265,9 @@ async def test_a_host_behind_a_pruned_feed_compares_everything(world) -> None:
     async with PluginHost(world["location"], health_loop=False) as host:
         await host.enable("echo", tenant="acme", config={"journal": world["journal"], "prefix": "a"}, trust=True)
         assert await answers(host) == [("echo", True, "a:hi")]
-        cli(world, "enable", "echo", "--tenant", "acme", "--trust", "--config", "prefix=b",
+        await acli(world, "enable", "echo", "--tenant", "acme", "--trust", "--config", "prefix=b",
             "--config", f"journal={world['journal']}")
-        cli(world, "enable", "other", "--tenant", "acme", "--trust", "--config", "prefix=o",
+        await acli(world, "enable", "other", "--tenant", "acme", "--trust", "--config", "prefix=o",
             "--config", f"journal={world['journal']}")
         _prune_whole_feed(world["location"])
         async def both() -> list[Any]:
@@ -281,6 +290,6 @@ async def test_a_lost_database_leaves_active_instances_answering_and_the_host_re
             await asyncio.to_thread(pg_cluster.start)
         assert "state store unreachable" in caplog.text and "password" not in caplog.text.lower()
         # back: a change made by another process now reaches this host by itself
-        cli(world, "enable", "echo", "--tenant", "acme", "--trust", "--config", "prefix=b",
+        await acli(world, "enable", "echo", "--tenant", "acme", "--trust", "--config", "prefix=b",
             "--config", f"journal={world['journal']}")
         await sees(world, lambda: answers(host), [("echo", True, "b:hi")])

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from sandboxkit import build_site, uid_of
-from test_follow import cli, eventually, sees
+from test_follow import acli, eventually, sees
 
 from erp_plugins_core import PluginHost
 from erp_plugins_core._sandbox import sandbox_available
@@ -59,20 +59,20 @@ async def test_a_sandboxed_plugin_changed_elsewhere_restarts_or_stops_its_worker
         first = host._instances[("acme", "sbx_fleet")].runner.worker_pids
         assert first and alive(first)
 
-        cli(world, "enable", "sbx_fleet", "--tenant", "acme", "--config", "greeting=v2")
+        await acli(world, "enable", "sbx_fleet", "--tenant", "acme", "--config", "greeting=v2")
         await sees(world, lambda: greeting(host), [("sbx_fleet", "v2")])
         second = host._instances[("acme", "sbx_fleet")].runner.worker_pids
         assert second and set(second).isdisjoint(first)
         await eventually(lambda: not alive(first))  # the old worker is stopped, not left behind
 
-        cli(world, "disable", "sbx_fleet", "--tenant", "acme")
+        await acli(world, "disable", "sbx_fleet", "--tenant", "acme")
         await sees(world, lambda: greeting(host), [])
         await eventually(lambda: not alive(second))
         assert ("acme", "sbx_fleet") not in host._instances
 
 
 async def test_opening_starts_no_worker_health_says_idle_and_warm_up_starts_them(world) -> None:
-    cli(world, "enable", "sbx_fleet", "--tenant", "acme", "--config", "greeting=w")
+    await acli(world, "enable", "sbx_fleet", "--tenant", "acme", "--config", "greeting=w")
     async with PluginHost(world["location"], health_loop=False) as host:
         assert host._instances == {}  # opening started nothing
         [report] = await host.health("acme")  # the tenant's instance exists now, its worker does not
@@ -89,8 +89,6 @@ async def test_opening_starts_no_worker_health_says_idle_and_warm_up_starts_them
 def test_a_host_on_uvloop_runs_sandboxed_workers_as_their_own_uid(world) -> None:
     """ERP applications often run on uvloop, whose subprocesses take no user/group arguments."""
     import uvloop
-
-    from sandboxkit import uid_of
 
     async def go() -> tuple[str, set[int | None]]:
         async with PluginHost(world["location"], health_loop=False) as host:

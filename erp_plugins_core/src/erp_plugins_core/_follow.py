@@ -4,9 +4,11 @@ Any process (the CLI, another `PluginHost`, `erp-plugins serve`) commits changes
 the store records each one in its change feed (`StateStore.changes_since`). A `StateFollower` keeps one
 host in step with that feed:
 
-- `due()` runs at the start of every call. It is a clock read; at most once per `check_interval` it also
-  asks the store's `ChangeWatch` whether anything may have been committed (SQLite: `PRAGMA data_version`,
-  ≈ 5 µs, hence the gate; PostgreSQL: a flag set by LISTEN/NOTIFY, with a poll each second as a fallback).
+- Every call reads `stale`, an attribute; when it is set, `due()` asks the store's `ChangeWatch` whether
+  anything may have been committed (SQLite: `PRAGMA data_version`, ≈ 5 µs; PostgreSQL: a flag set by
+  LISTEN/NOTIFY, with a poll each second as a fallback) and clears it. A timer sets it again
+  `check_interval` later, armed only by a check, so calls between two checks pay an attribute read and an
+  idle host runs no timer at all.
 - `catch_up()` reads the new changes (in a thread: the event loop never waits on the database) and hands
   each changed (tenant, plugin) and setting to the host, which stops, restarts or re-registers instances.
   One catch-up runs at a time; calls that arrive meanwhile wait for it, so no call starts on a stale view.
@@ -30,7 +32,7 @@ from ._errors import StateError
 
 log = logging.getLogger("erp_plugins.host")
 
-#: Seconds between two checks for changes on the call path (a clock read each call in between).
+#: Seconds after a check before calls look at the store again (between them: an attribute read per call).
 CHECK_INTERVAL_S = 0.001
 #: Seconds between two heartbeats of this host; its runtime rows expire after HOST_TTL_S without one.
 HEARTBEAT_S = 10.0
@@ -69,7 +71,9 @@ class StateFollower:
         self._interval = check_interval
         self._watch = store.watch()
         self._seq = 0
-        self._next = 0.0
+        #: Whether the next call must look at the watch (set by a timer after each check; see the docstring).
+        self.stale = True
+        self._timer: asyncio.TimerHandle | None = None
         self._dirty = False
         self._running: asyncio.Future[None] | None = None
         self._retry_delay = _RETRY_FIRST_S
@@ -96,30 +100,45 @@ class StateFollower:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         close = getattr(self._watch, "close", None)
         if close is not None:
             with contextlib.suppress(Exception):
                 close()
 
     def due(self) -> bool:
-        """Whether a call must catch up first: a clock read, and once per interval a cheap check of the store."""
-        if self._dirty:  # seen by an earlier check that could not catch up (from inside the host's own work)
+        """Whether a call must catch up first (ask when `stale` is set): a cheap check of the store.
+
+        `stale` stays set until the catch-up is done, so calls arriving meanwhile wait for it too.
+        """
+        if self._dirty:  # seen by an earlier check, not caught up yet
             return True
-        now = time.monotonic()
-        if now < self._next:
-            return False
-        self._next = now + self._interval
         try:
             changed = self._watch.maybe_changed()
         except Exception:  # a watch must never fail a call; look at the feed instead
             changed = True
         if changed:
             self._dirty = True
-        return changed
+            return True
+        self.stale = False
+        self._arm(self._interval)
+        return False
+
+    def _arm(self, delay: float) -> None:
+        """Set `stale` again after `delay` seconds (one timer at a time)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self.stale = True
 
     async def catch_up(self) -> None:
         """Apply every change committed since the last catch-up; concurrent callers share one run."""
-        if applying.get():
+        if applying.get():  # from inside the host's own work on a tenant: the next call catches up
             return
         running = self._running
         if running is not None:
@@ -166,6 +185,8 @@ class StateFollower:
         if changes:
             self._seq = max(self._seq, max(c.seq for c in changes))
         self._dirty = False
+        self.stale = False
+        self._arm(self._interval)
 
     @staticmethod
     async def _apply(step: Awaitable[None], what: str) -> None:
@@ -182,7 +203,8 @@ class StateFollower:
         if self._down_since is None:
             self._down_since = time.monotonic()
             log.warning("state store unreachable, serving from this host's current view and retrying: %s", exc)
-        self._next = time.monotonic() + self._retry_delay
+        self.stale = False  # calls go on with the current view; the first one after the delay tries again
+        self._arm(self._retry_delay)
         self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX_S)
 
     async def _listen(self) -> None:

@@ -40,7 +40,7 @@ class CallsMixin(HostBase):
 
     async def _impls(self, hook: str, tenant: str) -> list[Impl]:
         follower = self._follower
-        if follower is not None and follower.due():
+        if follower is not None and follower.stale and follower.due():
             await follower.catch_up()
         if hook not in HOOKS and self.catalog.hook(hook) is None:  # a core hook, or one a plugin provides
             raise UnknownHookError(f"no hook named {hook!r}; hooks: {', '.join(hook_names())}")
@@ -66,7 +66,7 @@ class CallsMixin(HostBase):
         One HookResult per plugin; a plugin's exception, timeout or missing permission is its own result.
         """
         follower = self._follower
-        if follower is not None and follower.due():
+        if follower is not None and follower.stale and follower.due():
             await follower.catch_up()
         disp = self._dispatchers.get(tenant) if tenant in self._started_tenants and hook in HOOKS else None
         impls = disp.table(hook) if disp is not None else await self._impls(hook, tenant)
