@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["answer"]
 
 FORMAT = 1
+_MAX_TEXTS = 64
 _HELP = ("--help", "-h")
 
 
@@ -116,6 +117,8 @@ def answer(argv: Sequence[str]) -> int | None:
         return 0
     code, text = _render(argv)
     if code == 0:
+        if len(texts) >= _MAX_TEXTS:  # many terminal widths over time: start again rather than grow without end
+            texts = {}
         texts[entry] = text
         _cachefile.dump(path, {"key": key, "written_ns": time.time_ns(), "texts": texts})
     if not write_text(text):  # ANSI or characters the stream cannot hold: as click would, replaced
