@@ -81,17 +81,15 @@ def _print_work(view: dict[str, Any]) -> None:
 
 
 def _listing(ctx: click.Context, kind: str, tenant: str | None, state: str | None, limit: int, as_json: bool) -> None:
-    from ._jobs import job_view
+    async def use(engine: Any) -> dict[str, Any]:
+        shape: dict[str, Any] = await engine.listing(kind=kind, tenant=tenant, state=state, limit=limit)
+        return shape
 
-    async def use(engine: Any) -> tuple[dict[str, int], list[dict[str, Any]]]:
-        counts = await engine.counts(kind=kind, tenant=tenant)
-        works = await engine.list(kind=kind, tenant=tenant, state=state, limit=limit)
-        return counts, [job_view(w) for w in works]
-
-    counts, views = _with_engine(ctx, use)
+    shape = _with_engine(ctx, use)
     if as_json:
-        click.echo(json.dumps({"backlog": counts, f"{kind}s": views}, indent=2, default=str))
+        click.echo(json.dumps(shape, indent=2, default=str))
         return
+    counts, views = shape["backlog"], shape[f"{kind}s"]
     _print_backlog(counts)
     for view in views:
         _print_work(view)

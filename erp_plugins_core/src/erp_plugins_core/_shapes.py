@@ -1,4 +1,5 @@
-"""The JSON shapes of the contract (`list`, `config show`, `audit`), built once for the CLI and the HTTP API.
+"""The JSON shapes of the contract (`list`, `config show`, `audit`, `events`, `jobs`), built once for the CLI
+and the HTTP API.
 
 Both print exactly what these functions return, so an HTTP answer and the CLI's `--json` never drift apart.
 """
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from ._record import PluginRecord
     from ._state import AuditEntry, TenantPlugin
 
-__all__ = ["audit_rows", "config_shape", "plugin_row", "plugin_rows", "with_tenant"]
+__all__ = ["audit_rows", "config_shape", "plugin_row", "plugin_rows", "with_tenant", "work_list"]
 
 
 def plugin_rows(catalog: Catalog, tenant: str | None = None,
@@ -69,3 +70,11 @@ def audit_rows(entries: Iterable[AuditEntry]) -> list[dict[str, Any]]:
     """`audit --json`: one object per entry, in the order given."""
     return [{"time": e.time, "user": e.user, "tenant": e.tenant, "plugin": e.plugin, "action": e.action,
              "detail": e.detail} for e in entries]
+
+
+def work_list(kind: str, backlog: Mapping[str, int], views: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """`events --json` / `jobs --json`: `{backlog, events|jobs}`, the deliveries by state and the newest works.
+
+    `kind` is "event" or "job"; each view is `job_view`'s shape (the contract's job shape plus kind and created).
+    """
+    return {"backlog": dict(backlog), f"{kind}s": [dict(v) for v in views]}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .._errors import PluginError
+from .._errors import ConfigError, PluginError
+from .._jobs._model import STATES
 from .._jobs._service import JobService
 from .._state import validate_tenant
 from ._support import HostBase
@@ -38,6 +39,23 @@ class EventsMixin(HostBase):
         """`{id, hook, tenant, state, results, attempts, error}` of a job or event (JobNotFound if unknown)."""
         return await self._jobs().job(job_id)
 
+
+    async def events(self, tenant: str, *, failed: bool = False, limit: int = 50) -> dict[str, Any]:
+        """`{backlog, events}` for the tenant, newest first (only those with a failed delivery if `failed`)."""
+        validate_tenant(tenant)
+        return await self._jobs().listing("event", tenant=tenant, state="failed" if failed else None, limit=limit)
+
+    async def jobs(self, *, tenant: str | None = None, state: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """`{backlog, jobs}`, newest first; `state` keeps jobs with a part in that state (as `erp-plugins jobs`)."""
+        if tenant is not None:
+            validate_tenant(tenant)
+        if state is not None and state not in STATES:
+            raise ConfigError(f"unknown job state {state!r}; states: {', '.join(STATES)}")
+        return await self._jobs().listing("job", tenant=tenant, state=state, limit=limit)
+
+    async def retry(self, job_id: str) -> int:
+        """Queue the failed deliveries of event or job `job_id` again, to run now; how many (0: none failed)."""
+        return await self._jobs().retry(job_id)
 
     async def run_jobs(self, *, stop: asyncio.Event, concurrency: int = 1, name: str | None = None) -> None:
         """Run deliveries and jobs until `stop` is set; the running ones then finish (`erp-plugins worker`)."""

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from ._model import Executor, Work
+from ._model import Executor, Work, job_view
 from ._settings import JobSettings
 
 __all__ = ["JobEngine", "is_postgres_url", "open_engine", "worker_name"]
@@ -67,6 +67,14 @@ class JobEngine(ABC):
     @abstractmethod
     async def counts(self, *, kind: str, tenant: str | None = None) -> dict[str, int]:
         """The backlog: deliveries of events or jobs by state (every state present, zero if none)."""
+
+    async def listing(self, *, kind: str, tenant: str | None, state: str | None, limit: int) -> dict[str, Any]:
+        """`{backlog, events|jobs}` as `erp-plugins events|jobs --json` print it (the HTTP API answers the same)."""
+        from .._shapes import work_list
+
+        counts = await self.counts(kind=kind, tenant=tenant)
+        works = await self.list(kind=kind, tenant=tenant, state=state, limit=limit)
+        return work_list(kind, counts, [job_view(w) for w in works])
 
     @abstractmethod
     async def retry(self, work_id: str) -> int:

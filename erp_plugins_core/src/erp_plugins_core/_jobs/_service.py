@@ -124,6 +124,14 @@ class JobService:
     async def job(self, job_id: str) -> dict[str, Any]:
         return job_view(await (await self.engine()).get(job_id))
 
+    async def listing(self, kind: str, *, tenant: str | None, state: str | None, limit: int) -> dict[str, Any]:
+        """The backlog and newest events or jobs, as `erp-plugins events|jobs --json` prints them."""
+        return await (await self.engine()).listing(kind=kind, tenant=tenant, state=state, limit=limit)
+
+    async def retry(self, work_id: str) -> int:
+        """Queue the failed deliveries of an event or job again; how many (JobNotFound for an unknown id)."""
+        return await (await self.engine()).retry(work_id)
+
     # --- running -------------------------------------------------------------------------------------------
 
     async def run(self, *, stop: asyncio.Event, concurrency: int = 1, name: str | None = None) -> None:

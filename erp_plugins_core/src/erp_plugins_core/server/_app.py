@@ -23,8 +23,10 @@ from starlette.staticfiles import StaticFiles
 from .._errors import PluginError
 from .._host import PluginHost
 from ._api import ROUTES as API_ROUTES
+from ._api_jobs import ROUTES as JOBS_API_ROUTES
 from ._auth import Authenticator
 from ._console import ROUTES as CONSOLE_ROUTES
+from ._console_jobs import ROUTES as JOBS_CONSOLE_ROUTES
 from ._logging import AccessLog
 from ._middleware import BodyLimit, SecurityHeaders
 from ._openai import ROUTES as OPENAI_ROUTES
@@ -87,11 +89,13 @@ def create_app(settings: ServerSettings | None = None, *, host: PluginHost | Non
 
     routes = [
         *API_ROUTES,
+        *JOBS_API_ROUTES,
         *OPENAI_ROUTES,
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *DOC_ROUTES,
         *CONSOLE_ROUTES,
+        *JOBS_CONSOLE_ROUTES,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     middleware = [

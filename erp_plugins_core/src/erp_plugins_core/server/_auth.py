@@ -115,12 +115,13 @@ class Authenticator:
         uses.last = time.time()
         uses.routes[f"{scope['method']} {route.path if route is not None else scope['path']}"] += 1
 
-    def record_action(self, rec: TokenRecord, tenant: str, plugin: str, action: str, via: str) -> None:
+    def record_action(self, rec: TokenRecord, tenant: str, plugin: str, action: str, via: str,
+                      detail: dict[str, Any] | None = None) -> None:
         """One audit entry naming the token behind an administrative change (the host's own entry names the
-        server's OS user): `api:enable`, `console:disable`..."""
+        server's OS user): `api:enable`, `console:disable`... `detail` adds to the entry's detail."""
         with self._store.transaction() as tx:
             tx.add_audit(AuditEntry(time.time(), f"token:{rec.id}", tenant, plugin, f"{via}:{action}",
-                                    {"token": rec.id}))
+                                    {**(detail or {}), "token": rec.id}))
 
     def flush(self) -> None:
         """Write the counted uses: last-used times and one `token_use` audit entry per token and tenant."""

@@ -59,6 +59,31 @@ SCHEMAS: dict[str, Any] = {
         "event_type": {"type": "string"}, "data": {"type": "object"}}},
     "EventAccepted": {"type": "object", "required": ["id"], "properties": {
         "id": {"type": ["string", "null"]}, "delivered": {"type": "integer"}}},
+    "Delivery": {"type": "object", "required": ["plugin", "state", "attempts", "error"], "properties": {
+        "id": {"type": "string"}, "plugin": {"type": "string"}, "state": {"enum": ["queued", "running", "succeeded",
+                                                                                 "failed"]},
+        "success": {"type": "boolean"}, "attempts": {"type": "integer"}, "result": {},
+        "error": {"type": ["string", "null"]}, "error_kind": {"type": ["string", "null"]}}},
+    "Job": {"type": "object", "required": ["id", "hook", "tenant", "state", "results", "attempts", "error"],
+            "description": "host.job(id): an event (kind event, hook on_event) or a submitted job", "properties": {
+        "id": {"type": "string"}, "kind": {"enum": ["event", "job"]}, "hook": {"type": "string"},
+        "tenant": {"type": "string"}, "state": {"enum": ["queued", "running", "succeeded", "failed"]},
+        "results": _array("Delivery"), "attempts": {"type": "integer"}, "error": {"type": ["string", "null"]},
+        "created": {"type": "number"}, "event_type": {"type": "string"}, "data": {"type": "object"},
+        "source": {"type": ["string", "null"]}, "idempotency_key": {"type": ["string", "null"]}}},
+    "Backlog": {"type": "object", "description": "deliveries by state", "properties": {
+        s: {"type": "integer"} for s in ("queued", "running", "succeeded", "failed")}},
+    "EventList": {"type": "object", "required": ["backlog", "events"], "properties": {
+        "backlog": _ref("Backlog"), "events": _array("Job")}},
+    "JobList": {"type": "object", "required": ["backlog", "jobs"], "properties": {
+        "backlog": _ref("Backlog"), "jobs": _array("Job")}},
+    "JobSubmit": {"type": "object", "required": ["hook"], "additionalProperties": False, "properties": {
+        "hook": {"type": "string"}, "args": _ref("HookArguments"),
+        "idempotency_key": {"type": "string", "maxLength": 200,
+                            "description": "the same key for the same tenant gives the same job"}}},
+    "JobAccepted": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
+    "JobRetried": {"type": "object", "required": ["id", "retried", "job"], "properties": {
+        "id": {"type": "string"}, "retried": {"type": "integer"}, "job": _ref("Job")}},
     "Health": {"type": "object", "required": ["plugin", "tenant", "healthy", "detail", "error"], "properties": {
         "plugin": {"type": "string"}, "tenant": {"type": "string"}, "healthy": {"type": "boolean"},
         "detail": {"type": "string"}, "error": {"type": ["string", "null"]}, "state": {"type": "string"},
@@ -142,6 +167,18 @@ def document() -> dict[str, Any]:
         "/v1/tenants/{tenant}/events": {"post": _op("Emit an event", "call", _json(_ref("EventAccepted"), "accepted"),
                                                     body="Event", status="202", errors=(401, 403, 404, 422),
                                                     params=t)},
+        "/v1/tenants/{tenant}/jobs": {
+            "get": _op("The tenant's jobs, newest first, with the backlog (jobs --tenant --json)", "call",
+                       _json(_ref("JobList")), errors=(401, 403, 404, 422), params=t),
+            "post": _op("Submit a hook as a background job (host.submit)", "call",
+                        _json(_ref("JobAccepted"), "accepted"), body="JobSubmit", status="202",
+                        errors=(400, 401, 403, 404, 409, 422), params=t)},
+        "/v1/tenants/{tenant}/jobs/{id}": {"get": _op(
+            "One event or job of the tenant (host.job); another tenant's id is not found", "call",
+            _json(_ref("Job")), errors=(401, 403, 404), params=("tenant", "id"))},
+        "/v1/tenants/{tenant}/jobs/{id}/retry": {"post": _op(
+            "Queue the failed deliveries of an event or job again (retry ID)", "admin",
+            _json(_ref("JobRetried"), "accepted"), status="202", errors=(401, 403, 404, 409), params=("tenant", "id"))},
         "/v1/tenants/{tenant}/health": {"get": _op("Health of every enabled plugin", "call", _json(_array("Health")),
                                                    errors=(401, 403, 404), params=t)},
         "/v1/tenants/{tenant}/audit": {"get": {**_op("Audit log, newest first", "admin", _json(_array("AuditEntry")),
@@ -156,8 +193,20 @@ def document() -> dict[str, Any]:
         "/healthz": {"get": _op("Liveness", None, _json({"type": "object"}), errors=())},
         "/readyz": {"get": _op("Readiness (the state store answers)", None, _json({"type": "object"}), errors=(503,))},
     }
-    paths["/v1/tenants/{tenant}/audit"]["get"]["parameters"].append(
-        {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}})
+    paths["/v1/tenants/{tenant}/events"]["get"] = _op(
+        "The tenant's events, newest first, with the backlog (events --tenant --json)", "call",
+        _json(_ref("EventList")), errors=(401, 403, 404, 422), params=t)
+    limit = {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}}
+    paths["/v1/tenants/{tenant}/audit"]["get"]["parameters"].append(limit)
+    paths["/v1/tenants/{tenant}/events"]["get"]["parameters"] += [
+        {**limit, "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 50}},
+        {"name": "failed", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
+         "description": "only events with a delivery that failed for good"}]
+    paths["/v1/tenants/{tenant}/jobs"]["get"]["parameters"] += [
+        {**limit, "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 50}},
+        {"name": "state", "in": "query", "required": False,
+         "schema": {"enum": ["queued", "running", "succeeded", "failed"]},
+         "description": "only jobs with a part in this state (succeeded: all parts)"}]
     return {
         "openapi": "3.1.0",
         "info": {"title": "erp-plugins", "version": _version(),
