@@ -161,8 +161,10 @@ class Fleet:
         return bearer(self.token(name))
 
 
-def start_fleet(tmp: Path, site: Path, *serve_args: str, sandboxed: bool = True) -> Fleet:
-    env = server_env(site, tmp)
+def start_fleet(tmp: Path, site: Path, *serve_args: str, sandboxed: bool = True,
+                env: dict[str, str] | None = None) -> Fleet:
+    """`env`: more environment variables for the server and the CLI (job settings, plugin folders)."""
+    env = server_env(site, tmp, **(env or {}))
     state = str(tmp / "state.db")
     fleet = Fleet(Server(env, state, tmp / "serve.log", *serve_args))
     for name, args in {

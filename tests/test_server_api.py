@@ -22,7 +22,9 @@ pytestmark = pytest.mark.timeout(300)
 def fleet(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("fleet")
     tmp.chmod(0o755)
-    f = start_fleet(tmp, shared_site(), "--max-body", "100000")
+    # one run per job: a failing job is failed at once (the route table retries one)
+    f = start_fleet(tmp, shared_site(), "--max-body", "100000",
+                    env={"ERP_PLUGINS_JOB_ATTEMPTS": "1", "ERP_PLUGINS_JOB_POLL": "0.1"})
     yield f
     f.server.stop()
 
@@ -235,6 +237,11 @@ TENANT_ROUTES = [
     ("POST", "/v1/tenants/{t}/events", {"event_type": "x", "data": {}}),
     ("GET", "/v1/tenants/{t}/health", None),
     ("GET", "/v1/tenants/{t}/audit", None),
+    ("GET", "/v1/tenants/{t}/events", None),
+    ("GET", "/v1/tenants/{t}/jobs", None),
+    ("POST", "/v1/tenants/{t}/jobs", {"hook": "send_email", "args": {"to": "a@b.c", "subject": "s", "body": "b"}}),
+    ("GET", "/v1/tenants/{t}/jobs/{job}", None),  # {job}: a failed job of acme (see failed_acme_job)
+    ("POST", "/v1/tenants/{t}/jobs/{job}/retry", None),
     ("POST", "/v1/openai/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
     ("POST", "/v1/openai/embeddings", {"input": "x"}),
     ("GET", "/v1/openai/models", None),
@@ -246,8 +253,22 @@ def test_the_route_table_covers_every_api_route() -> None:
     served = {(m, r.path) for r in app.routes if getattr(r, "methods", None) and r.path.startswith("/v1/")
               for m in r.methods - {"HEAD"}}
     table = {(m, p.replace("{t}", "{tenant}").replace("web_tool", "{name}").replace("ai_request", "{hook}")
-              .replace("ai_stream", "{hook}")) for m, p, _ in TENANT_ROUTES} | {("GET", "/v1/plugins")}
+              .replace("ai_stream", "{hook}").replace("{job}", "{id}")) for m, p, _ in TENANT_ROUTES} | {
+                  ("GET", "/v1/plugins")}
     assert served == table
+
+
+def failed_acme_job(fleet: Fleet, c: httpx.Client) -> str:
+    """A job of acme that failed (web_tool refuses the recipient `nobody`; one run per job in this fleet)."""
+    r = c.post("/v1/tenants/acme/jobs", headers=fleet.h("acme_call"), json={
+        "hook": "send_email", "args": {"to": "nobody", "subject": "s", "body": "b"}, "idempotency_key": "route-table"})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 60
+    while (job := c.get(f"/v1/tenants/acme/jobs/{r.json()['id']}", headers=fleet.h("acme_call")).json())["state"] \
+            != "failed":
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return str(job["id"])
 
 
 @pytest.mark.parametrize(("method", "path", "body"), TENANT_ROUTES, ids=[f"{m} {p}" for m, p, _ in TENANT_ROUTES])
@@ -255,6 +276,8 @@ def test_tenant_a_never_reaches_tenant_b(fleet: Fleet, c: httpx.Client, method: 
                                         body: dict | None) -> None:
     before = c.get("/v1/tenants/globex/audit", headers=fleet.h("globex_admin")).json()
     headers = {**fleet.h("acme_admin"), "ERP-Tenant": "globex"}
+    if "{job}" in path:
+        path = path.replace("{job}", failed_acme_job(fleet, c))
     r = c.request(method, path.format(t="globex"), headers=headers, json=body)
     detail = problem(r, 403)["detail"]
     assert "another tenant" in detail and "Hi from globex" not in r.text
