@@ -45,7 +45,6 @@ class AdminMixin(HostBase):
             raise UnknownPluginError(f"no plugin named {name!r} is installed (installed: {known})")
         return rec
 
-
     async def enable(
         self,
         name: str,
@@ -141,7 +140,6 @@ class AdminMixin(HostBase):
                 applying.reset(token)
         return row
 
-
     @staticmethod
     def _audit_detail(row: TenantPlugin, previous: TenantPlugin | None, manifest: Any) -> dict[str, Any]:
         detail: dict[str, Any] = {
@@ -156,7 +154,6 @@ class AdminMixin(HostBase):
                 k for k in set(row.config) | set(previous.config) if row.config.get(k) != previous.config.get(k)
             )
         return detail
-
 
     def _require_accepted_findings(self, rec: PluginRecord) -> None:
         """An unsandboxed plugin with code-scan findings runs only once an administrator accepted them."""
@@ -175,7 +172,6 @@ class AdminMixin(HostBase):
                 f"erp-plugins check {rec.name}, then accept with: erp-plugins check --accept-findings {rec.name}"
             )
 
-
     def _require_dependencies(self, name: str, tenant: str, rows: list[TenantPlugin]) -> None:
         enabled = {r.plugin for r in rows if r.enabled}
         for dep in self.catalog.dependencies(name):
@@ -184,7 +180,6 @@ class AdminMixin(HostBase):
                     f"plugin {name!r} depends on plugin {dep!r}, which is not enabled for tenant {tenant!r}; "
                     f"run first: erp-plugins enable {dep} --tenant {tenant}"
                 )
-
 
     async def disable(self, name: str, *, tenant: str) -> None:
         """Deactivate `name` for `tenant` and persist; refused while an enabled plugin depends on it."""
@@ -217,7 +212,6 @@ class AdminMixin(HostBase):
             if inst is not None:
                 self._retire(inst)
 
-
     def config_of(self, name: str, *, tenant: str) -> dict[str, Any]:
         """The stored config of `name` for `tenant`, sensitive values redacted."""
         validate_tenant(tenant)
@@ -230,7 +224,6 @@ class AdminMixin(HostBase):
             )
         assert rec.manifest is not None
         return redacted(row.config, rec.manifest)
-
 
     def status(self, tenant: str) -> dict[str, dict[str, Any]]:
         """Per plugin name: enabled, state (live when this host runs it), trusted, granted, priority, reason."""

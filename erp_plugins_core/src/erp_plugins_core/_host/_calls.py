@@ -51,7 +51,6 @@ class CallsMixin(HostBase):
         disp = self._dispatchers.get(tenant)
         return disp.table(hook) if disp is not None else []
 
-
     async def call(
         self,
         hook: str,
@@ -93,7 +92,6 @@ class CallsMixin(HostBase):
                 await self._check_gave_up(tenant, r.plugin)
         return results
 
-
     async def first(
         self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> Any:
@@ -104,7 +102,6 @@ class CallsMixin(HostBase):
         """
         return (await self.first_result(hook, tenant=tenant, user_context=user_context, **kwargs)).result
 
-
     async def first_result(
         self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None,
         plugin_type: str | None = None, **kwargs: Any
@@ -113,10 +110,7 @@ class CallsMixin(HostBase):
 
         `plugin_type` (e.g. "ai_provider") limits it to plugins of that manifest type.
         """
-        impls = await self._impls(hook, tenant)
-        if plugin_type is not None:
-            impls = self._of_type(impls, plugin_type)
-        args = bind_arguments(hook, kwargs)
+        impls, args = await self._in_order(hook, tenant, plugin_type, kwargs)
         failures: list[HookResult] = []
         t_user = current_user_context.set(dict(user_context or {}))
         try:
@@ -132,7 +126,6 @@ class CallsMixin(HostBase):
             current_user_context.reset(t_user)
         raise self._all_failed(hook, tenant, failures)
 
-
     @staticmethod
     def _all_failed(hook: str, tenant: str, failures: list[HookResult]) -> AllPluginsFailed:
         if not failures:
@@ -143,7 +136,6 @@ class CallsMixin(HostBase):
             )
         err.results = failures  # type: ignore[attr-defined]
         return err
-
 
     async def stream(
         self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None, **kwargs: Any
@@ -160,6 +152,13 @@ class CallsMixin(HostBase):
         finally:
             await tagged.aclose()  # a consumer that stopped early stops the plugin's stream too
 
+    async def _in_order(self, hook: str, tenant: str, plugin_type: str | None,
+                        kwargs: dict[str, Any]) -> tuple[list[Impl], dict[str, Any]]:
+        """The plugins `first` and streams try, in priority order (of one manifest type), and the bound arguments."""
+        impls = await self._impls(hook, tenant)
+        if plugin_type is not None:
+            impls = self._of_type(impls, plugin_type)
+        return impls, bind_arguments(hook, kwargs)
 
     def _of_type(self, impls: list[Impl], plugin_type: str) -> list[Impl]:
         """The implementations whose plugin's manifest says `plugin_type`."""
@@ -169,7 +168,6 @@ class CallsMixin(HostBase):
             if rec is not None and rec.manifest is not None and rec.manifest.plugin_type.value == plugin_type:
                 out.append(impl)
         return out
-
 
     async def stream_tagged(
         self, hook: str, *, tenant: str, user_context: Mapping[str, Any] | None = None,
@@ -181,10 +179,7 @@ class CallsMixin(HostBase):
         """
         if (info := hook_info(hook)) is not None and not info.streaming:
             raise UnknownHookError(f"{hook} is not a streaming hook; use call() or first()")
-        impls = await self._impls(hook, tenant)
-        if plugin_type is not None:
-            impls = self._of_type(impls, plugin_type)
-        args = bind_arguments(hook, kwargs)
+        impls, args = await self._in_order(hook, tenant, plugin_type, kwargs)
         failures: list[HookResult] = []
         t_user = current_user_context.set(dict(user_context or {}))
         try:

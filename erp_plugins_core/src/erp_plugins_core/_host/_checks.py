@@ -56,7 +56,6 @@ class HealthMixin(HostBase):
             report.host = self.host_name
         return reports
 
-
     async def _health_one(self, tenant: str, row: TenantPlugin) -> HealthReport:
         inst = self._instances.get((tenant, row.plugin))
         if inst is None:
@@ -82,7 +81,6 @@ class HealthMixin(HostBase):
         if not healthy:
             error = inst.redactor.text(unhealthy_reason(report, detail))
         return HealthReport(row.plugin, tenant, healthy, detail, error, inst.life.state.value)
-
 
     async def _health_loop(self) -> None:
         """While open: re-check health on each manifest's interval; retry failed plugins with backoff."""

@@ -24,7 +24,6 @@ class EventsMixin(HostBase):
         validate_tenant(tenant)
         return await self._jobs().emit(tenant, event_type, data, source=source)
 
-
     async def submit(self, hook: str, *, tenant: str, idempotency_key: str | None = None, **kwargs: Any) -> str:
         """Queue `hook` as a background job for the tenant's enabled plugins that implement it; the job's id.
 
@@ -34,11 +33,9 @@ class EventsMixin(HostBase):
         validate_tenant(tenant)
         return await self._jobs().submit(hook, tenant, idempotency_key, kwargs)
 
-
     async def job(self, job_id: str) -> dict[str, Any]:
         """`{id, hook, tenant, state, results, attempts, error}` of a job or event (JobNotFound if unknown)."""
         return await self._jobs().job(job_id)
-
 
     async def events(self, tenant: str, *, failed: bool = False, limit: int = 50) -> dict[str, Any]:
         """`{backlog, events}` for the tenant, newest first (only those with a failed delivery if `failed`)."""
@@ -60,7 +57,6 @@ class EventsMixin(HostBase):
     async def run_jobs(self, *, stop: asyncio.Event, concurrency: int = 1, name: str | None = None) -> None:
         """Run deliveries and jobs until `stop` is set; the running ones then finish (`erp-plugins worker`)."""
         await self._jobs().run(stop=stop, concurrency=concurrency, name=name)
-
 
     def _jobs(self) -> JobService:
         if self._job_service is None:

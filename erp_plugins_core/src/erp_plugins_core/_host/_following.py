@@ -50,7 +50,6 @@ class FollowingMixin(HostBase):
             finally:
                 applying.reset(token)
 
-
     async def _reload_all(self) -> None:
         """Compare every started tenant's instances with the store (after missing part of the change feed)."""
         for tenant in list(self._started_tenants):
@@ -60,7 +59,6 @@ class FollowingMixin(HostBase):
                 await self._apply_plugin_change(tenant, name)
         for key in ("lock", ACCEPTED_FINDINGS):
             await self._apply_setting_change(key)
-
 
     async def _apply_setting_change(self, key: str) -> None:
         """A new lock or new accepted findings apply to running instances: one that fails them now is stopped."""
@@ -77,7 +75,6 @@ class FollowingMixin(HostBase):
             except (IntegrityError, PermissionDenied) as exc:
                 await self._put_in_error(inst, str(exc))
 
-
     def _retire(self, inst: Instance) -> None:
         """No new call reaches `inst`; it is stopped once its running calls end (within its timeout)."""
         key = (inst.tenant, inst.name)
@@ -87,7 +84,6 @@ class FollowingMixin(HostBase):
         task = asyncio.create_task(self._stop_when_idle(inst), name=f"erp-plugins-retire-{inst.name}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-
 
     async def _stop_when_idle(self, inst: Instance) -> None:
         timeout = inst.record.manifest.resources.timeout if inst.record.manifest else 30.0

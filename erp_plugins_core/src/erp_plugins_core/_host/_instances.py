@@ -50,13 +50,11 @@ class InstanceMixin(HostBase):
             disp = self._dispatchers[tenant] = TenantDispatcher(tenant)
         return disp
 
-
     def _lock(self, tenant: str) -> asyncio.Lock:
         lock = self._tenant_locks.get(tenant)
         if lock is None:
             lock = self._tenant_locks[tenant] = asyncio.Lock()
         return lock
-
 
     async def _ensure_tenant(self, tenant: str, *, lazy: bool = True) -> None:
         """Start the tenant's enabled plugins (dependencies first) the first time the tenant is used.
@@ -80,7 +78,6 @@ class InstanceMixin(HostBase):
             finally:
                 applying.reset(token)
 
-
     async def warm_up(self, tenants: list[str] | None = None) -> None:
         """Start these tenants' plugins now, sandboxed workers included (None: every tenant in the state).
 
@@ -91,12 +88,10 @@ class InstanceMixin(HostBase):
             validate_tenant(tenant)
             await self._ensure_tenant(tenant, lazy=False)
 
-
     @staticmethod
     async def _db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a state-store call in a thread: the event loop never waits on the database."""
         return await asyncio.to_thread(fn, *args, **kwargs)
-
 
     def _make_runner(self, record: PluginRecord, tenant: str, trusted: bool,
                      granted: Iterable[str] = (), *, lazy: bool = False) -> PluginRunner:
@@ -123,7 +118,6 @@ class InstanceMixin(HostBase):
         return SandboxRunner(record, tenant, data_root=data_root(), forbidden=forbidden, fleet=self._fleet,
                              lazy=lazy)
 
-
     async def _new_instance(self, name: str, tenant: str, row: TenantPlugin, *, lazy: bool = True) -> Instance | None:
         record = self.catalog.get(name)
         if record is None or record.errors or record.manifest is None:
@@ -140,7 +134,6 @@ class InstanceMixin(HostBase):
         inst = Instance(record, tenant, row, runner, Lifecycle(name, tenant))
         self._instances[(tenant, name)] = inst
         return inst
-
 
     async def _start(self, inst: Instance, *, raise_errors: bool = False, persist: bool = True) -> bool:
         """Take an instance from discovered (or error) to active; on failure record the reason."""
@@ -200,7 +193,6 @@ class InstanceMixin(HostBase):
             await self._persist_state(inst)
         return True
 
-
     def _register(self, inst: Instance) -> None:
         """Make an instance's hooks dispatchable for its tenant, with its priority, grants and timeout."""
         manifest = inst.record.manifest
@@ -216,7 +208,6 @@ class InstanceMixin(HostBase):
             self_timed=inst.runner.times_its_calls,
         )
 
-
     async def _persist_state(self, inst: Instance, state: str | None = None) -> None:
         """Record this host's runtime state of an instance (a database that is down only costs the record)."""
         if self.store is None:
@@ -226,7 +217,6 @@ class InstanceMixin(HostBase):
                            None if state else inst.life.reason, host=self.host_name)
         except Exception as exc:
             log.warning("cannot record the state of %s for tenant %s: %s", inst.name, inst.tenant, exc)
-
 
     async def _stop(self, inst: Instance, *, persist: bool = True) -> None:
         """Deactivate and clean up an instance; errors are logged, never raised (the plugin is going away)."""
@@ -250,7 +240,6 @@ class InstanceMixin(HostBase):
             del self._instances[(inst.tenant, inst.name)]
         if persist:
             await self._persist_state(inst, PluginState.INACTIVE.value)
-
 
     def _verify_files(self, record: PluginRecord) -> None:
         """Refuse a plugin whose installed files differ from its RECORD, or (while a lock exists) from the lock.
@@ -277,7 +266,6 @@ class InstanceMixin(HostBase):
             if drift:
                 raise IntegrityError(f"plugin {record.name!r} refused by the lock: {'; '.join(drift)}")
 
-
     async def _check_gave_up(self, tenant: str, plugin: str) -> None:
         """A sandboxed worker that kept crashing puts its plugin into the error state (retried with backoff)."""
         inst = self._instances.get((tenant, plugin))
@@ -285,7 +273,6 @@ class InstanceMixin(HostBase):
         if inst is None or not reason or inst.life.state is PluginState.ERROR:
             return
         await self._put_in_error(inst, str(reason))
-
 
     async def _put_in_error(self, inst: Instance, reason: str) -> None:
         """Take an instance out of dispatch into its error state; the health loop retries it with backoff."""

@@ -84,13 +84,11 @@ class PluginHost(InstanceMixin, AdminMixin, FollowingMixin, CallsMixin, EventsMi
         self._tenant_locks: dict[str, asyncio.Lock] = {}
         self._health_task: asyncio.Task[None] | None = None
 
-
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
             self._catalog = Catalog.load(plugins_dirs=self._plugins_dirs)
         return self._catalog
-
 
     @property
     def state_path(self) -> Path | None:
@@ -99,7 +97,6 @@ class PluginHost(InstanceMixin, AdminMixin, FollowingMixin, CallsMixin, EventsMi
             return getattr(self._state_arg, "path", None)
         kind, location = parse_location(self._state_arg if self._state_arg is not None else default_location())
         return Path(location).expanduser() if kind == "sqlite" else None
-
 
     async def open(self) -> PluginHost:
         """Open the state store and start following it; bring up only the tenants named in `tenants`."""
@@ -119,7 +116,6 @@ class PluginHost(InstanceMixin, AdminMixin, FollowingMixin, CallsMixin, EventsMi
             self._health_task = asyncio.create_task(self._health_loop(), name="erp-plugins-health")
         await self._jobs().start()
         return self
-
 
     async def close(self) -> None:
         """Deactivate and clean up every running plugin, stop workers, close the store."""
@@ -148,20 +144,16 @@ class PluginHost(InstanceMixin, AdminMixin, FollowingMixin, CallsMixin, EventsMi
             await asyncio.to_thread(self.store.close)
         self.store = None
 
-
     async def __aenter__(self) -> PluginHost:
         return await self.open()
 
-
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
 
     def _require_store(self) -> StateStore:
         if self.store is None:
             raise PluginError("the PluginHost is not open; use `async with PluginHost(...) as host:`")
         return self.store
-
 
     @property
     def box(self) -> SecretBox:
