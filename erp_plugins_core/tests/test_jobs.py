@@ -215,7 +215,7 @@ async def test_always_failing_delivery_is_listed_as_failed_and_retry_runs_it_aga
         retried = env.cli("retry", event_id)
         assert retried.returncode == 0 and "queued 1 failed delivery" in retried.stdout, retried.stderr
         job = await _wait_job(host, event_id)
-        assert job["state"] == "succeeded"
+        assert job["state"] == "succeeded" and job["results"][0]["attempts"] == 4  # one per run, the retry's too
         again = env.cli("retry", event_id)
         assert again.returncode == 1 and "nothing to retry" in again.stderr
     assert [x["phase"] for x in env.lines()] == ["start"] * 4 + ["done"]

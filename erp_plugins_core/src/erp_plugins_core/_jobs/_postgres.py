@@ -329,10 +329,15 @@ class PostgresEngine(JobEngine):
     async def retry(self, work_id: str) -> int:
         work = await self.get(work_id)
         failed = [int(d.id) for d in work.deliveries if d.state == "failed"]
+        if not failed:
+            return 0
         rows = await self._exec(
             "SELECT procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) FROM procrastinate_jobs "
             "WHERE id = ANY(%(ids)s) AND status = 'failed'", {"ids": failed},
-        ) if failed else []
+        )
+        # procrastinate counts its retry function's call as an attempt; an administrator's retry is not a run
+        await self._exec("UPDATE procrastinate_jobs SET attempts = attempts - 1 WHERE id = ANY(%(ids)s) "
+                         "AND status = 'todo' AND attempts > 0", {"ids": failed})
         return len(rows)
 
     async def purge(self) -> int:
