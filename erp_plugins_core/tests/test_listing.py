@@ -1,8 +1,8 @@
-"""`erp-plugins list` answered from the discovery cache (`__main__`, `_listing`), against the click command line.
+"""`erp-plugins list` and `--help` answered without click (`__main__`, `_listing`, `_helptext`), against click.
 
 Every command runs as a real process (`python -c` calling `erp_plugins_core.__main__.main`, as the console script
-does) that reports at exit which modules it loaded, so each test knows whether the cache answered (no `_cli`).
-Cold means `ERP_PLUGINS_CACHE=0` (click, a fresh scan) or an empty cache folder; warm means the cache answered.
+does) that reports at exit which modules it loaded, so each test knows whether the cache answered (no discovery
+loaded). The reference ("cold") is click's command line itself (`erp_plugins_core._cli.main`) with the caches off.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ HEAVY = ("pydantic", "jsonschema", "packaging", "click", "yaml", "erp_plugins_co
 WRAPPER = """\
 import atexit, sys
 atexit.register(lambda: sys.stderr.write("\\n@@MODULES@@ " + " ".join(sorted(sys.modules)) + "\\n"))
-from erp_plugins_core.__main__ import main
+from erp_plugins_core.{module} import main
 main(sys.argv[1:])
 """
 FOLDER_MANIFEST = ('name: {name}\nversion: "{version}"\nplugin_type: workflow\napi_version: "1.0"\n'
@@ -44,7 +44,7 @@ class Result:
 
     @property
     def from_cache(self) -> bool:
-        return "erp_plugins_core._cli" not in self.modules
+        return "erp_plugins_core._discovery" not in self.modules
 
     def heavy(self) -> list[str]:
         return [m for m in HEAVY if m in self.modules]
@@ -79,7 +79,8 @@ def run(env, *args: str, cold: bool = False, **extra: str) -> Result:
     values = {**env["values"], **extra}
     if cold:
         values["ERP_PLUGINS_CACHE"] = "0"
-    proc = subprocess.run([sys.executable, "-c", WRAPPER, *args], env=values, cwd=env["work"], capture_output=True,
+    code = WRAPPER.format(module="_cli" if cold else "__main__")
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=values, cwd=env["work"], capture_output=True,
                           text=True, timeout=120)
     result = Result(proc)
     assert "Traceback" not in result.err, result.err
@@ -112,11 +113,13 @@ def test_warm_list_prints_exactly_what_cold_list_prints_without_heavy_imports(en
     enable = run(env, "enable", "echo", "--tenant", "acme", "--config", "api_key=env:ECHO_KEY", "--trust",
                  "--grant", "ai.generate")
     assert enable.code == 0, enable.err
-    for case in CASES:
+    for i, case in enumerate(CASES):
         args = [a.format(folders=env["folders"], state=env["tmp"] / "state.db") for a in case]
-        cold = run(env, *args, cold=True)
-        assert cold.code == 0 and not cold.from_cache, (args, cold.err)
-        empty = run(env, *args)  # an empty cache: scanned, then written
+        cold = run(env, *args, cold=True)  # click
+        assert cold.code == 0 and not cold.from_cache and "click" in cold.modules, (args, cold.err)
+        # an empty cache folder: scanned and written, still without click
+        empty = run(env, *args, ERP_PLUGINS_CACHE_DIR=str(env["tmp"] / f"empty-{i}"))
+        assert not empty.from_cache and "click" not in empty.modules
         hot = warm(env, *args)
         assert (empty.code, empty.out, empty.err) == (cold.code, cold.out, cold.err), args
         assert (hot.code, hot.out, hot.err) == (cold.code, cold.out, cold.err), args

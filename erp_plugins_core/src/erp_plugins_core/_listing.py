@@ -1,11 +1,12 @@
-"""`erp-plugins list` answered from the discovery cache, before click, discovery or the manifest model are imported.
+"""`erp-plugins list` answered without click: from the discovery cache, before discovery or the manifest model are
+imported, or from a fresh scan on a miss.
 
 The cache (`_cachefile`) keeps what `list` prints: every plugin's row, validated when the cache was written,
 and the rows' JSON text. `run` answers `list [--json] [--tenant T]` (with the global `--state` and
-`--plugins-dir`) from it when the cache still holds under the same key and racy-clean rule as discovery's; a
-tenant's part is read from the state store every time, never cached. Anything else — another command, another
-option, a miss, an error to explain — goes to the click command line (`_cli`), which gives the same output from a
-fresh scan. The renderers here are the ones `_cli`'s `list` uses, so cold and warm outputs cannot drift apart.
+`--plugins-dir`) from it when the cache still holds under the same key and racy-clean rule as discovery's, else
+from `Catalog.load()` as click's `list` would; a tenant's part is read from the state store every time, never
+cached. Anything else — another command, another option, an error to explain — goes to the click command line
+(`_cli`), which says it. The renderers here are the ones `_cli`'s `list` uses, so the outputs cannot drift apart.
 """
 
 from __future__ import annotations
@@ -181,8 +182,30 @@ def write_text(text: str) -> bool:
     return True
 
 
+def _scanned_rows(path_value: str, given: list[str]) -> list[dict[str, Any]] | None:
+    """A miss: discover, validate and cache as click's `list` does (same catalog, same rows), without click; None,
+    with nothing printed and the environment as it was, on any error (click then reports it)."""
+    from ._searchpath import PATH_ENV
+
+    before = os.environ.get(PATH_ENV)
+    if given:  # as the group's callback sets it, for the catalog and anything it starts
+        os.environ[PATH_ENV] = path_value
+    try:
+        from ._catalog import Catalog
+        from ._shapes import plugin_rows
+
+        return plugin_rows(Catalog.load())
+    except Exception:
+        if before is None:
+            os.environ.pop(PATH_ENV, None)
+        else:
+            os.environ[PATH_ENV] = before
+        return None
+
+
 def run(argv: Sequence[str]) -> int | None:
-    """Answer `erp-plugins ARGV` from the discovery cache: the exit code, or None when click must answer it."""
+    """Answer `erp-plugins ARGV` when it is `list`: from the discovery cache when it holds, else from a fresh scan
+    (which writes the cache), in both cases without click. The exit code, or None when click must answer."""
     parsed = _parse(argv)
     if parsed is None:
         return None
@@ -190,27 +213,35 @@ def run(argv: Sequence[str]) -> int | None:
     from ._cachefile import cache_path, read
     from ._searchpath import PATH_ENV, plugins_dirs
 
-    # the group's callback puts --plugins-dir before ERP_PLUGINS_PATH, and the catalog reads that variable
+    # the group's callback checks each --plugins-dir as given, then puts them before ERP_PLUGINS_PATH, which the
+    # catalog reads
     env = os.environ.get(PATH_ENV, "")
+    path_value = os.pathsep.join([*given, *([env] if env else [])])
     try:
-        dirs = plugins_dirs(path=os.pathsep.join([*given, *([env] if env else [])]))
+        plugins_dirs(given, env=False)
+        dirs = plugins_dirs(path=path_value)
+        if tenant is not None:
+            from ._state import validate_tenant
+
+            validate_tenant(tenant)
+            state_location(state)
     except PluginError:
-        return None  # click says what is wrong
+        return None  # click says what is wrong, with the same message
     path = cache_path(dirs)
     data = read(path, dirs) if path is not None else None
     listing = data.get("listing") if data is not None else None
-    if data is None or not data.get("validated") or not isinstance(listing, dict):
-        return None
+    if data is not None and data.get("validated") and isinstance(listing, dict):
+        rows, text = listing["rows"], listing["json"]
+    else:
+        rows, text = _scanned_rows(path_value, given), None
+        if rows is None:
+            return None
     if tenant is None:
-        text = listing["json"] if as_json else render_text(listing["rows"], None)
+        if not as_json:
+            text = render_text(rows, None)
+        elif text is None:
+            text = json_text(rows)
         return 0 if write_text(text) else None
-    from ._state import validate_tenant
-
-    try:
-        validate_tenant(tenant)
-        state_location(state)
-    except PluginError:
-        return None  # click says what is wrong, with the same message
     try:
         status = tenant_status(state, tenant)
     except PluginError as exc:  # the state is unreachable: said once, not retried by the slow path
@@ -219,5 +250,5 @@ def run(argv: Sequence[str]) -> int | None:
         return 2 if isinstance(exc, ConfigError) else 1
     from ._shapes import with_tenant
 
-    rows = with_tenant(listing["rows"], tenant, status)
+    rows = with_tenant(rows, tenant, status)
     return 0 if write_text(json_text(rows) if as_json else render_text(rows, tenant)) else None
