@@ -33,9 +33,9 @@ async def list_plugins(request: Request) -> Response:
     return JSONResponse(plugin_rows(rt.host.catalog))
 
 
-def tenant_rows(rt: ServerRuntime, tenant: str) -> list[dict[str, Any]]:
+async def tenant_rows(rt: ServerRuntime, tenant: str) -> list[dict[str, Any]]:
     """`list --tenant T --json`."""
-    status = {r.plugin: r for r in rt.store.list(tenant)}
+    status = {r.plugin: r for r in await asyncio.to_thread(rt.store.list, tenant)}
     return plugin_rows(rt.host.catalog, tenant, status)
 
 
@@ -49,7 +49,7 @@ async def list_tenant_plugins(request: Request) -> Response:
         validate_tenant(tenant)
     except PluginError as exc:
         raise Problem(404, f"unknown tenant: {exc}") from None
-    return JSONResponse(tenant_rows(rt, tenant))
+    return JSONResponse(await tenant_rows(rt, tenant))
 
 
 def _enable_body(body: dict[str, Any], manifest: Any) -> dict[str, Any]:
@@ -87,11 +87,11 @@ async def enable_plugin(request: Request) -> Response:
         raise Problem(409, f"plugin {name!r} is invalid: {'; '.join(rec.errors)}")
     await rt.host.enable(name, tenant=tenant, **_enable_body(body, rec.manifest))
     await asyncio.to_thread(rt.auth.record_action, token, tenant, name, "enable", "api")
-    return JSONResponse(_row_of(rt, tenant, name))
+    return JSONResponse(await _row_of(rt, tenant, name))
 
 
-def _row_of(rt: ServerRuntime, tenant: str, name: str) -> dict[str, Any]:
-    return next(r for r in tenant_rows(rt, tenant) if r["name"] == name)
+async def _row_of(rt: ServerRuntime, tenant: str, name: str) -> dict[str, Any]:
+    return next(r for r in await tenant_rows(rt, tenant) if r["name"] == name)
 
 
 async def disable_plugin(request: Request) -> Response:
@@ -101,7 +101,7 @@ async def disable_plugin(request: Request) -> Response:
     rt.known_tenant(tenant)
     await rt.host.disable(name, tenant=tenant)
     await asyncio.to_thread(rt.auth.record_action, token, tenant, name, "disable", "api")
-    return JSONResponse(_row_of(rt, tenant, name))
+    return JSONResponse(await _row_of(rt, tenant, name))
 
 
 async def plugin_config(request: Request) -> Response:
@@ -109,7 +109,8 @@ async def plugin_config(request: Request) -> Response:
     tenant, name = _path(request, "tenant"), _path(request, "name")
     rt.auth.require(request, tenant=tenant, scope="admin")
     rt.known_tenant(tenant)
-    return JSONResponse(config_shape(name, tenant, rt.host.config_of(name, tenant=tenant)))
+    config = await asyncio.to_thread(rt.host.config_of, name, tenant=tenant)
+    return JSONResponse(config_shape(name, tenant, config))
 
 
 async def _call_setup(request: Request, files: CallFiles) -> tuple[ServerRuntime, str, str, dict[str, Any]]:
@@ -214,7 +215,7 @@ async def tenant_audit(request: Request) -> Response:
         if not text.isdigit() or int(text) < 1:
             raise Problem(422, f"limit must be a whole number >= 1, got {text!r}")
         limit = int(text)
-    entries = rt.store.audit(tenant, limit)
+    entries = await asyncio.to_thread(rt.store.audit, tenant, limit)
     return JSONResponse(audit_rows(reversed(entries)))  # newest first
 
 

@@ -152,7 +152,7 @@ async def check_page(request: Request, session: Session) -> Response:
     """One plugin's full check: manifest, dependencies, installed files against RECORD, code-scan findings."""
     rt = _rt(request)
     rec = rt.host.record(request.path_params["name"])
-    accepted = json.loads(rt.store.get_setting(ACCEPTED_FINDINGS) or "{}")
+    accepted = json.loads(await asyncio.to_thread(rt.store.get_setting, ACCEPTED_FINDINGS) or "{}")
     report = await asyncio.to_thread(deep_check, rec, accepted_findings=accepted.get(rec.name) == acceptance_key(rec))
     rt.auth.note(session.token, request, session.token.tenant)
     return render(request, "check.html", {"session": session, "csrf": session.csrf, "title": f"Check {rec.name}",
@@ -178,20 +178,20 @@ async def tenant_page(request: Request, session: Session) -> Response:
     """A tenant's plugins with their state, health (last check and its error) and the audit log."""
     rt = _rt(request)
     tenant = _tenant_of(request, session)
-    rows = plugin_rows(rt.host.catalog, tenant, {r.plugin: r for r in rt.store.list(tenant)})
+    rows = plugin_rows(rt.host.catalog, tenant, {r.plugin: r for r in await asyncio.to_thread(rt.store.list, tenant)})
     health = {h.plugin: h for h in await rt.host.health(tenant)} if any(r["tenant"]["enabled"] for r in rows) else {}
-    audit = audit_rows(reversed(rt.store.audit(tenant, 30)))
+    audit = audit_rows(reversed(await asyncio.to_thread(rt.store.audit, tenant, 30)))
     return render(request, "tenant.html", {
         "session": session, "csrf": session.csrf, "title": f"Tenant {tenant}", "tenant": tenant, "rows": rows,
         "health": health, "audit": audit, "flash": request.query_params.get("done")})
 
 
-def _plugin_context(rt: ServerRuntime, tenant: str, name: str) -> tuple[Any, Any, dict[str, Any] | None]:
+async def _plugin_context(rt: ServerRuntime, tenant: str, name: str) -> tuple[Any, Any, dict[str, Any] | None]:
     rec = rt.host.record(name)
     if rec.manifest is None:
         raise Problem(409, f"plugin {name!r} is invalid: {'; '.join(rec.errors)}")
-    row = rt.store.get(tenant, name)
-    current = rt.host.config_of(name, tenant=tenant) if row is not None else None
+    row = await asyncio.to_thread(rt.store.get, tenant, name)
+    current = await asyncio.to_thread(rt.host.config_of, name, tenant=tenant) if row is not None else None
     return rec, row, current
 
 
@@ -213,7 +213,7 @@ async def plugin_page(request: Request, session: Session) -> Response:
     """The config form of one plugin for one tenant."""
     rt = _rt(request)
     tenant = _tenant_of(request, session)
-    rec, row, current = _plugin_context(rt, tenant, request.path_params["name"])
+    rec, row, current = await _plugin_context(rt, tenant, request.path_params["name"])
     return _plugin_page(request, session, tenant, rec, row, build_fields(rec.manifest, current))
 
 
@@ -224,7 +224,7 @@ async def enable_submit(request: Request, session: Session) -> Response:
     tenant = _tenant_of(request, session)
     form = await request.form()
     check_csrf(session.csrf, form.get("csrf"))
-    rec, row, current = _plugin_context(rt, tenant, request.path_params["name"])
+    rec, row, current = await _plugin_context(rt, tenant, request.path_params["name"])
     m = rec.manifest
     fields = build_fields(m, current)
 

@@ -8,6 +8,7 @@ problem+json that also carry OpenAI's `{"error": {"message", "type", "code"}}`, 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 import time
@@ -211,7 +212,8 @@ async def models(request: Request) -> Response:
         tenant = _tenant(request, rt)
     except (Problem, PluginError) as exc:
         return _openai_error(exc)
-    rows = sorted((r for r in rt.store.list(tenant) if r.enabled), key=lambda r: (r.priority, r.plugin))
+    rows = sorted((r for r in await asyncio.to_thread(rt.store.list, tenant) if r.enabled),
+                  key=lambda r: (r.priority, r.plugin))
     data = []
     for row in rows:
         rec = rt.host.catalog.get(row.plugin)
