@@ -129,15 +129,16 @@ def load(path: str) -> dict[str, Any] | None:
 
 
 def dump(path: str, data: dict[str, Any]) -> None:
-    """Write `data` to `path` atomically (a temporary file renamed over it, mode 0600 as mkstemp makes it); a folder
-    that cannot be written only costs speed."""
+    """Write `data` to `path` atomically (a new file of mode 0600 renamed over it); a folder that cannot be written
+    only costs speed."""
     import marshal
-    import tempfile
 
     try:
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        # a name of its own, created exclusively (no need to import tempfile for one file)
+        tmp = f"{path}.{os.getpid()}-{time.monotonic_ns()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(marshal.dumps(data))

@@ -56,7 +56,7 @@ class Discovery:
 # --- Scanning -------------------------------------------------------------------------------------------
 
 
-def _manifest_location(dist: md.Distribution, module: str) -> Path | None:
+def _manifest_location(dist: md.Distribution, module: str, files: list[md.PackagePath] | None) -> Path | None:
     """The plugin.yaml beside the entry point's module, found in the distribution's file list.
 
     Editable installs list no package files; for them the top-level package is located through the import
@@ -64,7 +64,6 @@ def _manifest_location(dist: md.Distribution, module: str) -> Path | None:
     """
     parts = module.split(".")
     candidates = ["/".join(parts) + "/" + MANIFEST_FILE, "/".join(parts[:-1] + [MANIFEST_FILE])]
-    files = dist.files
     if files:
         listed = {f.as_posix() for f in files if f.name == MANIFEST_FILE}
         for cand in candidates:
@@ -82,7 +81,7 @@ def _manifest_location(dist: md.Distribution, module: str) -> Path | None:
     return None
 
 
-def _missing_module(dist: md.Distribution, module: str) -> str | None:
+def _missing_module(dist: md.Distribution, module: str, files: list[md.PackagePath] | None) -> str | None:
     """Why the entry point's module is not among the distribution's files (RECORD), or None when it is.
 
     Read from the file list only; nothing is imported. An editable install lists no package files, so there
@@ -90,7 +89,6 @@ def _missing_module(dist: md.Distribution, module: str) -> str | None:
     """
     parts = module.split(".")
     base = "/".join(parts)
-    files = dist.files
     if files:
         listed = {f.as_posix() for f in files}
         if base + ".py" in listed or base + "/__init__.py" in listed:
@@ -146,7 +144,8 @@ def _read_one(dist: md.Distribution, ep: md.EntryPoint, dist_name: str, version:
         return base.with_errors(
             f"entry point {ep.name} = {ep.value!r} of {dist_name}: must be 'package.module:ClassName'"
         )
-    path = _manifest_location(dist, module.strip())
+    files = dist.files  # RECORD, parsed once for both look-ups
+    path = _manifest_location(dist, module.strip(), files)
     if path is None:
         return base.with_errors(
             f"{dist_name}: no {MANIFEST_FILE} next to module {module.strip()}; ship it as package data "
@@ -160,7 +159,7 @@ def _read_one(dist: md.Distribution, ep: md.EntryPoint, dist_name: str, version:
     except ManifestError as exc:
         return PluginRecord(**{**_fields(base), "manifest_path": str(path), "errors": (str(exc),)})
     errors: list[str] = []
-    missing = _missing_module(dist, module.strip())
+    missing = _missing_module(dist, module.strip(), files)
     if missing:
         errors.append(f"entry point {ep.name} = {ep.value!r} of {dist_name}: {missing}")
     errors.extend(_main_agrees(manifest, ep, path))
