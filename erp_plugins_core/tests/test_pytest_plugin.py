@@ -27,10 +27,11 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
     "conf_ai": ("ai_provider", []),
     "conf_noparam": ("business_logic", [("plugin.py", "event_type: str, data: dict[str, Any]) -> None:",
                                    "event_type: str) -> None:")]),
-    "conf_extra": ("business_logic", [("plugin.py", "data: dict[str, Any]) -> None:", "data: dict[str, Any], x) -> None:")]),
+    "conf_extra": ("business_logic", [("plugin.py", "data: dict[str, Any]) -> None:",
+                                       "data: dict[str, Any], x) -> None:")]),
     "conf_init_none": ("business_logic", [("plugin.py", EVENTS_INIT, '        self.prefix = ""')]),
-    "conf_bad_health": ("business_logic", [("plugin.py", 'return {"healthy": True, "detail": f"{self.handled} event(s) ',
-                                      'return "fine"  # ')]),
+    "conf_bad_health": ("business_logic", [
+        ("plugin.py", 'return {"healthy": True, "detail": f"{self.handled} event(s) ', 'return "fine"  # ')]),
     "conf_hang": ("business_logic", [
         ("plugin.py", "    async def on_event(", "    async def activate(self) -> bool:\n"
          "        import asyncio\n\n        await asyncio.sleep(5)\n        return True\n\n    async def on_event("),
