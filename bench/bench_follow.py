@@ -32,6 +32,7 @@ sys.dont_write_bytecode = True
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _pg import databases  # noqa: E402
 from _synthetic import make_site, report, row  # noqa: E402
 from bench_dispatch import CONTEXT, PROMPT, _compare  # noqa: E402
 
@@ -111,30 +112,15 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per measurement (median)")
     parser.add_argument("--round-seconds", type=float, default=0.25, help="about how long one side of a round takes")
-    parser.add_argument("--pg-url", help="a PostgreSQL database to use instead of a throwaway cluster")
+    parser.add_argument("--pg-url", help="a PostgreSQL server to make a database on instead of a throwaway cluster")
     args = parser.parse_args()
     from cryptography.fernet import Fernet
 
     with tempfile.TemporaryDirectory(prefix="erp-bench-follow-") as tmp:
         os.environ["ERP_PLUGINS_CACHE_DIR"] = str(Path(tmp, "cache"))
         os.environ["ERP_PLUGINS_SECRET_KEY"] = Fernet.generate_key().decode()
-        cluster = None
-        pg_url = args.pg_url
-        if pg_url is None:
-            from conftest import PgCluster, _pg_bin  # the tests' throwaway cluster
-
-            bin_dir = _pg_bin()
-            if bin_dir is None:
-                raise SystemExit("PostgreSQL binaries not found: apt-get install -y postgresql, or pass --pg-url")
-            cluster = PgCluster(bin_dir, Path(tempfile.mkdtemp(prefix="bench-pg-")))
-            cluster.init()
-            cluster.start(durable=True)
-            pg_url = cluster.url(cluster.create_database())
-        try:
-            rows = asyncio.run(run(args, Path(tmp), pg_url))
-        finally:
-            if cluster is not None:
-                cluster.stop()
+        with databases(args.pg_url) as new_database:
+            rows = asyncio.run(run(args, Path(tmp), new_database()))
     report("bench_follow: median seconds per call or enable", rows, args.json)
 
 

@@ -33,6 +33,8 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pg import databases  # noqa: E402
 
 PLUGIN = """
 from erp_plugins_core import PluginInterface
@@ -266,31 +268,11 @@ def main() -> None:
     os.environ.setdefault("ERP_PLUGINS_SECRET_KEY", __import__("cryptography.fernet").fernet.Fernet.generate_key()
                           .decode())
     site = _site(tmp / "site")
-    cluster = None
-    if args.url:
-        import psycopg
-
-        def create() -> str:
-            name = f"bench_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(args.url, autocommit=True) as c:
-                c.execute(f'CREATE DATABASE "{name}"')
-            return args.url.rsplit("/", 1)[0] + "/" + name
-    else:
-        root_conftest = _load(ROOT / "conftest.py", "_bench_pg")
-        cluster = root_conftest.PgCluster(root_conftest._pg_bin(), Path(tempfile.mkdtemp(prefix="bench-pg-")))
-        cluster.init()
-        cluster.start(durable=True)  # fsync on, as in production: commits cost what they cost there
-
-        def create() -> str:
-            return cluster.url(cluster.create_database())
-    try:
+    with databases(args.url) as create:
         ours_eps, ref_eps = asyncio.run(end_to_end(create(), create(), args.events, args.rounds))
         ours_lat, ref_lat, defer_lat = asyncio.run(emit_latency(create(), args.rounds, args.per_round))
         drain_s = asyncio.run(drain(create(), site, args.drain, 10))
         sq_ours, sq_ref = asyncio.run(emit_latency_sqlite(tmp / "state.db", args.rounds, args.per_round))
-    finally:
-        if cluster is not None:
-            cluster.stop("immediate")
     result = {
         "events_per_s": {"ours": round(ours_eps, 1), "procrastinate_empty_task": round(ref_eps, 1),
                          "ratio": round(ours_eps / ref_eps, 3), "target": ">= 0.8"},

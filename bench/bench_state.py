@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +35,7 @@ sys.dont_write_bytecode = True
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _pg import databases  # noqa: E402
 from _synthetic import report, row  # noqa: E402
 
 from erp_plugins_core._state import AuditEntry, TenantPlugin, open_store  # noqa: E402
@@ -120,24 +123,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--changes", type=int, default=100, help="changes per backend for propagation")
-    parser.add_argument("--pg-url", help="a PostgreSQL database to use instead of a throwaway cluster")
+    parser.add_argument("--pg-url", help="a PostgreSQL server to make a database on instead of a throwaway cluster")
     args = parser.parse_args()
 
-    cluster = None
     tmp = Path(tempfile.mkdtemp(prefix="bench-state-"))
-    try:
-        if args.pg_url:
-            pg = args.pg_url
-        else:
-            from conftest import PgCluster, _pg_bin  # the tests' throwaway cluster
-
-            bin_dir = _pg_bin()
-            if bin_dir is None:
-                raise SystemExit("PostgreSQL binaries not found: apt-get install postgresql, or pass --pg-url")
-            cluster = PgCluster(bin_dir, Path(tempfile.mkdtemp(prefix="bench-pg-")))
-            cluster.init()
-            cluster.start(durable=True)
-            pg = cluster.url(cluster.create_database())
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        pg = stack.enter_context(databases(args.pg_url))()
         locations = {"sqlite": str(tmp / "state.db"), "postgresql": pg}
         for loc in locations.values():
             with open_store(loc) as store, store.transaction() as tx:
@@ -184,15 +176,6 @@ def main() -> None:
             for s in stores.values():
                 s.close()
         report("state store: PostgreSQL against SQLite", rows, args.json, extra)
-    finally:
-        if cluster is not None:
-            cluster.stop("immediate")
-            import shutil
-
-            shutil.rmtree(cluster.base, ignore_errors=True)
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
