@@ -100,3 +100,13 @@ def test_a_host_on_uvloop_runs_sandboxed_workers_as_their_own_uid(world) -> None
     answer, uids = uvloop.run(go())
     assert answer.startswith("loop hi")
     assert uids and all(uid is not None and uid >= 1_500_000_000 for uid in uids)  # never root
+
+
+async def test_a_plugin_disabled_elsewhere_has_its_worker_stopped_on_a_host_that_gets_no_call(world) -> None:
+    async with PluginHost(world["location"], health_loop=False) as host:
+        await host.enable("sbx_fleet", tenant="acme", config={"greeting": "idle"})
+        pids = host._instances[("acme", "sbx_fleet")].runner.worker_pids
+        assert pids and alive(pids)
+        await acli(world, "disable", "sbx_fleet", "--tenant", "acme")
+        await eventually(lambda: not alive(pids))  # no call was made: the host's own follower stopped it
+        assert ("acme", "sbx_fleet") not in host._instances

@@ -7,8 +7,9 @@ host in step with that feed:
 - Every call reads `stale`, an attribute; when it is set, `due()` asks the store's `ChangeWatch` whether
   anything may have been committed (SQLite: `PRAGMA data_version`, ≈ 5 µs; PostgreSQL: a flag set by
   LISTEN/NOTIFY, with a poll each second as a fallback) and clears it. A timer sets it again
-  `check_interval` later, armed only by a check, so calls between two checks pay an attribute read and an
-  idle host runs no timer at all.
+  `check_interval` later, armed only by a check, so calls between two checks pay an attribute read.
+- A background task does the same every `BACKGROUND_S` seconds, so a change reaches a host that gets no
+  call too: a plugin disabled elsewhere has its worker stopped even on an idle host.
 - `catch_up()` reads the new changes (in a thread: the event loop never waits on the database) and hands
   each changed (tenant, plugin) and setting to the host, which stops, restarts or re-registers instances.
   One catch-up runs at a time; calls that arrive meanwhile wait for it, so no call starts on a stale view.
@@ -34,6 +35,8 @@ log = logging.getLogger("erp_plugins.host")
 
 #: Seconds after a check before calls look at the store again (between them: an attribute read per call).
 CHECK_INTERVAL_S = 0.001
+#: Seconds between two looks at the store when no call comes.
+BACKGROUND_S = 0.5
 #: Seconds between two heartbeats of this host; its runtime rows expire after HOST_TTL_S without one.
 HEARTBEAT_S = 10.0
 HOST_TTL_S = 60.0
@@ -86,6 +89,7 @@ class StateFollower:
         self._tasks = [
             asyncio.create_task(self._listen(), name="erp-plugins-state-watch"),
             asyncio.create_task(self._heartbeat(), name="erp-plugins-heartbeat"),
+            asyncio.create_task(self._background(), name="erp-plugins-follow"),
         ]
 
     async def close(self) -> None:
@@ -208,10 +212,19 @@ class StateFollower:
         self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX_S)
 
     async def _listen(self) -> None:
-        """Run the store's watch (PostgreSQL LISTEN; nothing for SQLite), and catch up when it fires."""
+        """Run the store's watch (PostgreSQL LISTEN; nothing for SQLite)."""
         run = getattr(self._watch, "run", None)
         if run is not None:
             await run()
+
+    async def _background(self) -> None:
+        while True:
+            await asyncio.sleep(BACKGROUND_S)
+            try:
+                if self.stale and self.due():
+                    await self.catch_up()
+            except Exception:  # the loop must outlive any one change
+                log.exception("following the state store failed")
 
     async def _heartbeat(self) -> None:
         while True:
