@@ -5,6 +5,7 @@ Real bwrap workers (as root, each with its own uid), the CLI as a subprocess, on
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -110,3 +111,14 @@ async def test_a_plugin_disabled_elsewhere_has_its_worker_stopped_on_a_host_that
         await acli(world, "disable", "sbx_fleet", "--tenant", "acme")
         await eventually(lambda: not alive(pids))  # no call was made: the host's own follower stopped it
         assert ("acme", "sbx_fleet") not in host._instances
+
+
+async def test_tenants_named_at_open_start_no_worker_until_warm_up(world) -> None:
+    await acli(world, "enable", "sbx_fleet", "--tenant", "acme", "--config", "greeting=named")
+    async with PluginHost(world["location"], health_loop=False, tenants=["acme"]) as host:
+        runner = host._instances[("acme", "sbx_fleet")].runner  # set up at open
+        assert runner.worker_pids == ()
+        await host.warm_up(["acme"])  # the tenant was started lazily at open: warm_up starts its worker
+        assert runner.worker_pids and alive(runner.worker_pids)
+        health = json.loads((await acli(world, "health", "--tenant", "acme", "--json")).stdout)
+        assert health[0]["healthy"] and not health[0]["detail"].startswith("idle")  # the CLI checks for real

@@ -69,6 +69,9 @@ class PluginRunner(ABC):
     async def close(self) -> None:
         """Drop the instance (stop the worker); the runner may be loaded again afterwards."""
 
+    async def warm(self) -> None:  # noqa: B027 (a no-op is the right default)
+        """Be ready to answer at once: a runner that starts lazily starts now (in process: nothing to do)."""
+
     def in_flight(self) -> int:
         """Calls running in the instance now, where the runner can tell (a sandbox can; in process: 0).
 

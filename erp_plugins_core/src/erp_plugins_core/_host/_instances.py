@@ -59,8 +59,7 @@ class InstanceMixin(HostBase):
     async def _ensure_tenant(self, tenant: str, *, lazy: bool = True) -> None:
         """Start the tenant's enabled plugins (dependencies first) the first time the tenant is used.
 
-        `lazy`: sandboxed instances start their worker on their first call (or now, for a tenant named in
-        `tenants`, so that its health is checked for real and its first call is warm).
+        `lazy`: sandboxed instances start their worker on their first call (`warm_up` starts them now).
         """
         if tenant in self._started_tenants:
             return
@@ -81,12 +80,19 @@ class InstanceMixin(HostBase):
     async def warm_up(self, tenants: list[str] | None = None) -> None:
         """Start these tenants' plugins now, sandboxed workers included (None: every tenant in the state).
 
-        Opening a host starts nothing; this is for a process that wants warm first calls, or a real health
-        check of every plugin (`erp-plugins health`). Tenants already started are left as they are.
+        Opening a host starts no worker; this is for a process that wants warm first calls, or a real health
+        check of every plugin (`erp-plugins health`). A worker that cannot start is logged; its health says why.
         """
         for tenant in tenants if tenants is not None else await self._db(self._require_store().tenants):
             validate_tenant(tenant)
             await self._ensure_tenant(tenant, lazy=False)
+            for (t, _), inst in list(self._instances.items()):
+                if t == tenant and inst.life.state is PluginState.ACTIVE:
+                    try:
+                        await inst.runner.warm()
+                    except Exception as exc:
+                        log.warning("plugin %s for tenant %s did not warm up: %s", inst.name, tenant,
+                                    inst.redactor.text(str(exc)))
 
     @staticmethod
     async def _db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

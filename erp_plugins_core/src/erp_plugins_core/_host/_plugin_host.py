@@ -41,7 +41,8 @@ class PluginHost(InstanceMixin, AdminMixin, FollowingMixin, CallsMixin, EventsMi
 
     `state` is an SQLite file path or a `postgresql://` URL (default: ERP_PLUGINS_STATE, else a file in the
     user's data dir), or a StateStore. Opening starts no plugin: a tenant's plugins start on its first call,
-    except for the tenants named in `tenants`, which are brought up when the host opens.
+    except for the tenants named in `tenants`, whose instances are set up when the host opens (trusted ones
+    started; sandboxed ones start their worker on their first call, or on `warm_up()`).
     The host follows the shared state: what any process commits applies before this host's next call.
     `host_name` labels this process's runtime rows (default: ERP_PLUGINS_HOST_NAME, else hostname:pid).
     `max_workers` and `worker_idle` bound the sandboxed workers alive at once and how long an idle one is kept
@@ -111,7 +112,7 @@ class PluginHost(InstanceMixin, AdminMixin, FollowingMixin, CallsMixin, EventsMi
                                            on_reload=self._reload_all)
             await self._follower.start()
         for tenant in self._restore:
-            await self._ensure_tenant(tenant, lazy=False)
+            await self._ensure_tenant(tenant)  # trusted plugins start now; sandboxed workers on the first call
         if self._health_loop_enabled and self._health_task is None:
             self._health_task = asyncio.create_task(self._health_loop(), name="erp-plugins-health")
         await self._jobs().start()

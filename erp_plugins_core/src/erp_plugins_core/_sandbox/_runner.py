@@ -116,6 +116,10 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
         w = self._worker
         return self._dormant and (w is None or w.dead)
 
+    async def warm(self) -> None:
+        """Start the worker now if there is none (what a lazy runner's first call would do), within the timeout."""
+        await self._restart_within(self.manifest.resources.timeout, "warm-up")
+
     def in_flight(self) -> int:
         """Calls in the worker now, and calls waiting for their worker to start (or for a fleet slot)."""
         w = self._worker
