@@ -145,6 +145,18 @@ class Security(_Strict):
     file_permissions: Literal["none", "read-only", "read-write"] = "none"
 
 
+class Deliveries(_Strict):
+    """How the host delivers this plugin's events and background jobs: in order or not, and how many tries."""
+
+    ordered: bool = Field(
+        True, description="within one tenant, run this plugin's deliveries one at a time in emit order (also across "
+        "retries); false lets a later one run while an earlier one waits for its retry")
+    max_attempts: int | None = Field(
+        None, ge=1, le=100, description="runs of one delivery before it is kept as failed; unset: "
+        "the host's ERP_PLUGINS_JOB_ATTEMPTS (default 5). Stored with each delivery, so a queued one keeps the limit "
+        "it was queued with")
+
+
 class Manifest(_Strict):
     """A validated plugin.yaml."""
 
@@ -167,6 +179,8 @@ class Manifest(_Strict):
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     resources: Resources = Field(default_factory=Resources)
     security: Security = Field(default_factory=Security)
+    deliveries: Deliveries = Field(
+        default_factory=Deliveries, description="how the host delivers events and background jobs to this plugin")
 
     @field_validator("plugin_type", mode="before")
     @classmethod
@@ -273,6 +287,7 @@ class Manifest(_Strict):
                 "health_check": HealthCheck.model_construct(**data["health_check"]),
                 "resources": Resources.model_construct(**data["resources"]),
                 "security": Security.model_construct(**data["security"]),
+                "deliveries": Deliveries.model_construct(**data.get("deliveries", {})),  # caches written before it
             }
         )
 

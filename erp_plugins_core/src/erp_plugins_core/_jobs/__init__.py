@@ -7,7 +7,7 @@ and hands it an Executor that runs one unit (one plugin's delivery) with the hos
 from __future__ import annotations
 
 from ._engine import JobEngine, is_postgres_url, open_engine, worker_name
-from ._model import STATES, Delivery, EventChainTooDeep, Executor, JobNotFound, Outcome, Unit, Work, job_view
+from ._model import STATES, Delivery, EventChainTooDeep, Executor, JobNotFound, Outcome, Target, Unit, Work, job_view
 from ._settings import JobSettings, backoff_delay
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "JobNotFound",
     "JobSettings",
     "Outcome",
+    "Target",
     "Unit",
     "Work",
     "backoff_delay",

@@ -11,10 +11,11 @@ import asyncio
 import os
 import socket
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._model import Executor, Work, job_view
+from ._model import Executor, Target, Work, job_view
 from ._settings import JobSettings
 
 __all__ = ["JobEngine", "is_postgres_url", "open_engine", "worker_name"]
@@ -43,14 +44,19 @@ class JobEngine(ABC):
 
     @abstractmethod
     async def store_event(
-        self, tenant: str, event_type: str, data: dict[str, Any], targets: list[str], *,
+        self, tenant: str, event_type: str, data: dict[str, Any], targets: Sequence[str | Target], *,
         source: str | None, depth: int,
     ) -> str:
-        """Store an event with one delivery per target plugin, in one transaction; returns its id once committed."""
+        """Store an event with one delivery per target plugin, in one transaction; returns its id once committed.
+
+        Each delivery keeps its target's settings (ordered or not, its own attempt limit); a bare name is a
+        Target with the defaults.
+        """
 
     @abstractmethod
     async def store_job(
-        self, tenant: str, hook: str, args: dict[str, Any], targets: list[str], *, idempotency_key: str | None,
+        self, tenant: str, hook: str, args: dict[str, Any], targets: Sequence[str | Target], *,
+        idempotency_key: str | None,
     ) -> str:
         """Store a job (one delivery per target); with a key already used by the tenant, the existing job's id."""
 

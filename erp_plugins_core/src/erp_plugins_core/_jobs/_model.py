@@ -20,6 +20,7 @@ __all__ = [
     "Executor",
     "JobNotFound",
     "Outcome",
+    "Target",
     "Unit",
     "job_view",
     "work_state",
@@ -37,6 +38,25 @@ class EventChainTooDeep(PluginError):
     """An event emitted while handling events nested too deep (plugins emitting in a loop); never retried."""
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A plugin a work goes to, with its manifest's delivery settings, fixed when the work is stored.
+
+    ordered: the delivery waits for the same tenant's earlier unfinished deliveries to this plugin (the default);
+    unordered ones run as soon as they are due. max_attempts: the delivery's own retry limit; None leaves it to
+    the running worker's JobSettings.max_attempts.
+    """
+
+    plugin: str
+    ordered: bool = True
+    max_attempts: int | None = None
+
+    @classmethod
+    def of(cls, target: str | Target) -> Target:
+        """A Target as given, or a bare plugin name with the default settings."""
+        return target if isinstance(target, Target) else cls(target)
+
+
 @dataclass(slots=True)
 class Unit:
     """One plugin's part of an event or job, as a worker runs it (once per attempt)."""
@@ -50,6 +70,7 @@ class Unit:
     args: dict[str, Any]
     depth: int = 0  # events: how deep in a chain of events the handler runs
     attempts: int = 0  # runs before this one
+    max_attempts: int | None = None  # the delivery's own limit (its plugin's manifest); None: the host setting
 
 
 @dataclass(slots=True)

@@ -2,9 +2,10 @@
 
 A work and its deliveries are written in one `BEGIN IMMEDIATE` transaction. A worker claims one delivery at a
 time in its own short transaction: it takes the oldest due delivery whose plugin has no earlier unfinished
-delivery for the tenant (so each plugin sees a tenant's events in order) and holds it under a lease it
-renews while running. A killed worker stops renewing, its lease expires and another worker runs the delivery
-again. This is the small, single-machine path; the fleet runs on PostgreSQL.
+delivery for the tenant (so each plugin sees a tenant's events in order; a delivery stored unordered, from its
+plugin's manifest, skips that wait) and holds it under a lease it renews while running. A killed worker stops
+renewing, its lease expires and another worker runs the delivery again. This is the small, single-machine path;
+the fleet runs on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._errors import StateError
 from ._engine import JobEngine, worker_name
-from ._model import Delivery, Executor, JobNotFound, Outcome, Unit, Work
+from ._model import Delivery, Executor, JobNotFound, Outcome, Target, Unit, Work
 from ._runs import finish_state, run_unit
 from ._settings import JobSettings
 
@@ -31,7 +32,8 @@ __all__ = ["OutboxEngine"]
 
 log = logging.getLogger("erp_plugins.jobs")
 
-SCHEMA_VERSION = 1
+#: 2 added job_deliveries.ordered and .max_attempts (a plugin's manifest `deliveries`), defaults for older rows.
+SCHEMA_VERSION = 2
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS job_works (
         id TEXT PRIMARY KEY,
@@ -59,24 +61,33 @@ _SCHEMA = (
         result TEXT,
         error TEXT,
         error_kind TEXT,
-        updated_at REAL NOT NULL
+        updated_at REAL NOT NULL,
+        ordered INTEGER NOT NULL DEFAULT 1,
+        max_attempts INTEGER
     )""",
     "CREATE INDEX IF NOT EXISTS job_deliveries_due ON job_deliveries (state, run_after)",
     "CREATE INDEX IF NOT EXISTS job_deliveries_lock ON job_deliveries (lock, id)",
     "CREATE INDEX IF NOT EXISTS job_deliveries_work ON job_deliveries (work)",
     "CREATE TABLE IF NOT EXISTS job_schema (version INTEGER NOT NULL)",
 )
+#: Columns added after version 1, for a state file whose job_deliveries was created without them.
+_ADDED_COLUMNS = {
+    "ordered": "ALTER TABLE job_deliveries ADD COLUMN ordered INTEGER NOT NULL DEFAULT 1",
+    "max_attempts": "ALTER TABLE job_deliveries ADD COLUMN max_attempts INTEGER",
+}
 
-#: The oldest due delivery whose (tenant, plugin) has nothing unfinished queued before it.
+#: The oldest due delivery that is unordered or whose (tenant, plugin) has no ordered delivery unfinished before
+#: it (as procrastinate's locks: an unordered delivery holds no lock, so an ordered one does not wait for it).
 _DUE = """
 SELECT d.id FROM job_deliveries d
  WHERE ((d.state = 'queued' AND d.run_after <= :now) OR (d.state = 'running' AND d.lease_until < :now))
-   AND NOT EXISTS (SELECT 1 FROM job_deliveries o
-                    WHERE o.lock = d.lock AND o.id < d.id AND o.state IN ('queued', 'running'))
+   AND (d.ordered = 0 OR NOT EXISTS (SELECT 1 FROM job_deliveries o
+                                      WHERE o.lock = d.lock AND o.id < d.id AND o.ordered = 1
+                                        AND o.state IN ('queued', 'running')))
  ORDER BY d.id LIMIT 1
 """
 _UNIT = """
-SELECT d.id, d.work, w.kind, w.tenant, d.plugin, w.hook, w.args, w.depth, d.attempts
+SELECT d.id, d.work, w.kind, w.tenant, d.plugin, w.hook, w.args, w.depth, d.attempts, d.max_attempts
   FROM job_deliveries d JOIN job_works w ON w.id = d.work WHERE d.id = ?
 """
 _DELIVERIES = "SELECT id, work, plugin, state, attempts, result, error, error_kind FROM job_deliveries"
@@ -175,6 +186,10 @@ class OutboxEngine(JobEngine):
         with db.write() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
+            have = {r[1] for r in conn.execute("PRAGMA table_info(job_deliveries)")}
+            for column, statement in _ADDED_COLUMNS.items():
+                if column not in have:
+                    conn.execute(statement)
             row = conn.execute("SELECT MAX(version) FROM job_schema").fetchone()
             version = row[0] if row and row[0] is not None else 0
             if version > SCHEMA_VERSION:
@@ -195,7 +210,7 @@ class OutboxEngine(JobEngine):
 
     # --- storing -------------------------------------------------------------------------------------------
 
-    def _insert(self, kind: str, tenant: str, hook: str, args: dict[str, Any], targets: list[str],
+    def _insert(self, kind: str, tenant: str, hook: str, args: dict[str, Any], targets: Sequence[str | Target],
                 source: str | None, depth: int, key: str | None) -> str:
         now = time.time()
         with self._require().write() as conn:
@@ -210,20 +225,21 @@ class OutboxEngine(JobEngine):
                 (work_id, kind, tenant, hook, _json(args), now, source, key, depth),
             )
             conn.executemany(
-                "INSERT INTO job_deliveries (work, lock, plugin, state, run_after, updated_at) "
-                "VALUES (?, ?, ?, 'queued', ?, ?)",
-                [(work_id, f"{tenant}/{plugin}", plugin, now, now) for plugin in targets],
+                "INSERT INTO job_deliveries (work, lock, plugin, state, run_after, updated_at, ordered, max_attempts) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                [(work_id, f"{tenant}/{t.plugin}", t.plugin, now, now, int(t.ordered), t.max_attempts)
+                 for t in map(Target.of, targets)],
             )
         return work_id
 
-    async def store_event(self, tenant: str, event_type: str, data: dict[str, Any], targets: list[str], *,
-                          source: str | None, depth: int) -> str:
+    async def store_event(self, tenant: str, event_type: str, data: dict[str, Any],
+                          targets: Sequence[str | Target], *, source: str | None, depth: int) -> str:
         work_id = await asyncio.to_thread(self._insert, "event", tenant, "on_event",
                                           {"event_type": event_type, "data": data}, targets, source, depth, None)
         self.wake()
         return work_id
 
-    async def store_job(self, tenant: str, hook: str, args: dict[str, Any], targets: list[str], *,
+    async def store_job(self, tenant: str, hook: str, args: dict[str, Any], targets: Sequence[str | Target], *,
                         idempotency_key: str | None) -> str:
         work_id = await asyncio.to_thread(self._insert, "job", tenant, hook, args, targets, None, 0, idempotency_key)
         self.wake()
@@ -324,7 +340,8 @@ class OutboxEngine(JobEngine):
             )
             r = conn.execute(_UNIT, (row[0],)).fetchone()
         return Unit(id=str(r[0]), work=r[1], kind=r[2], tenant=r[3], plugin=r[4], hook=r[5],
-                    args=json.loads(r[6]), depth=r[7], attempts=r[8] - 1)  # read after this run was counted
+                    args=json.loads(r[6]), depth=r[7], attempts=r[8] - 1,  # read after this run was counted
+                    max_attempts=r[9])
 
     def _finish(self, db: _Db, unit: Unit, outcome: Outcome, owner: str) -> None:
         state, delay = finish_state(self.settings, unit, outcome)

@@ -1,11 +1,12 @@
 """The fleet engine: procrastinate on the state's PostgreSQL database.
 
 Each delivery is a procrastinate job (task `erp_plugins.run`) whose lock is `tenant/plugin`, so one plugin
-sees a tenant's events in order while other plugins and tenants run in parallel. Retries use a backoff with
-jitter up to the attempt limit; a final failure stays `failed` with its error in `erp_job_results`. Workers on
-any machine take jobs with `SKIP LOCKED`, are woken by LISTEN/NOTIFY, and beat a heartbeat; the jobs of a
-worker whose heartbeat stopped (killed) are queued again. An event or job is a row of `erp_works` holding
-the ids of its deliveries, written together with them in one statement.
+sees a tenant's events in order while other plugins and tenants run in parallel; a plugin whose manifest says
+`deliveries: {ordered: false}` gets jobs without a lock. Retries use a backoff with jitter up to the attempt
+limit (the delivery's own, kept in its arguments, else the host's); a final failure stays `failed` with its
+error in `erp_job_results`. Workers on any machine take jobs with `SKIP LOCKED`, are woken by LISTEN/NOTIFY,
+and beat a heartbeat; the jobs of a worker whose heartbeat stopped (killed) are queued again. An event or job
+is a row of `erp_works` holding the ids of its deliveries, written together with them in one statement.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from .._errors import StateError
 from ._engine import JobEngine, worker_name
-from ._model import Delivery, Executor, JobNotFound, Outcome, Unit, Work
-from ._runs import run_unit
+from ._model import Delivery, Executor, JobNotFound, Outcome, Target, Unit, Work
+from ._runs import attempt_limit, run_unit
 from ._settings import JobSettings, backoff_delay
 
 try:
@@ -118,7 +120,9 @@ class DeliveryFailed(Exception):
 class BackoffWithJitter(_retry.BaseRetryStrategy):
     """Exponential backoff with equal jitter up to the attempt limit; permanent failures are not retried.
 
-    procrastinate's own RetryStrategy has no jitter, so many deliveries failing together would retry together.
+    The limit is the delivery's own (`max_attempts` in the job's arguments, from its plugin's manifest when it
+    was stored), else the host setting. procrastinate's own RetryStrategy has no jitter, so many deliveries
+    failing together would retry together.
     """
 
     def __init__(self, settings: JobSettings) -> None:
@@ -128,7 +132,7 @@ class BackoffWithJitter(_retry.BaseRetryStrategy):
         if isinstance(exception, DeliveryFailed) and exception.outcome.permanent:
             return None
         runs = job.attempts + 1
-        if runs >= self.settings.max_attempts:
+        if runs >= attempt_limit(self.settings, job.task_kwargs.get("max_attempts")):
             return None
         return _retry.RetryDecision(retry_in={"seconds": backoff_delay(self.settings, runs)})
 
@@ -231,26 +235,28 @@ class PostgresEngine(JobEngine):
 
     # --- storing -------------------------------------------------------------------------------------------
 
-    def _params(self, kind: str, tenant: str, hook: str, args: dict[str, Any], targets: list[str],
+    def _params(self, kind: str, tenant: str, hook: str, args: dict[str, Any], targets: Sequence[str | Target],
                 source: str | None, depth: int, key: str | None) -> dict[str, Any]:
         work_id = str(uuid.uuid4())
-        jobs = [
-            (QUEUE, TASK, 0, f"{tenant}/{plugin}", None,
-             Jsonb({"work": work_id, "kind": kind, "tenant": tenant, "plugin": plugin, "hook": hook, "args": args,
-                    "depth": depth}), None)
-            for plugin in targets
-        ]
+        jobs = []
+        for t in map(Target.of, targets):
+            task_args = {"work": work_id, "kind": kind, "tenant": tenant, "plugin": t.plugin, "hook": hook,
+                         "args": args, "depth": depth}
+            if t.max_attempts is not None:
+                task_args["max_attempts"] = t.max_attempts
+            lock = f"{tenant}/{t.plugin}" if t.ordered else None  # no lock: runs without waiting for earlier ones
+            jobs.append((QUEUE, TASK, 0, lock, None, Jsonb(task_args), None))
         return {"id": work_id, "kind": kind, "tenant": tenant, "hook": hook, "args": Jsonb(args), "source": source,
                 "depth": depth, "key": key, "jobs": jobs}
 
-    async def store_event(self, tenant: str, event_type: str, data: dict[str, Any], targets: list[str], *,
-                          source: str | None, depth: int) -> str:
+    async def store_event(self, tenant: str, event_type: str, data: dict[str, Any],
+                          targets: Sequence[str | Target], *, source: str | None, depth: int) -> str:
         params = self._params("event", tenant, "on_event", {"event_type": event_type, "data": data}, targets,
                               source, depth, None)
         await self._exec(_INSERT, params)
         return str(params["id"])
 
-    async def store_job(self, tenant: str, hook: str, args: dict[str, Any], targets: list[str], *,
+    async def store_job(self, tenant: str, hook: str, args: dict[str, Any], targets: Sequence[str | Target], *,
                         idempotency_key: str | None) -> str:
         params = self._params("job", tenant, hook, args, targets, None, 0, idempotency_key)
         if idempotency_key is None:
@@ -350,7 +356,8 @@ class PostgresEngine(JobEngine):
         """procrastinate's task: run the unit through the executor; record errors and results; raise to retry."""
         job = context.job
         unit = Unit(id=str(job.id), work=args["work"], kind=args["kind"], tenant=args["tenant"], plugin=args["plugin"],
-                    hook=args["hook"], args=args["args"], depth=args.get("depth", 0), attempts=job.attempts)
+                    hook=args["hook"], args=args["args"], depth=args.get("depth", 0), attempts=job.attempts,
+                    max_attempts=args.get("max_attempts"))
         if self._executor is None:
             raise DeliveryFailed(Outcome(False, error="no executor in this process", error_kind="host"))
         outcome = await run_unit(self._executor, unit)

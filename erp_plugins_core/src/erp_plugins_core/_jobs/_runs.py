@@ -7,7 +7,7 @@ import logging
 from ._model import Executor, Outcome, Unit
 from ._settings import JobSettings, backoff_delay
 
-__all__ = ["finish_state", "run_unit"]
+__all__ = ["attempt_limit", "finish_state", "run_unit"]
 
 log = logging.getLogger("erp_plugins.jobs")
 
@@ -26,11 +26,16 @@ async def run_unit(executor: Executor, unit: Unit) -> Outcome:
     return outcome
 
 
+def attempt_limit(settings: JobSettings, own: int | None) -> int:
+    """How many runs a delivery gets: its own limit (stored from its plugin's manifest), else the host setting."""
+    return own if own is not None else settings.max_attempts
+
+
 def finish_state(settings: JobSettings, unit: Unit, outcome: Outcome) -> tuple[str, float]:
     """(state, seconds until the next run) after a run: succeeded; queued again with backoff; or failed."""
     if outcome.success:
         return "succeeded", 0.0
     runs = unit.attempts + 1
-    if outcome.permanent or runs >= settings.max_attempts:
+    if outcome.permanent or runs >= attempt_limit(settings, unit.max_attempts):
         return "failed", 0.0
     return "queued", backoff_delay(settings, runs)

@@ -19,7 +19,7 @@ from .._dispatch import bind_arguments, call_one
 from .._errors import AllPluginsFailed, HookArgumentError, UnknownHookError
 from .._hookspecs import hook_info, hook_names
 from ._engine import JobEngine, is_postgres_url, open_engine
-from ._model import EventChainTooDeep, Outcome, Unit, job_view
+from ._model import EventChainTooDeep, Outcome, Target, Unit, job_view
 from ._settings import JobSettings
 
 if TYPE_CHECKING:
@@ -78,18 +78,19 @@ class JobService:
 
     # --- storing -------------------------------------------------------------------------------------------
 
-    async def _implementers(self, hook: str, tenant: str, exclude: str | None = None) -> list[str]:
-        """Plugins enabled for the tenant whose manifest implements `hook` (read from the store now)."""
+    async def _implementers(self, hook: str, tenant: str, exclude: str | None = None) -> list[Target]:
+        """Plugins enabled for the tenant whose manifest implements `hook` (read from the store now), each with
+        its manifest's `deliveries` settings, which its delivery keeps."""
         store = self._host._require_store()
         out = []
         # a WAL reader never waits on a writer, so an SQLite read runs inline (a thread hop would double an emit)
         rows = store.list(tenant) if store.backend == "sqlite" else await asyncio.to_thread(store.list, tenant)
         for row in rows:
             record = self._host.catalog.get(row.plugin) if row.enabled and row.plugin != exclude else None
-            if record is not None and record.manifest is not None and any(
-                h.name == hook for h in record.manifest.hooks
-            ):
-                out.append(row.plugin)
+            manifest = record.manifest if record is not None else None
+            if manifest is not None and any(h.name == hook for h in manifest.hooks):
+                settings = manifest.deliveries
+                out.append(Target(row.plugin, ordered=settings.ordered, max_attempts=settings.max_attempts))
         return out
 
     async def emit(self, tenant: str, event_type: str, data: dict[str, Any], *, source: str | None) -> str:
