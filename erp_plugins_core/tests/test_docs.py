@@ -44,7 +44,7 @@ def test_every_manifest_field_is_described_and_every_validator_explained():
                     f"{model.__name__}.{field} has a custom validator; describe its rule in _docgen.VALIDATOR_RULES"
                 )
     assert {m.__name__ for m in _collect_models(Manifest)} == {"Manifest", "HookEntry", "ProvidedHook", "HealthCheck",
-                                                                "Resources", "Security"}
+                                                                "Resources", "Security", "Deliveries"}
 
 
 def test_manifest_doc_lists_fields_defaults_and_allowed_values():
