@@ -116,8 +116,7 @@ async def test_an_unordered_plugins_later_events_run_while_an_earlier_one_waits_
     async with env.host() as host:
         first = await host.emit("acme", "tick", {"n": 0, "flag": str(flag)})
         later = [await host.emit("acme", "tick", {"n": n}) for n in (1, 2, 3)]
-        # one at a time: a host's first concurrent calls for a tenant can find its plugins still starting
-        env.worker("--concurrency", "1")
+        env.worker("--concurrency", "1")  # one at a time, so the record's order is the order of the runs
         for work in later:
             assert (await _wait_delivery(host, work, "custom", "succeeded"))["state"] == "succeeded", env.logs()
         waiting = _delivery(await host.job(first), "custom")
@@ -135,6 +134,21 @@ async def test_an_unordered_plugins_later_events_run_while_an_earlier_one_waits_
     assert [(x["phase"], x["key"]) for x in env.records("ordered")] == [("start", "tick:0")]
 
 
+@pytest.mark.parametrize("recorders", ["{ordered: false}"], indirect=True)
+async def test_an_unordered_plugins_deliveries_run_at_once_on_a_cold_worker_without_a_failed_run(recorders) -> None:
+    env = recorders
+    await _enable(env)
+    async with env.host() as host:
+        works = [await host.emit("acme", "tick", {"n": n}) for n in range(8)]
+        env.worker("--concurrency", "4")  # its first deliveries find the tenant's plugins not started yet
+        jobs = [await _wait_job(host, w) for w in works]
+    # a delivery that found the plugins still starting (in another delivery's task) waited for them: one run each
+    assert [(_delivery(j, "custom")["state"], _delivery(j, "custom")["attempts"]) for j in jobs] == [
+        ("succeeded", 1)] * 8, env.logs()
+    assert sorted(x["key"] for x in env.records("custom") if x["phase"] == "done") == sorted(
+        f"tick:{n}" for n in range(8))
+
+
 @pytest.mark.parametrize("recorders", ["{max_attempts: 2}"], indirect=True)
 async def test_a_manifest_attempt_limit_of_two_fails_after_two_runs_while_the_host_setting_is_three(
     recorders,
@@ -145,7 +159,7 @@ async def test_a_manifest_attempt_limit_of_two_fails_after_two_runs_while_the_ho
     flag.touch()
     async with env.host() as host:
         event = await host.emit("acme", "tick", {"n": 7, "flag": str(flag)})
-        env.worker("--concurrency", "1")  # as above
+        env.worker()  # concurrency 4: both plugins' first runs start the tenant's plugins at once
         job = await _wait_job(host, event)
         custom, ordered = _delivery(job, "custom"), _delivery(job, "ordered")
         assert job["state"] == "failed", env.logs()
