@@ -174,6 +174,32 @@ async def test_a_manifest_attempt_limit_of_two_fails_after_two_runs_while_the_ho
     assert [x["phase"] for x in env.records("ordered")] == ["start", "start", "start", "start", "done"]
 
 
+@pytest.mark.parametrize("recorders", ["{max_attempts: 2}"], indirect=True)
+async def test_a_queued_delivery_keeps_the_limit_it_was_stored_with_when_the_manifest_changes(
+    recorders, site, manifest_text, tmp_path, monkeypatch,
+) -> None:
+    env = recorders
+    await _enable(env)
+    flag = env.tmp / "down"
+    flag.touch()
+    async with env.host() as host:
+        event = await host.emit("acme", "tick", {"n": 1, "flag": str(flag)})  # stored with custom's limit 2
+        # the worker's machine has the same version installed with a manifest saying 4 (and code that says so)
+        other = type(site)(tmp_path / "site2")
+        other_code = RECORDER.replace('{"phase": "start"', '{"site": 2, "phase": "start"')
+        other.install("erp-recorders", plugins={
+            "ordered": (manifest_text("ordered", extra=MANIFEST), other_code),
+            "custom": (manifest_text("custom", extra=MANIFEST + "deliveries: {max_attempts: 4}\n"), other_code),
+        })
+        paths = [p for p in os.environ["PYTHONPATH"].split(os.pathsep) if p != str(site.root)]
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(other.root), *paths]))
+        env.worker()
+        job = await _wait_job(host, event)
+        assert (_delivery(job, "custom")["state"], _delivery(job, "custom")["attempts"]) == ("failed", 2), env.logs()
+        assert (_delivery(job, "ordered")["state"], _delivery(job, "ordered")["attempts"]) == ("failed", 3)
+    assert [x.get("site") for x in env.records("custom")] == [2, 2]  # the worker ran the other site's plugin
+
+
 def test_a_plugin_with_a_bad_deliveries_value_is_refused_naming_file_and_field(site, manifest_text, tmp_path,
                                                                              ) -> None:
     site.install("erp-bad", plugins={"bad": (manifest_text("bad", extra=MANIFEST + "deliveries: {max_attempts: 0}\n"),
