@@ -64,7 +64,7 @@ class Recorders(Env):
 
 @pytest.fixture
 def recorders(request, site, manifest_text, secret_key, tmp_path, state_location, monkeypatch) -> Any:
-    """`ordered` (default settings) and the plugin the test's `deliveries` marker describes, both enabled for acme."""
+    """Plugins `ordered` (default settings) and `custom` (`deliveries:` given as the parameter) in one distribution."""
     deliveries = request.param
     site.install("erp-recorders", plugins={
         "ordered": (manifest_text("ordered", extra=MANIFEST), RECORDER),
