@@ -28,8 +28,8 @@ class FollowingMixin(HostBase):
         Disabled: no new call, stopped once its running calls end. Config, grants or trust changed: a new
         instance with the new values serves the next call. Priority alone: re-registered in place.
         """
-        if tenant not in self._started_tenants:
-            return  # its plugins start from the store on its first call
+        if tenant not in self._started_tenants and tenant not in self._starting_tenants:
+            return  # its plugins start from the store on its first call (one being started: wait for it below)
         row = await self._db(self._require_store().get, tenant, name)
         async with self._lock(tenant):
             token = applying.set(True)

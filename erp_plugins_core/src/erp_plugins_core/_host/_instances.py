@@ -63,19 +63,23 @@ class InstanceMixin(HostBase):
         """
         if tenant in self._started_tenants:
             return
-        async with self._lock(tenant):
+        if applying.get() and tenant in self._starting_tenants:
+            return  # a call from inside this tenant's own start (a plugin emitting in initialize) goes on
+        async with self._lock(tenant):  # calls of a tenant being started wait here until all of it runs
             if tenant in self._started_tenants:
                 return
+            self._starting_tenants.add(tenant)
             token = applying.set(True)
             try:
                 rows = {r.plugin: r for r in await self._db(self._require_store().list, tenant) if r.enabled}
-                self._started_tenants.add(tenant)
                 for name in self.catalog.activation_order(list(rows)):
                     inst = await self._new_instance(name, tenant, rows[name], lazy=lazy)
                     if inst is not None:
                         await self._start(inst)
+                self._started_tenants.add(tenant)
             finally:
                 applying.reset(token)
+                self._starting_tenants.discard(tenant)
 
     async def warm_up(self, tenants: list[str] | None = None) -> None:
         """Start these tenants' plugins now, sandboxed workers included (None: every tenant in the state).

@@ -82,6 +82,7 @@ class PluginHost(InstanceMixin, AdminMixin, FollowingMixin, CallsMixin, EventsMi
         self._instances: dict[tuple[str, str], Instance] = {}
         self._dispatchers: dict[str, TenantDispatcher] = {}
         self._started_tenants: set[str] = set()
+        self._starting_tenants: set[str] = set()
         self._tenant_locks: dict[str, asyncio.Lock] = {}
         self._health_task: asyncio.Task[None] | None = None
 

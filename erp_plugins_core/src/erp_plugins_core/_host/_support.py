@@ -142,6 +142,7 @@ class HostBase:
     _instances: dict[tuple[str, str], Instance]
     _dispatchers: dict[str, TenantDispatcher]
     _started_tenants: set[str]
+    _starting_tenants: set[str]
     _tenant_locks: dict[str, asyncio.Lock]
     _fleet: Any
     _fleet_args: dict[str, Any]

@@ -173,12 +173,6 @@ class JobService:
                            f"{unit.work}", error_kind="permission", permanent=True)
         impl = next((i for i in await host._impls(unit.hook, unit.tenant) if i.plugin == unit.plugin), None)
         if impl is None:
-            # another delivery may be starting the tenant's plugins right now (the tenant counts as started
-            # before they are): wait for that start to end, then look again
-            async with host._lock(unit.tenant):
-                pass
-            impl = next((i for i in await host._impls(unit.hook, unit.tenant) if i.plugin == unit.plugin), None)
-        if impl is None:
             reason = host.status(unit.tenant).get(unit.plugin, {}).get("reason")
             return Outcome(False, error=f"plugin {unit.plugin!r} is not active for tenant {unit.tenant!r} in this "
                            f"process{': ' + reason if reason else ''}", error_kind="unavailable")
