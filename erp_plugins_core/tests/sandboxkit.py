@@ -3,16 +3,31 @@ into a fresh site directory, plugin records for it, and the processes a worker l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from erp_plugins_core._discovery import PluginRecord
 from erp_plugins_core._manifest import load_manifest
 
 CORPUS = Path(__file__).parent / "hostile"
+
+
+@contextlib.contextmanager
+def reachable_dir(prefix: str) -> Iterator[Path]:
+    """A fresh folder under /tmp that workers' unprivileged uids can traverse (pytest's tmp_path is mode 700),
+    removed afterwards: for runtime sites and data roots."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def build_site(work: Path, dists: list[str] | None = None) -> Path:

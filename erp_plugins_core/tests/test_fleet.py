@@ -13,14 +13,12 @@ import asyncio
 import logging
 import math
 import os
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from sandboxkit import build_site, processes_of, record
+from sandboxkit import build_site, processes_of, reachable_dir, record
 
 from erp_plugins_core._context import PluginContext
 from erp_plugins_core._errors import HookTimeout, PluginError, SandboxError
@@ -45,18 +43,14 @@ def fleet_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runtime_dir() -> Path:
-    path = Path(tempfile.mkdtemp(prefix="erp-fleet-runtime-", dir="/tmp"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with reachable_dir("erp-fleet-runtime-") as path:
+        yield path
 
 
 @pytest.fixture
 def data_root() -> Path:
-    path = Path(tempfile.mkdtemp(prefix="erp-fleet-data-", dir="/tmp"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with reachable_dir("erp-fleet-data-") as path:
+        yield path
 
 
 @pytest.fixture(autouse=True)

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sandboxkit import build_site, uid_of
+from sandboxkit import build_site, reachable_dir, uid_of
 from test_follow import acli, eventually, sees
 
 from erp_plugins_core import PluginHost
@@ -33,15 +31,13 @@ def world(fleet_site, secret_key, tmp_path, state_location, monkeypatch) -> dict
     reason = sandbox_available()
     if reason is not None:
         pytest.fail(f"the sandbox cannot start here, so following a sandboxed plugin is untested: {reason}")
-    data = Path(tempfile.mkdtemp(prefix="erp-follow-data-", dir="/tmp"))
-    os.chmod(data, 0o755)
-    monkeypatch.syspath_prepend(str(fleet_site))
-    monkeypatch.setenv("ERP_PLUGINS_DATA_DIR", str(data))
-    monkeypatch.setenv("ERP_PLUGINS_CACHE_DIR", str(tmp_path / "cache"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fleet_site), str(HERE), *sys.path[1:]]),
-           "ERP_PLUGINS_STATE": state_location}
-    yield {"location": state_location, "env": env}
-    shutil.rmtree(data, ignore_errors=True)
+    with reachable_dir("erp-follow-data-") as data:
+        monkeypatch.syspath_prepend(str(fleet_site))
+        monkeypatch.setenv("ERP_PLUGINS_DATA_DIR", str(data))
+        monkeypatch.setenv("ERP_PLUGINS_CACHE_DIR", str(tmp_path / "cache"))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fleet_site), str(HERE), *sys.path[1:]]),
+               "ERP_PLUGINS_STATE": state_location}
+        yield {"location": state_location, "env": env}
 
 
 async def greeting(host: PluginHost) -> list[Any]:

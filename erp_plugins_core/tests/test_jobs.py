@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,18 +130,22 @@ class Env:
         raise AssertionError(f"record never matched; record={self.lines()}\nworker logs:\n{self.logs()}")
 
 
-@pytest.fixture
-def env(site, manifest_text, secret_key, tmp_path, state_location, monkeypatch) -> Any:
-    site.install("erp-ledger", plugins={"ledger": (manifest_text("ledger", extra=LEDGER_MANIFEST), LEDGER)})
+def run_env(e: Env, site: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    """Yield `e` with the site and the FAST settings in the environment its workers inherit; kill them after."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site.root), os.environ.get("PYTHONPATH", "")]))
     for key, value in FAST.items():
         monkeypatch.setenv(key, value)
-    e = Env(state_location, tmp_path / "record.jsonl", tmp_path)
     yield e
     for proc in e.procs:
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
+
+
+@pytest.fixture
+def env(site, manifest_text, secret_key, tmp_path, state_location, monkeypatch) -> Any:
+    site.install("erp-ledger", plugins={"ledger": (manifest_text("ledger", extra=LEDGER_MANIFEST), LEDGER)})
+    yield from run_env(Env(state_location, tmp_path / "record.jsonl", tmp_path), site, monkeypatch)
 
 
 async def _enable(env: Env, *tenants: str, grant: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_jobs import FAST, Env, _wait_job
+from test_jobs import Env, _wait_job, run_env
 
 from erp_plugins_core._catalog import ACCEPTED_FINDINGS, acceptance_key
 from erp_plugins_core._errors import ManifestError
@@ -70,15 +70,8 @@ def recorders(request, site, manifest_text, secret_key, tmp_path, state_location
         "ordered": (manifest_text("ordered", extra=MANIFEST), RECORDER),
         "custom": (manifest_text("custom", extra=MANIFEST + f"deliveries: {deliveries}\n"), RECORDER),
     })
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site.root), os.environ.get("PYTHONPATH", "")]))
-    for key, value in FAST.items():  # ERP_PLUGINS_JOB_ATTEMPTS=3: the host setting
-        monkeypatch.setenv(key, value)
-    e = Recorders(state_location, tmp_path / "unused.jsonl", tmp_path)
-    yield e
-    for proc in e.procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+    # FAST sets ERP_PLUGINS_JOB_ATTEMPTS=3: the host setting
+    yield from run_env(Recorders(state_location, tmp_path / "unused.jsonl", tmp_path), site, monkeypatch)
 
 
 async def _enable(env: Recorders) -> None:

@@ -14,17 +14,15 @@ import hashlib
 import inspect
 import logging
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import msgpack
 import pytest
-from sandboxkit import build_site, record
+from sandboxkit import build_site, reachable_dir, record
 
 from erp_plugins_core import _cgroup, _rpc, _sandbox
 from erp_plugins_core._cgroup import MemoryCgroup
@@ -55,10 +53,8 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def runtime_dir() -> Path:
     """Where runtime sites are built: parents must be traversable by the workers' unprivileged uids."""
-    path = Path(tempfile.mkdtemp(prefix="erp-sbx-runtime-", dir="/tmp"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with reachable_dir("erp-sbx-runtime-") as path:
+        yield path
 
 
 @pytest.fixture(autouse=True)
@@ -579,10 +575,8 @@ async def test_print_does_not_corrupt_the_pipe(hostile: SandboxRunner) -> None:
 @pytest.fixture
 def data_root() -> Path:
     """A data_root whose parents the workers' unprivileged uids can traverse (pytest's tmp_path is mode 700)."""
-    path = Path(tempfile.mkdtemp(prefix="erp-sbx-data-", dir="/tmp"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with reachable_dir("erp-sbx-data-") as path:
+        yield path
 
 
 async def files(runner: SandboxRunner, prompt: str):

@@ -123,16 +123,13 @@ def _parse(argv: Sequence[str]) -> tuple[str | None, list[str], str | None, bool
     args = list(argv)
     i = 0
     while i < len(args) and args[i] != "list":
-        name, eq, value = args[i].partition("=")
+        name = args[i].partition("=")[0]
         if name not in _GLOBAL_OPTIONS:
             return None
-        if not eq:
-            i += 1
-            if i == len(args):
-                return None
-            value = args[i]
-        if value.startswith("-"):
+        taken = _value(args, i)
+        if taken is None:
             return None
+        value, i = taken
         if name == "--state":
             state, state_given = value, True
         else:
@@ -144,24 +141,32 @@ def _parse(argv: Sequence[str]) -> tuple[str | None, list[str], str | None, bool
     as_json = False
     i += 1
     while i < len(args):
-        name, eq, value = args[i].partition("=")
+        name = args[i].partition("=")[0]
         if args[i] == "--json":
             as_json = True
         elif name == "--tenant" and tenant is None:
-            if not eq:
-                i += 1
-                if i == len(args):
-                    return None
-                value = args[i]
-            if value.startswith("-"):
+            taken = _value(args, i)
+            if taken is None:
                 return None
-            tenant = value
+            tenant, i = taken
         else:
             return None
         i += 1
     if not state_given:
         state = os.environ.get(STATE_ENV) or None
     return state, dirs, tenant, as_json
+
+
+def _value(args: list[str], i: int) -> tuple[str, int] | None:
+    """The value of the option at `args[i]` (`--opt=value` or `--opt value`) and the index of its last word;
+    None where click might read it otherwise (no value, or one that starts with `-`)."""
+    _, eq, value = args[i].partition("=")
+    if not eq:
+        i += 1
+        if i == len(args):
+            return None
+        value = args[i]
+    return None if value.startswith("-") else (value, i)
 
 
 def write_text(text: str) -> bool:
