@@ -337,14 +337,21 @@ class PostgresEngine(JobEngine):
         failed = [int(d.id) for d in work.deliveries if d.state == "failed"]
         if not failed:
             return 0
-        rows = await self._exec(
-            "SELECT procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) FROM procrastinate_jobs "
-            "WHERE id = ANY(%(ids)s) AND status = 'failed'", {"ids": failed},
-        )
-        # procrastinate counts its retry function's call as an attempt; an administrator's retry is not a run
-        await self._exec("UPDATE procrastinate_jobs SET attempts = attempts - 1 WHERE id = ANY(%(ids)s) "
-                         "AND status = 'todo' AND attempts > 0", {"ids": failed})
-        return len(rows)
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                # procrastinate's retry function counts itself as an attempt; an administrator's retry is not a
+                # run. Taken back first, in the same transaction, so no worker sees the job in between.
+                await conn.execute("UPDATE procrastinate_jobs SET attempts = attempts - 1 WHERE id = ANY(%(ids)s) "
+                                   "AND status = 'failed' AND attempts > 0", {"ids": failed})
+                cur = await conn.execute(
+                    "SELECT procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) FROM procrastinate_jobs "
+                    "WHERE id = ANY(%(ids)s) AND status = 'failed'", {"ids": failed},
+                )
+                return len(await cur.fetchall())
+        except StateError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from None
 
     async def purge(self) -> int:
         rows = await self._exec(_PURGE + " RETURNING id", {"secs": self.settings.retention_s})
