@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -160,6 +161,23 @@ def test_edited_manifest_invalidates_cache(site, manifest_text, monkeypatch) -> 
     found = discover()
     assert not found.from_cache
     assert next(r for r in found.records if r.name == "edit_one").manifest.description == "edited"
+
+
+def test_a_hard_link_to_a_stamped_file_keeps_its_stamp_and_an_edit_changes_it(tmp_path) -> None:
+    from erp_plugins_core._cachefile import fingerprint
+
+    manifest = tmp_path / "plugin.yaml"
+    manifest.write_text("name: linked\n")
+    before = fingerprint([str(manifest)], [str(tmp_path)])
+    os.link(manifest, tmp_path.parent / f"{tmp_path.name}-link.yaml")  # as a sandbox's runtime site does: ctime moves
+    after = fingerprint([str(manifest)], [str(tmp_path)])
+    assert after["manifests"] == before["manifests"]
+    mtime = manifest.stat().st_mtime_ns
+    manifest.write_text("name: edited again\n")
+    os.utime(manifest, ns=(mtime, mtime))  # same mtime, other size
+    assert fingerprint([str(manifest)])["manifests"] != before["manifests"]
+    (tmp_path / "new").mkdir()  # a folder's stamp still moves with its entries
+    assert fingerprint([], [str(tmp_path)])["folders"] != before["folders"]
 
 
 def test_cache_hit_gives_the_same_validated_catalog_with_manifests_built_on_access(site, manifest_text,

@@ -1,11 +1,11 @@
 """The cache files: where they live, the discovery cache's key that says whether it still holds, raw read and write.
 
-The key is the nanosecond mtime, ctime, inode and size of every `sys.path` folder (an install, upgrade or removal
+The key is the nanosecond mtime, ctime (folders only), inode and size of every `sys.path` folder (an install, upgrade or removal
 adds or removes a `.dist-info` there), of every manifest read (editable installs) and of every plugins folder and
 plugin folder. Like git's "racy clean" rule, a file written less than `RACY_SECONDS` after the newest of those
 stamps is not trusted, so changes within one clock tick are never missed.
 
-Kept light on purpose (only `os`, `sys`, `zlib` and `marshal`, which the interpreter has loaded already): the
+Kept light on purpose (only `os`, `stat`, `sys`, `zlib` and `marshal`, which the interpreter has loaded already): the
 command line's `list` and `--help` answer from here without importing discovery, the manifest model, click or the
 host. Files are written with `marshal`, the format of the interpreter's own bytecode cache, and trusted as that
 cache is (a user's own folder): reading one costs nothing to import, and a file of another Python version or a
@@ -16,6 +16,7 @@ nothing of plugins.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 
@@ -76,14 +77,19 @@ def cache_path(plugins_dirs: Sequence[str] = ()) -> str | None:
 
 
 def stamp(path: str) -> list[int] | None:
-    """A file's or folder's [mtime_ns, ctime_ns, inode, size], or None when it does not exist."""
+    """A folder's [mtime_ns, ctime_ns, inode, size], a file's [mtime_ns, mtime_ns, inode, size], or None when it
+    does not exist.
+
+    A file's ctime also moves when a hard link to it is made or removed, which the sandbox's runtime sites do to
+    the core's and the plugins' files all the time; so files are stamped without it, as git does with
+    `core.trustctime=false`. An edit still changes the mtime (or the inode, for a replaced file).
+    """
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size]
-
-
+    changed = st.st_mtime_ns if stat.S_ISREG(st.st_mode) else st.st_ctime_ns
+    return [st.st_mtime_ns, changed, st.st_ino, st.st_size]
 
 
 def fingerprint(manifest_files: Sequence[str], folders: Sequence[str] = ()) -> dict[str, Any]:

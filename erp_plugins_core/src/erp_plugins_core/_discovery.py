@@ -1,8 +1,8 @@
 """Discovery: find plugins through the `erp_plugins` entry point group and read their manifests, never importing.
 
-The result is cached on disk (`_cachefile`). The cache key is the nanosecond mtime, inode and ctime of every
-`sys.path` directory (an install, upgrade or removal adds or removes a `.dist-info` there) and of every manifest
-file read last time (editable installs), and, with plugins folders (`_folders`), of each plugins folder and plugin
+The result is cached on disk (`_cachefile`). The cache key is the nanosecond mtime, inode and (folders only) ctime
+of every `sys.path` directory (an install, upgrade or removal adds or removes a `.dist-info` there) and of every
+manifest file read last time (editable installs), and, with plugins folders (`_folders`), of each plugins folder and plugin
 folder (a plugin folder or one of its files added or removed). Like git's "racy clean" rule, a cache written
 less than two seconds after the newest of those timestamps is not trusted, so changes within one clock tick are
 not missed. The cache also keeps what `erp-plugins list` prints, so the command line answers it from the file.
