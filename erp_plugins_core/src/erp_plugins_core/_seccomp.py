@@ -34,14 +34,22 @@ _NS_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000
 _TIOCSTI = 0x5412
 
 
+#: What a worker template (`_zygote`) may do beyond a worker: a forked child makes its namespaces and mounts
+#: before it sets the worker's own filter on top of this one.
+TEMPLATE_ALLOWED = ("mount", "umount2", "unshare")
+
+
 @functools.lru_cache(maxsize=4)
-def filter_bytes(network: bool) -> bytes:
-    """The BPF program (as bwrap's `--seccomp` reads it) for a worker with or without network access."""
+def filter_bytes(network: bool, template: bool = False) -> bytes:
+    """The BPF program (as bwrap's `--seccomp` reads it) for a worker with or without network access, or for
+    a worker template (`template`), which may also unshare namespaces and mount."""
     import pyseccomp as sc
 
     flt = sc.SyscallFilter(sc.ALLOW)
     eperm = sc.ERRNO(errno.EPERM)
     for name in DENIED:
+        if template and name in TEMPLATE_ALLOWED:
+            continue
         try:
             flt.add_rule(eperm, name)
         except (ValueError, RuntimeError, OSError):  # a syscall this kernel/arch does not know
@@ -63,9 +71,9 @@ def filter_bytes(network: bool) -> bytes:
         return buf.read()
 
 
-def filter_fd(network: bool) -> int:
+def filter_fd(network: bool, template: bool = False) -> int:
     """A fresh readable fd (memfd, at offset 0) holding the BPF program, for bwrap's `--seccomp FD`."""
-    data = filter_bytes(network)
+    data = filter_bytes(network, template)
     fd = os.memfd_create("erp-plugins-seccomp", 0)
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)

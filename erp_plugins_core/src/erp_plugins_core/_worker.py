@@ -36,10 +36,7 @@ def _setup(site: str, limits: str) -> None:
     """Limits, private pipe descriptors and the import path; runs before any import of plugin code."""
     global _RPC_IN, _RPC_OUT
     os.closerange(3, 1 << 16)
-    for item in limits.split(","):
-        name, _, value = item.partition("=")
-        soft, _, hard = value.partition(":")
-        resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (int(soft), int(hard or soft)))
+    set_limits(limits)
     _RPC_IN = os.dup(0)
     _RPC_OUT = os.dup(1)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -47,6 +44,14 @@ def _setup(site: str, limits: str) -> None:
     os.close(null)
     os.dup2(2, 1)
     sys.path.insert(0, site)
+
+
+def set_limits(limits: str) -> None:
+    """Set the rlimits `NAME=soft[:hard],...` (a worker's, or its template's before it imports the plugin)."""
+    for item in limits.split(","):
+        name, _, value = item.partition("=")
+        soft, _, hard = value.partition(":")
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (int(soft), int(hard or soft)))
 
 
 def _load_rpc() -> Any:
@@ -651,7 +656,8 @@ def main() -> None:
     """Set up, greet the host, and serve calls until the host closes the pipe."""
     global rpc, _packer
     _setup(sys.argv[1], sys.argv[2])
-    rpc = _load_rpc()
+    if rpc is None:  # a worker forked from a template (`_zygote`) has it already
+        rpc = _load_rpc()
     _packer = rpc.new_packer()
     send({"t": "hello", "pid": os.getpid()})
     import asyncio

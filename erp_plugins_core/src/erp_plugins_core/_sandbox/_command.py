@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from .. import _cgroup
 from .._discovery import PluginRecord
 from .._errors import SandboxError
 from .._manifest import Manifest
@@ -23,6 +24,9 @@ FSIZE_BYTES = 64 * 1024 * 1024
 #: event loop (`worker_loop`).
 _LAUNCH = ("import sys;p=sys.argv[1]+'/erp_plugins_core';sys.path.insert(0,p);import _worker;"
            "sys.path.remove(p);_worker.main()")
+#: The same for a worker template: argv[4] and argv[5] name the plugin's module and class (`_zygote`).
+_TEMPLATE_LAUNCH = ("import sys;p=sys.argv[1]+'/erp_plugins_core';sys.path.insert(0,p);import _worker,_zygote;"
+                    "sys.path.remove(p);_zygote.main()")
 #: With a memory cgroup counting what a worker really uses, its address space is capped at this many times
 #: `memory_limit` instead of once (a backstop against address-space bombs; stacks and arenas are mostly untouched).
 AS_FACTOR_WITH_CGROUP = 4
@@ -61,13 +65,52 @@ class WorkerCommand:
     def argv(self, info_fd: int, seccomp_fd: int, *, cgroup: bool = False) -> list[str]:
         """The bwrap command line of a worker (no config or secrets: those go over the pipe); `cgroup`: a memory
         cgroup will hold the worker, so its address space gets the looser cap."""
+        argv = [bwrap_path() or "bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+                "--cap-drop", "ALL"]
+        if self.manifest.resources.network_access:
+            argv += ["--share-net"]
+        argv += self._filesystem()
+        data = self._data_dir()
+        if data is not None:
+            rw = self.manifest.security.file_permissions == "read-write"
+            argv += ["--bind" if rw else "--ro-bind", str(data), "/data"]
+        argv += ["--disable-userns", *self._environment(info_fd, seccomp_fd),
+                 "-c", _LAUNCH, SANDBOX_SITE, self.limits_text(cgroup), worker_loop()]
+        return argv
+
+    def template_argv(self, info_fd: int, seccomp_fd: int, userns_fd: int) -> list[str]:
+        """The bwrap command line of this plugin's worker template (`_zygote`): in the user namespace `userns_fd`
+        as its inner uid 0, the plugin's data folders (every tenant's, each only its owner's) at /.data."""
+        argv = [bwrap_path() or "bwrap", "--userns", str(userns_fd), "--uid", "0", "--gid", "0",
+                "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent",
+                "--new-session", "--cap-drop", "ALL"]
+        if not self.manifest.resources.network_access:
+            argv += ["--unshare-net"]
+        argv += self._filesystem()
+        if self.manifest.security.file_permissions != "none" and self._data_root is not None:
+            folder = self._data_root / self.record.name
+            folder.mkdir(parents=True, exist_ok=True, mode=0o711)
+            argv += ["--bind", str(folder), "/.data", "--dir", "/data"]
+        # its children lower these to their own (a memory cgroup's worker has the looser address-space cap)
+        argv += [*self._environment(info_fd, seccomp_fd), "-c", _TEMPLATE_LAUNCH, SANDBOX_SITE,
+                 self.limits_text(_cgroup.wanted()), worker_loop(), self.record.module, self.record.attr]
+        return argv
+
+    def template_key(self) -> tuple[object, ...]:
+        """What a worker template is shared by: plugin and version, runtime site, network, limits and data root."""
+        assert self._runtime is not None
+        return (self.record.name, self.record.dist_version, self.record.module, self.record.attr, self._runtime.site,
+                self.manifest.resources.network_access, self.limits_text(_cgroup.wanted()), str(self._data_root))
+
+    def limits_text(self, cgroup: bool = False) -> str:
+        """The worker's rlimits as its command line gives them: `NAME=soft[:hard],...`."""
+        return ",".join(f"{k}={v}" for k, v in self._limits(cgroup).items())
+
+    def _filesystem(self) -> list[str]:
+        """What every worker and template sees of the file system: /usr, the runtime site, /proc, /dev, /tmp."""
         assert self._runtime is not None
         res = self.manifest.resources
-        bwrap = bwrap_path() or "bwrap"
-        argv = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-        if res.network_access:
-            argv += ["--share-net"]
-        argv += ["--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+        argv = ["--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
                  "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
                  "--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache",
                  "--ro-bind-try", "/etc/localtime", "/etc/localtime"]
@@ -79,17 +122,15 @@ class WorkerCommand:
             argv += ["--ro-bind", src, dst]
         argv += ["--ro-bind", self._runtime.site, SANDBOX_SITE,
                  "--proc", "/proc", "--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]  # noqa: S108
-        data = self._data_dir()
-        if data is not None:
-            rw = self.manifest.security.file_permissions == "read-write"
-            argv += ["--bind" if rw else "--ro-bind", str(data), "/data"]
-        argv += ["--disable-userns", "--chdir", "/tmp", "--clearenv", "--setenv", "HOME", "/tmp",  # noqa: S108
-                 "--setenv", "PATH", "/usr/bin", "--setenv", "MALLOC_ARENA_MAX", "2", "--setenv", "LANG", "C.UTF-8",
-                 "--hostname", "sandbox", "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd),
-                 "--remount-ro", "/", "--",
-                 self._runtime.python, "-I", "-S", "-B", "-c", _LAUNCH,
-                 SANDBOX_SITE, ",".join(f"{k}={v}" for k, v in self._limits(cgroup).items()), worker_loop()]
         return argv
+
+    def _environment(self, info_fd: int, seccomp_fd: int) -> list[str]:
+        """The environment, info and seccomp descriptors, read-only root, and the interpreter up to its `-c`."""
+        assert self._runtime is not None
+        return ["--chdir", "/tmp", "--clearenv", "--setenv", "HOME", "/tmp",  # noqa: S108
+                "--setenv", "PATH", "/usr/bin", "--setenv", "MALLOC_ARENA_MAX", "2", "--setenv", "LANG", "C.UTF-8",
+                "--hostname", "sandbox", "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd),
+                "--remount-ro", "/", "--", self._runtime.python, "-I", "-S", "-B"]
 
     def _limits(self, cgroup: bool = False) -> dict[str, str]:
         """rlimits as `soft[:hard]`; CPU is a lifetime budget (an hour at `cpu_limit`), SIGXCPU past it."""

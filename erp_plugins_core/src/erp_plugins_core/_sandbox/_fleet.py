@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import SandboxError
+from ._template import TemplatePool
 
 if TYPE_CHECKING:
     from ._process import _Worker
@@ -174,6 +175,7 @@ class WorkerFleet:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._reaper_wake: asyncio.Event | None = None
+        self.templates = TemplatePool()  # the plugins' worker templates its runners fork from
 
     def __repr__(self) -> str:
         return f"WorkerFleet(live={len(self._slots)}, cap={self.cap}, idle_timeout={self.idle_timeout:g})"
@@ -216,6 +218,7 @@ class WorkerFleet:
 
     async def close(self) -> None:
         """Stop the reaper and any stop in progress (their workers are killed; the runners start new ones)."""
+        await self.templates.close()
         tasks = [t for t in (self._reaper, *self._tasks) if t is not None and not t.done()]
         self._reaper = None
         for task in tasks:

@@ -57,6 +57,15 @@ class WorkerLauncher(WorkerCommand):
     _handle: Callable[[_Worker, dict[str, Any]], None]
 
     async def _spawn(self, slot: _Slot | None = None) -> _Worker:
+        template = await self._template()  # type: ignore[attr-defined]
+        if template is not None:
+            try:
+                return await self._spawn_forked(template, slot)  # type: ignore[attr-defined]
+            except SandboxError as exc:
+                if not template.dead:
+                    raise
+                log.info("plugin %r: its template ended while forking a worker (%s); starting one afresh",
+                         self.record.name, self._redactor.redact(str(exc)))
         if self._runtime is not None:
             mark_used(self._runtime.site)
         wanted = _cgroup.wanted()
@@ -194,8 +203,9 @@ class WorkerLauncher(WorkerCommand):
         if w.proc.returncode is None:
             try:
                 os.killpg(w.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            except OSError:  # a forked worker's waiting parent may not lead its group yet
+                with contextlib.suppress(OSError):
+                    os.kill(w.pid, signal.SIGKILL)
 
     async def _reap(self, w: _Worker) -> None:
         try:

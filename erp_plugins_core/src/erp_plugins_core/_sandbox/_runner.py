@@ -2,7 +2,8 @@
 
 It records what a new worker must replay (load, initialize with its config, activate), counts crashes
 within `crash_window` and backs off between restarts; the calls themselves are `WorkerProxy`'s, the
-worker's messages `WorkerBridge`'s, and its processes `WorkerLauncher`'s.
+worker's messages `WorkerBridge`'s, and its processes `WorkerLauncher`'s (or, forked from the plugin's
+template, `WorkerForker`'s).
 
 With a `WorkerFleet` its worker may be stopped when idle or to make room (`_retire`); the runner is then
 dormant, like a `lazy` runner before its first call: load, initialize and lifecycle calls are only recorded,
@@ -29,10 +30,12 @@ from .._runner import LIFECYCLE_METHODS, PluginRunner
 from ._availability import sandbox_available, uid_for
 from ._bridge import WorkerBridge
 from ._fleet import MAX_WORKERS_ENV, WorkerFleet
+from ._forking import WorkerForker
 from ._launch import START_TIMEOUT, WorkerLauncher
 from ._process import _Worker
 from ._proxy import PluginRaised, WorkerProxy
 from ._site import Runtime, build_runtime
+from ._template import Template, templates_wanted
 
 log = logging.getLogger("erp_plugins.sandbox")
 
@@ -42,7 +45,7 @@ IDLE_HEALTH = {"healthy": True, "idle": True, "detail": "idle: no worker running
 RETIRE_GRACE = 2.0
 
 
-class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
+class SandboxRunner(WorkerProxy, WorkerBridge, WorkerForker, WorkerLauncher, PluginRunner):
     """Runs one plugin for one tenant in a bubblewrap worker; see the package docstring for what holds it."""
 
     sandboxed = True
@@ -192,6 +195,8 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
 
     async def close(self) -> None:
         """Stop the worker now (also one being stopped for idleness); the runner may be loaded again."""
+        if self.fleet is not None and self._runtime is not None:
+            await self.fleet.templates.release(self)
         w, retiring = self._worker, self._retiring
         self._closes += 1
         self._worker = None
@@ -207,6 +212,13 @@ class SandboxRunner(WorkerProxy, WorkerBridge, WorkerLauncher, PluginRunner):
             await self._reap(retiring)
 
     # --- starting and stopping -------------------------------------------------------------------------
+
+    async def _template(self) -> Template | None:
+        """The plugin's worker template to fork this runner's worker from, or None for a plain start: templates
+        need the per-tenant uid (a host as root) and a fleet, and may be turned off (`templates_wanted`)."""
+        if self.fleet is None or self.uid is None or not templates_wanted():
+            return None
+        return await self.fleet.templates.template_for(self)
 
     def _init_args(self) -> dict[str, Any]:
         assert self._init is not None

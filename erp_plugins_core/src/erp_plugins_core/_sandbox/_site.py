@@ -33,7 +33,8 @@ log = logging.getLogger("erp_plugins.sandbox")
 
 SANDBOX_SITE = "/sandbox/site"
 #: The worker's own modules, compiled into each site (they import nothing of the host's).
-_WORKER_MODULES = ("erp_plugins_core/_worker.py", "erp_plugins_core/_rpc.py")
+_WORKER_MODULES = ("erp_plugins_core/_worker.py", "erp_plugins_core/_rpc.py", "erp_plugins_core/_zygote.py",
+                   "erp_plugins_core/_userns.py")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,121 @@
+"""Starting a worker by forking it from its plugin's template (`_template`), instead of a fresh bwrap process.
+
+The worker the runner gets is the same `_Worker` as a plain start gives: the same pipes, protocol and hello;
+only its process differs. `ForkedProcess` stands for it where the launcher expects an asyncio subprocess:
+its pid is the forked child's (C, which only waits), its exit status the one the template reports, its stderr
+the worker's own pipe. The worker itself (G, PID 1 of its namespace) is the one killed, by its pidfd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+from typing import TYPE_CHECKING, Any
+
+from .. import _cgroup, _seccomp
+from .._cgroup import MemoryCgroup
+from .._errors import SandboxError
+from ._command import TMPFS_BYTES
+from ._process import _FromWorker, _Worker
+from ._site import mark_used
+
+if TYPE_CHECKING:
+    from ._fleet import _Slot
+    from ._template import Template
+
+
+class ForkedProcess:
+    """The parts of `asyncio.subprocess.Process` the launcher uses, for a worker forked from a template."""
+
+    def __init__(self, pid: int, ended: asyncio.Future[int], stderr: asyncio.StreamReader) -> None:
+        self.pid = pid
+        self.stderr = stderr
+        self._ended = ended
+
+    @property
+    def returncode(self) -> int | None:
+        return self._ended.result() if self._ended.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._ended)
+
+
+class WorkerForker:
+    """The part of `SandboxRunner` that starts its worker from the plugin's template."""
+
+    async def _spawn_forked(self, template: Template, slot: _Slot | None) -> _Worker:
+        """A worker forked from `template`, said hello and placed in its memory cgroup, like `_spawn`'s."""
+        from ._launch import START_TIMEOUT, _add_all, _children, _grow_pipe, _say_no_cgroup
+
+        runner: Any = self
+        mark_used(runner._runtime.site)
+        wanted = _cgroup.wanted()
+        group = MemoryCgroup.create(runner.manifest.resources.memory_bytes) if wanted else None
+        if wanted and group is None:
+            _say_no_cgroup()
+        network = runner.manifest.resources.network_access
+        data = runner._data_dir()
+        request = {"uid": runner.uid, "limits": runner.limits_text(group is not None), "network": network,
+                   "data": data.name if data is not None else None, "tmp": TMPFS_BYTES,
+                   "rw": runner.manifest.security.file_permissions == "read-write",
+                   "seccomp": _seccomp.filter_bytes(network).hex()}
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        _grow_pipe(out_r)
+        _grow_pipe(in_w)
+        try:
+            child, ended = await template.fork(request, (in_r, out_w, err_w))
+        except BaseException:
+            for fd in (in_w, out_r, err_r):
+                os.close(fd)
+            if group is not None:
+                group.remove()
+            raise
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        loop = asyncio.get_running_loop()
+        stderr = asyncio.StreamReader(limit=1 << 20)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stderr), os.fdopen(err_r, "rb", 0))
+        pipe, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(in_w, "wb", buffering=0))
+        w = _Worker(ForkedProcess(child, ended, stderr), pipe)  # type: ignore[arg-type]
+        w.cgroup = group
+        if slot is not None:
+            w.slot, slot.worker = slot, w
+        protocol = _FromWorker(functools.partial(runner._handle, w))
+        w.reader = protocol
+        await loop.connect_read_pipe(lambda: protocol, os.fdopen(out_r, "rb", buffering=0))
+        w.tasks = [asyncio.create_task(runner._read_loop(w)), asyncio.create_task(runner._drain_stderr(w))]
+        try:
+            await asyncio.wait_for(asyncio.shield(w.hello), START_TIMEOUT)
+        except TimeoutError:
+            runner._kill(w, f"did not start within {START_TIMEOUT:g} s")
+            await runner._reap(w)
+            raise SandboxError(f"plugin {runner.record.name!r}: forked worker did not start within "
+                               f"{START_TIMEOUT:g} s; stderr: {runner._stderr(w)[-500:]}") from None
+        except SandboxError:
+            await runner._reap(w)
+            raise
+        except asyncio.CancelledError:
+            runner._kill(w, "start was cancelled", crash=False)
+            raise
+        with contextlib.suppress(OSError):
+            w.child_pid = next(iter(_children(child)), None)
+            if w.child_pid is not None:
+                w.pidfd = os.pidfd_open(w.child_pid)
+        if w.child_pid is None:
+            runner._kill(w, "its process could not be found", crash=False)
+            await runner._reap(w)
+            raise SandboxError(f"plugin {runner.record.name!r}: the forked worker's process could not be found")
+        if group is not None:  # before `initialize`: no plugin code of this tenant has run yet
+            try:
+                await asyncio.to_thread(_add_all, group, [w.child_pid])
+            except OSError as exc:
+                runner._kill(w, f"could not be placed in its memory cgroup {group.path} ({exc})", crash=False)
+                await runner._reap(w)
+                raise SandboxError(f"plugin {runner.record.name!r}: worker could not be placed in its memory "
+                                   f"cgroup {group.path}: {exc}") from None
+        return w

@@ -1,0 +1,323 @@
+"""Worker templates on the host's side: one per sandboxed plugin version, forking its tenants' workers.
+
+A `Template` is three things: the holder of a user namespace that maps the template's uid and every tenant uid
+(`erp_plugins_core._userns`, started as the template's uid; the host writes its maps as root), the template
+itself in bubblewrap inside that namespace (`erp_plugins_core._zygote`), and the control socket between host
+and template. `fork()` sends the three pipes of a new worker with its tenant's uid, limits, data folder and
+seccomp filter, has the holder map the child's uid when the child asks, and returns the child's host pid.
+
+A `TemplatePool` (one per `WorkerFleet`) keeps a template per key (plugin, version, runtime site, network,
+limits, data root) while any runner of that key is loaded, so a reaped tenant's next call forks instead of
+starting Python. A new runtime site (the plugin's files changed) is a new key; the old template ends with its
+last runner. A template that cannot start (bubblewrap too old, a plugin that starts threads at import) is
+remembered, said once, and its runners start plain workers.
+
+On by default where the per-tenant uid design applies (the host runs as root); `ERP_PLUGINS_SANDBOX_TEMPLATES=0`
+turns templates off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import _seccomp
+from .._errors import SandboxError
+from ._availability import UID_BASE, UID_SPAN
+
+if TYPE_CHECKING:
+    from ._runner import SandboxRunner
+
+log = logging.getLogger("erp_plugins.sandbox")
+
+#: Environment variable: `0` turns worker templates off; `1`/`auto` (the default) uses them as root.
+ENV = "ERP_PLUGINS_SANDBOX_TEMPLATES"
+#: Templates' own uids: one per plugin, below the tenants' range.
+TEMPLATE_UID_BASE = 1_400_000_000
+TEMPLATE_UID_SPAN = 99_000_000
+#: How long a template may take to import its plugin and say ready.
+READY_TIMEOUT = 60.0
+_STDERR_TAIL = 8 * 1024
+
+
+def templates_wanted() -> bool:
+    """Whether sandboxed workers are forked from templates (ERP_PLUGINS_SANDBOX_TEMPLATES; as root only)."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("0", "off", "no", "false"):
+        return False
+    if value not in ("", "1", "on", "yes", "true", "auto"):
+        raise SandboxError(f"{ENV}={value[:40]!r} is not understood; set it to 1 (fork tenants' workers from a "
+                           "per-plugin template, the default as root) or 0 (start each worker afresh)")
+    return os.geteuid() == 0
+
+
+def template_uid(plugin: str) -> int:
+    """The uid a plugin's template runs as (outside the tenants' range)."""
+    digest = hashlib.sha256(f"{plugin}\0template".encode()).digest()
+    return TEMPLATE_UID_BASE + int.from_bytes(digest[:8], "big") % TEMPLATE_UID_SPAN
+
+
+def inner_id(uid: int) -> int:
+    """A tenant uid's id inside a template's user namespace (0 is the template's own)."""
+    if not UID_BASE <= uid < UID_BASE + UID_SPAN:
+        raise SandboxError(f"uid {uid} is outside the tenant range the templates map")
+    return uid - UID_BASE + 1
+
+
+class Template:
+    """One running template; see the module docstring."""
+
+    def __init__(self, key: tuple[Any, ...], plugin: str) -> None:
+        self.key = key
+        self.plugin = plugin
+        self.uid = template_uid(plugin)
+        self.pid: int | None = None  # the template's Python, as the host sees it
+        self._holder: asyncio.subprocess.Process | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._sock: socket.socket | None = None
+        self._ids = itertools.count(1)
+        self._forked: dict[int, asyncio.Future[int]] = {}
+        self._exits: dict[int, asyncio.Future[int]] = {}
+        self._map_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._stderr = bytearray()
+        self.dead = False
+
+    def __repr__(self) -> str:
+        return f"Template({self.plugin!r}, pid={self.pid}, dead={self.dead})"
+
+    async def start(self, runner: SandboxRunner) -> None:
+        """Start holder and template for `runner`'s plugin; SandboxError (with the template's words) if it fails."""
+        from ._launch import _as_user, _children, _read_all
+
+        runtime = runner._runtime
+        assert runtime is not None
+        script = f"{runtime.site}/erp_plugins_core/_userns.py"
+        self._holder = await asyncio.create_subprocess_exec(
+            runtime.python, "-I", "-S", "-B", script, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True, cwd="/", env={}, **_as_user(self.uid))
+        assert self._holder.stdout is not None
+        said = (await asyncio.wait_for(self._holder.stdout.readline(), READY_TIMEOUT)).decode().strip()
+        if said != "ready":
+            raise SandboxError(f"the user namespace of the template could not be made: {said or 'no answer'}")
+        pid = self._holder.pid
+        _write_maps(pid, f"0 {self.uid} 1\n1 {UID_BASE} {UID_SPAN}\n")  # the template's own uid and every tenant's
+        userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY)
+        host_end, template_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        seccomp_fd = _seccomp.filter_fd(runner.manifest.resources.network_access, template=True)
+        info_r, info_w = os.pipe()
+        try:
+            argv = runner.template_argv(info_w, seccomp_fd, userns)
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=template_end.fileno(), stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, pass_fds=(seccomp_fd, info_w, userns), start_new_session=True,
+                cwd="/", env={}, **_as_user(self.uid))
+        finally:
+            for fd in (seccomp_fd, info_w, userns):
+                os.close(fd)
+            template_end.close()
+        host_end.setblocking(False)
+        self._sock = host_end
+        drain = asyncio.create_task(self._drain_stderr())
+        try:
+            ready = await asyncio.wait_for(self._recv(), READY_TIMEOUT)
+            info = json.loads((await asyncio.to_thread(_read_all, info_r)).decode() or "{}")
+        except (TimeoutError, OSError, ValueError) as exc:
+            await self.close()
+            raise SandboxError(f"the template did not start ({type(exc).__name__}: {exc}); stderr: "
+                               f"{self.stderr()[-500:]}") from None
+        finally:
+            os.close(info_r)
+        if ready.get("t") != "ready":
+            await self.close()
+            raise SandboxError(str(ready.get("message") or f"the template did not start: {self.stderr()[-500:]}"))
+        init = int(info.get("child-pid", 0))
+        self.pid = next(iter(_children(init)), None) if init else None
+        if self.pid is None:
+            await self.close()
+            raise SandboxError("the template's process could not be found")
+        self._reader = asyncio.create_task(self._read())
+        self._reader.add_done_callback(lambda _: drain.cancel())
+
+    async def fork(self, request: dict[str, Any], fds: tuple[int, int, int]) -> tuple[int, asyncio.Future[int]]:
+        """Fork a worker for `request` (uid, limits, data, rw, network, tmp, seccomp) with `fds` as its stdin,
+        stdout and stderr: (the child's host pid, a future of its exit status)."""
+        if self.dead or self._sock is None:
+            raise SandboxError("the plugin's template is not running")
+        loop = asyncio.get_running_loop()
+        ident = next(self._ids)
+        forked = self._forked[ident] = loop.create_future()
+        ended = self._exits[ident] = loop.create_future()
+        ended.add_done_callback(lambda _: self._exits.pop(ident, None))
+        try:
+            socket.send_fds(self._sock, [json.dumps({**request, "t": "fork", "id": ident}).encode()], list(fds))
+            inner = await forked
+            child = self._host_pid(inner)
+            if child is None:
+                raise SandboxError("the forked worker could not be found")
+            await self._map(child, int(request["uid"]))
+            self._send({"t": "mapped", "id": ident})
+        except BaseException:
+            with contextlib.suppress(SandboxError, OSError):
+                self._send({"t": "abort", "id": ident})
+            raise
+        finally:
+            self._forked.pop(ident, None)
+        return child, ended
+
+    async def close(self) -> None:
+        """End holder and template (their workers end with them: they die with their parent)."""
+        self.dead = True
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        for proc in (self._proc, self._holder):
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        self._fail_all()
+
+    def stderr(self) -> str:
+        return self._stderr.decode(errors="replace")
+
+    # --- inside ------------------------------------------------------------------------------------------
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        if self._sock is None:
+            raise SandboxError("the plugin's template is not running")
+        self._sock.send(json.dumps(msg).encode())
+
+    async def _recv(self) -> dict[str, Any]:
+        assert self._sock is not None
+        data = await asyncio.get_running_loop().sock_recv(self._sock, 1 << 16)
+        if not data:
+            raise OSError("the template closed its socket")
+        return json.loads(data)
+
+    async def _read(self) -> None:
+        """Route the template's `forked` and `exit` messages until it ends."""
+        try:
+            while True:
+                msg = await self._recv()
+                table = self._forked if msg.get("t") == "forked" else self._exits if msg.get("t") == "exit" else {}
+                fut = table.get(int(msg.get("id", 0)))
+                if fut is not None and not fut.done():
+                    fut.set_result(int(msg["pid"] if msg["t"] == "forked" else msg["status"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if not self.dead:
+            log.warning("the worker template of plugin %r ended; its tenants' workers start afresh", self.plugin)
+            await self.close()
+
+    def _fail_all(self) -> None:
+        for table, value in ((self._forked, None), (self._exits, -signal.SIGKILL)):
+            for fut in list(table.values()):
+                if not fut.done():
+                    if value is None:
+                        fut.set_exception(SandboxError(f"the worker template ended: {self.stderr()[-300:]}"))
+                    else:
+                        fut.set_result(value)
+
+    async def _drain_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        while chunk := await self._proc.stderr.read(65536):
+            self._stderr += chunk
+            del self._stderr[:-_STDERR_TAIL]
+
+    async def _map(self, pid: int, uid: int) -> None:
+        """Have the holder map `uid` into the user namespace of child `pid`."""
+        holder = self._holder
+        assert holder is not None and holder.stdin is not None and holder.stdout is not None
+        async with self._map_lock:
+            holder.stdin.write(f"{pid} {uid} {inner_id(uid)}\n".encode())
+            await holder.stdin.drain()
+            said = (await holder.stdout.readline()).decode().strip()
+        if said != "ok":
+            raise SandboxError(f"the tenant's uid could not be mapped for its worker: {said or 'holder ended'}")
+
+    def _host_pid(self, inner: int) -> int | None:
+        """The host pid of the template's child whose pid in the template's namespace is `inner`."""
+        from ._launch import _children
+
+        for pid in _children(self.pid) if self.pid is not None else []:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("NSpid:") and int(line.split()[-1]) == inner:
+                        return pid
+        return None
+
+
+def _write_maps(pid: int, lines: str) -> None:
+    """As root: the uid and gid maps of process `pid`'s new user namespace (a few bytes to /proc, no I/O wait)."""
+    Path(f"/proc/{pid}/setgroups").write_text("deny")
+    for kind in ("uid_map", "gid_map"):
+        Path(f"/proc/{pid}/{kind}").write_text(lines)
+
+
+class TemplatePool:
+    """A fleet's templates by key, each kept while a runner of its key is loaded; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._templates: dict[tuple[Any, ...], asyncio.Future[Template | None]] = {}
+        self._users: dict[tuple[Any, ...], set[int]] = {}
+        self._broken: dict[tuple[Any, ...], str] = {}
+
+    async def template_for(self, runner: SandboxRunner) -> Template | None:
+        """The running template for `runner` (started if need be), or None: the runner starts a plain worker."""
+        key = runner.template_key()
+        if key in self._broken:
+            return None
+        self._users.setdefault(key, set()).add(id(runner))
+        fut = self._templates.get(key)
+        if fut is None or (fut.done() and (fut.result() is None or fut.result().dead)):
+            fut = self._templates[key] = asyncio.get_running_loop().create_future()
+            template = Template(key, runner.record.name)
+            try:
+                await template.start(runner)
+            except (SandboxError, OSError, TimeoutError) as exc:
+                self._broken[key] = str(exc)
+                log.info("plugin %r: no worker template (%s); its workers start afresh", runner.record.name, exc)
+                fut.set_result(None)
+                return None
+            except BaseException:
+                del self._templates[key]
+                fut.set_result(None)
+                await template.close()
+                raise
+            fut.set_result(template)
+        return await asyncio.shield(fut)
+
+    async def release(self, runner: SandboxRunner) -> None:
+        """`runner` was closed: its key's template ends once no runner of the key is left."""
+        key = runner.template_key()
+        users = self._users.get(key)
+        if users is None:
+            return
+        users.discard(id(runner))
+        if not users:
+            del self._users[key]
+            fut = self._templates.pop(key, None)
+            if fut is not None and fut.done() and fut.result() is not None:
+                await fut.result().close()
+
+    def running(self) -> list[Template]:
+        return [f.result() for f in self._templates.values() if f.done() and f.result() is not None
+                and not f.result().dead]
+
+    async def close(self) -> None:
+        for template in self.running():
+            await template.close()
+        self._templates.clear()
+        self._users.clear()

@@ -1,0 +1,300 @@
+"""A worker template (zygote): one sandboxed process per plugin version that has imported the plugin and its SDK
+and forks each tenant's worker when the host asks, so a worker starts in milliseconds instead of an import.
+
+It runs inside bubblewrap as the template's own uid: inner uid 0 of a user namespace the host made with the
+tenants' uids mapped in it (`_userns`), every capability dropped, a seccomp filter that still lets a child make
+namespaces and mounts. It has run no tenant's `initialize` and never sees a config or a secret. Started as
+`python -I -S -B -c <launch> <site> <limits> <loop> <module> <attr>` with its control socket (SOCK_SEQPACKET,
+JSON messages) as fd 0. Imports only the standard library, msgpack, the worker's modules and the plugin.
+
+A fork takes three processes:
+- the template forks C, which unshares a user namespace and says so; the host has the namespace's holder map
+  C's tenant uid there (the host's uid for that tenant, as a plain worker has) and answers `mapped`;
+- C takes the tenant's uid, unshares mount, PID, IPC, UTS (and, without network, network) namespaces, and forks
+  G, PID 1 of the new PID namespace; C then only waits for G and ends as G ended;
+- G mounts its own /proc and /tmp, binds its tenant's data folder at /data and hides the others, drops every
+  capability, sets no_new_privs and the worker's own seccomp filter, takes the three pipes the host sent as its
+  stdin, stdout and stderr, and runs the worker (`_worker.main`), which says hello.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 1 << 18
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 22, 38, 47
+_CAP_VERSION_3 = 0x20080522
+_MAX_MESSAGE = 1 << 16
+_libc: Any = None
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _call(name: str, *args: Any) -> None:
+    """Call libc's `name`; OSError naming it when it fails."""
+    if getattr(_libc, name)(*args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+
+
+def _prctl(option: int, arg: int = 0) -> None:
+    _call("prctl", ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _call("mount", *(None if s is None else s.encode() for s in (source, target, fstype)), ctypes.c_ulong(flags),
+          None if data is None else data.encode())
+
+
+def _send(ctl: socket.socket, msg: dict[str, Any]) -> None:
+    ctl.send(json.dumps(msg).encode())
+
+
+# --- the template --------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Set up like a worker, import the plugin, report, then fork workers until the host closes the socket."""
+    global _libc
+    site, limits, loop_kind, module, attr = sys.argv[1:6]
+    worker = sys.modules["_worker"]
+    os.closerange(3, 1 << 16)
+    ctl = socket.socket(fileno=os.dup(0))
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(2, 1)  # a plugin's print() at import goes to the template's stderr
+    os.close(null)
+    worker.set_limits(limits)
+    sys.path.insert(0, site)
+    _libc = ctypes.CDLL(None, use_errno=True)
+    worker.rpc = worker._load_rpc()
+    error = _preload(loop_kind, module, attr)
+    threads = len(os.listdir("/proc/self/task"))
+    if error is None and threads != 1:
+        error = (f"importing {module} started {threads - 1} thread(s); a template forks, so it must stay "
+                 "single-threaded")
+    gc.collect()
+    gc.freeze()  # what the template made stays out of the children's collections: their pages stay shared
+    _send(ctl, {"t": "ready"} if error is None else {"t": "error", "message": error[:2000]})
+    if error is None:
+        _serve(ctl, site, loop_kind)
+
+
+def _preload(loop_kind: str, module: str, attr: str) -> str | None:
+    """Import what every worker would: the event loop, the worker's own modules and the plugin's; an error or None."""
+    import asyncio  # noqa: F401
+    import collections.abc  # noqa: F401
+    import concurrent.futures  # noqa: F401
+    import contextvars  # noqa: F401
+    import importlib
+    import logging  # noqa: F401
+    import types  # noqa: F401
+
+    if loop_kind == "auto":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            pass
+    try:
+        for name in ("_hookspecs", "_interface", "_context", "_services", "_redact"):
+            importlib.import_module(f"erp_plugins_core.{name}")
+        getattr(importlib.import_module(module), attr)
+    except BaseException as exc:  # the worker's `load` says it again, the plain way
+        return f"cannot import {module}:{attr}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _serve(ctl: socket.socket, site: str, loop_kind: str) -> None:
+    """Answer `fork`, `mapped` and `abort`; report each child's `forked` and `exit`."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    poller = select.poll()
+    poller.register(ctl.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    notes: dict[int, tuple[int, int]] = {}  # C's note pipe -> (request id, C's pid)
+    children: dict[int, tuple[int, int]] = {}  # C's pid -> (request id, go pipe or -1)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == ctl.fileno():
+                data, fds, _, _ = socket.recv_fds(ctl, _MAX_MESSAGE, 3)
+                if not data:
+                    os._exit(0)  # the host is gone; the children follow by their parent-death signal
+                msg = json.loads(data)
+                if msg["t"] == "fork":
+                    pid, note_r, go_w = _fork(msg, fds, ctl, (wake_r, wake_w), site, loop_kind)
+                    for f in fds:
+                        os.close(f)
+                    notes[note_r] = (msg["id"], pid)
+                    children[pid] = (msg["id"], go_w)
+                    poller.register(note_r, select.POLLIN)
+                else:
+                    entry = next(((p, go) for p, (i, go) in children.items() if i == msg["id"]), None)
+                    if entry is not None and entry[1] >= 0:
+                        if msg["t"] == "mapped":
+                            os.write(entry[1], b"m")
+                        os.close(entry[1])  # `abort`: C reads end of file and exits
+                        children[entry[0]] = (msg["id"], -1)
+            elif fd == wake_r:
+                while True:
+                    try:
+                        if not os.read(wake_r, 512):
+                            break
+                    except BlockingIOError:
+                        break
+                _reap(ctl, children)
+            else:
+                request, pid = notes.pop(fd)
+                poller.unregister(fd)
+                said = os.read(fd, 1)
+                os.close(fd)
+                if said == b"u":
+                    _send(ctl, {"t": "forked", "id": request, "pid": pid})
+
+
+def _reap(ctl: socket.socket, children: dict[int, tuple[int, int]]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        request, go = children.pop(pid, (None, -1))
+        if go >= 0:
+            os.close(go)
+        if request is not None:
+            _send(ctl, {"t": "exit", "id": request, "status": os.waitstatus_to_exitcode(status)})
+
+
+def _fork(msg: dict[str, Any], fds: list[int], ctl: socket.socket, wake: tuple[int, int], site: str,
+          loop_kind: str) -> tuple[int, int, int]:
+    """Fork C for request `msg`; (C's pid, the pipe C says `u` on, the pipe C waits on for `mapped`)."""
+    note_r, note_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for f in (ctl.fileno(), *wake, note_r, go_w):
+                os.close(f)
+            _child(msg, fds, note_w, go_r, site, loop_kind)
+        except BaseException as exc:
+            _die(fds, f"erp-plugins template: the tenant's worker could not be set up: {exc}")
+    os.close(note_w)
+    os.close(go_r)
+    return pid, note_r, go_w
+
+
+def _die(fds: list[int], message: str) -> None:
+    try:
+        os.write(fds[2] if len(fds) == 3 else 2, (message + "\n").encode(errors="replace"))
+    finally:
+        os._exit(70)
+
+
+# --- the tenant's side ---------------------------------------------------------------------------------------
+
+
+def _child(msg: dict[str, Any], fds: list[int], note_w: int, go_r: int, site: str, loop_kind: str) -> None:
+    """C: a user namespace, the tenant's uid once the host mapped it, new namespaces, then G; never returns."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _call("unshare", ctypes.c_int(CLONE_NEWUSER))
+    os.write(note_w, b"u")
+    os.close(note_w)
+    if os.read(go_r, 1) != b"m":
+        os._exit(71)  # aborted by the host
+    os.close(go_r)
+    uid = int(msg["uid"])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    os.setsid()
+    _call("unshare", ctypes.c_int(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+                                  | (0 if msg["network"] else CLONE_NEWNET)))
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _grandchild(msg, fds, site, loop_kind)
+        except BaseException as exc:
+            _die(fds, f"erp-plugins template: the tenant's worker could not be set up: {exc}")
+    for f in fds:
+        os.close(f)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):  # end as G ended, so the host reports its signal
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _grandchild(msg: dict[str, Any], fds: list[int], site: str, loop_kind: str) -> None:
+    """G: its own mounts, no capabilities, the worker's filter and pipes, then the worker itself."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setsid()
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(msg['tmp'])},mode=1777")  # noqa: S108
+    if msg.get("data") is not None:
+        name = str(msg["data"])
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"bad data folder name {name!r}")
+        _mount(f"/.data/{name}", "/data", None, MS_BIND | MS_REC)
+        if not msg["rw"]:
+            _mount(None, "/data", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    if os.path.isdir("/.data"):  # the other tenants' folders: hidden under an empty, read-only tmpfs
+        _mount("tmpfs", "/.data", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0")
+    _drop_privileges(bytes.fromhex(msg["seccomp"]))
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    sys.argv[1:] = [site, str(msg["limits"]), loop_kind]
+    sys.modules["_worker"].main()
+    os._exit(0)
+
+
+def _drop_privileges(bpf: bytes) -> None:
+    """No capability in any set (bounding and ambient included), no_new_privs, then the worker's seccomp filter."""
+    for cap in range(64):
+        try:
+            _prctl(PR_CAPBSET_DROP, cap)
+        except OSError:
+            break  # past the last capability this kernel knows
+    _call("prctl", ctypes.c_int(PR_CAP_AMBIENT), ctypes.c_ulong(4), ctypes.c_ulong(0), ctypes.c_ulong(0),
+          ctypes.c_ulong(0))  # PR_CAP_AMBIENT_CLEAR_ALL
+    header = _CapHeader(_CAP_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _call("capset", ctypes.byref(header), data)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = _SockFprog(len(bpf) // 8, ctypes.addressof(buf))
+    _call("prctl", ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(2), ctypes.byref(prog), ctypes.c_ulong(0),
+          ctypes.c_ulong(0))  # SECCOMP_MODE_FILTER
