@@ -47,9 +47,24 @@ def _providers(records: list[PluginRecord]) -> dict[str, list[PluginRecord]]:
     return out
 
 
+def _defined_permissions(providers: dict[str, list[PluginRecord]]) -> dict[str, str]:
+    """Plugin permission -> the plugin whose `provides_hooks` uses it."""
+    defined: dict[str, str] = {}
+    for owners in providers.values():
+        for o in owners:
+            for h in o.manifest.provides_hooks if o.manifest else []:
+                if h.permission and h.permission not in PERMISSIONS:
+                    defined[h.permission] = o.name
+    return defined
+
+
 def _provided_hook_errors(rec: PluginRecord, providers: dict[str, list[PluginRecord]],
-                          names: list[str]) -> list[str]:
-    """What is wrong with `rec`'s use of plugins' own hooks: clashes, unknown hooks, missing dependencies."""
+                          names: list[str], defined: dict[str, str]) -> list[str]:
+    """What is wrong with `rec`'s use of plugins' own hooks: clashes, unknown hooks, missing dependencies.
+
+    `defined` is `_defined_permissions(providers)`; the plugin's dependencies are worked out only for a hook some
+    plugin provides (most plugins implement core hooks only, and the look-up walks every plugin's name).
+    """
     m = rec.manifest
     if m is None:
         return []
@@ -60,8 +75,7 @@ def _provided_hook_errors(rec: PluginRecord, providers: dict[str, list[PluginRec
         if others:
             out.append(f"{where}: provides_hooks: {h.name} of plugin {rec.name} clashes with the hook of that name "
                        f"plugin {others[0]} provides; rename one of them")
-    deps = set(plugin_dependencies(rec, names)) | {rec.name}
-    defined: dict[str, str] = {}  # plugin permission -> providing plugin
+    deps: set[str] | None = None
     for entry in m.hooks:
         if entry.name in HOOKS:
             continue
@@ -71,14 +85,11 @@ def _provided_hook_errors(rec: PluginRecord, providers: dict[str, list[PluginRec
                        "provides it (provides_hooks); install its provider or fix the name")
             continue
         provider = owners[0]
+        if deps is None:
+            deps = set(plugin_dependencies(rec, names)) | {rec.name}
         if provider.name not in deps:
             out.append(f"{where}: hooks: plugin {rec.name} implements {entry.name}, which plugin {provider.name} "
                        f"provides, but does not list {provider.name} in dependencies; add it")
-    for owners in providers.values():
-        for o in owners:
-            for h in o.manifest.provides_hooks if o.manifest else []:
-                if h.permission and h.permission not in PERMISSIONS:
-                    defined[h.permission] = o.name
     for perm in m.permissions:
         if perm not in PERMISSIONS and perm not in defined:
             out.append(f"{where}: permissions: {perm} is no core permission, and no installed plugin's "
@@ -108,7 +119,9 @@ def validate_discovery(found: Discovery) -> list[PluginRecord]:
     providers = _providers(found.records)
     names = [r.name for r in found.records]
     provided = provided_infos(found.records)
-    records = [r.with_errors(*_provided_hook_errors(r, providers, names), *_hook_permission_errors(r, provided))
+    defined = _defined_permissions(providers)
+    records = [r.with_errors(*_provided_hook_errors(r, providers, names, defined),
+                             *_hook_permission_errors(r, provided))
                for r in found.records]
     return validate(records, found.installed_version)
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from ._errors import ManifestError
 from ._hookspecs import HOOKS, parse_type
 from ._interface import PluginType
-from ._metaschema import meta_schema_validator
+from ._metaschema import meta_schema_validator, surely_valid
 from ._permissions import PERMISSIONS, is_plugin_permission
 from ._yaml import MAX_MANIFEST_BYTES as MAX_MANIFEST_BYTES  # re-exported
 from ._yaml import load_yaml
@@ -265,8 +265,11 @@ class Manifest(_Strict):
     @field_validator("config_schema")
     @classmethod
     def _config_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        schema = normalize_schema(value)
+        if surely_valid(schema):  # the usual case, proven without jsonschema (see `surely_valid`)
+            return value
         # the first error, as jsonschema's check_schema reports it
-        error = next(meta_schema_validator().iter_errors(normalize_schema(value)), None)
+        error = next(meta_schema_validator().iter_errors(schema), None)
         if error is not None:
             where = "/".join(str(p) for p in error.path) or "(top)"
             raise ValueError(f"not a valid JSON Schema at {where}: {error.message}")
