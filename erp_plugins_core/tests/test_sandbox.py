@@ -33,6 +33,7 @@ from erp_plugins_core._sandbox import (
     LOOP_ENV,
     PluginRaised,
     SandboxRunner,
+    WorkerFleet,
     _availability,
     _command,
     _launch,
@@ -82,10 +83,20 @@ class Bridge:
         self.progress_calls.append((done, total, message))
 
 
+#: Set by test_sandbox_forked.py: `start` then gives each runner a fleet of its own (closed there after the test),
+#: so that its workers are forked from the plugin's template.
+FORKED: list[WorkerFleet] | None = None
+
+
 async def start(site: Path, runtime: Path, name: str, *, granted=("events.emit", "files.read"), tenant: str = "acme",
                 dist: str | None = None, **kw) -> SandboxRunner:
+    if FORKED is not None and "fleet" not in kw:
+        kw["fleet"] = WorkerFleet()
+        FORKED.append(kw["fleet"])
     runner = SandboxRunner(record(site, name, dist), tenant, runtime_dir=runtime, **kw)
     await runner.load()
+    if FORKED is not None and os.geteuid() == 0:  # forked from the plugin's template, not started afresh
+        assert type(runner._worker.proc).__name__ == "ForkedProcess", runner._worker.proc
     config = {"greeting": "hi", "api_key": SECRET} if name == "sbx_good" else {}
     bridge = Bridge()
     context = PluginContext(tenant_id=tenant, plugin=name, config=config, granted=frozenset(granted), bridge=bridge,
@@ -224,7 +235,8 @@ async def test_emit_needs_permission_checked_on_the_host(plugin_site: Path, runt
 async def test_config_and_secrets_never_in_argv_or_environment(good: SandboxRunner) -> None:
     pids = list(good.worker_pids)
     pids += descendants(pids[-1])
-    assert len(pids) >= 3  # bwrap, the sandbox's PID 1, the python worker
+    # bwrap, the sandbox's PID 1, the python worker; forked from a template: its waiting parent, PID 1, the worker
+    assert len(pids) >= 3
     for pid in pids:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         environ = Path(f"/proc/{pid}/environ").read_bytes()

@@ -7,14 +7,15 @@ namespaces and mounts. It has run no tenant's `initialize` and never sees a conf
 `python -I -S -B -c <launch> <site> <limits> <loop> <module> <attr>` with its control socket (SOCK_SEQPACKET,
 JSON messages) as fd 0. Imports only the standard library, msgpack, the worker's modules and the plugin.
 
-A fork takes three processes:
+A fork takes four processes (three only wait, and share nearly all their memory with the template):
 - the template forks C, which unshares a user namespace and says so; the host has the namespace's holder map
   C's tenant uid there (the host's uid for that tenant, as a plain worker has) and answers `mapped`;
 - C takes the tenant's uid, unshares mount, PID, IPC, UTS (and, without network, network) namespaces, and forks
   G, PID 1 of the new PID namespace; C then only waits for G and ends as G ended;
 - G mounts its own /proc and /tmp, binds its tenant's data folder at /data and hides the others, drops every
-  capability, sets no_new_privs and the worker's own seccomp filter, takes the three pipes the host sent as its
-  stdin, stdout and stderr, and runs the worker (`_worker.main`), which says hello.
+  capability, sets no_new_privs and the worker's own seccomp filter, and forks W, the worker (PID 2, as under
+  bubblewrap); G then only waits, as bubblewrap's PID 1 does;
+- W takes the three pipes the host sent as its stdin, stdout and stderr, and runs `_worker.main`: hello.
 """
 
 from __future__ import annotations
@@ -214,10 +215,15 @@ def _fork(msg: dict[str, Any], fds: list[int], ctl: socket.socket, wake: tuple[i
 
 
 def _die(fds: list[int], message: str) -> None:
-    try:
-        os.write(fds[2] if len(fds) == 3 else 2, (message + "\n").encode(errors="replace"))
-    finally:
-        os._exit(70)
+    """Say why on the worker's stderr (the template's once C closed it) and exit 70."""
+    data = (message + "\n").encode(errors="replace")
+    for fd in (fds[2] if len(fds) == 3 else 2, 2):
+        try:
+            os.write(fd, data)
+            break
+        except OSError:
+            continue
+    os._exit(70)
 
 
 # --- the tenant's side ---------------------------------------------------------------------------------------
@@ -246,18 +252,29 @@ def _child(msg: dict[str, Any], fds: list[int], note_w: int, go_r: int, site: st
             _die(fds, f"erp-plugins template: the tenant's worker could not be set up: {exc}")
     for f in fds:
         os.close(f)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):  # end as G ended, so the host reports its signal
+    _end_as(pid, init=False)
+
+
+def _end_as(pid: int, *, init: bool) -> None:
+    """Wait for child `pid` and end as it ended. PID 1 of a namespace cannot die of its own signal: it exits
+    128+N instead, as bubblewrap does; the host reads both ways."""
+    while True:  # as PID 1, also reap the orphans the namespace's other processes leave
+        done, status = os.waitpid(-1 if init else pid, 0)
+        if done == pid:
+            break
+    if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
+        if not init:
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+        os._exit(128 + sig)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
 def _grandchild(msg: dict[str, Any], fds: list[int], site: str, loop_kind: str) -> None:
     """G: its own mounts, no capabilities, the worker's filter and pipes, then the worker itself."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    os.setsid()
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(msg['tmp'])},mode=1777")  # noqa: S108
@@ -271,14 +288,24 @@ def _grandchild(msg: dict[str, Any], fds: list[int], site: str, loop_kind: str) 
     if os.path.isdir("/.data"):  # the other tenants' folders: hidden under an empty, read-only tmpfs
         _mount("tmpfs", "/.data", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0")
     _drop_privileges(bytes.fromhex(msg["seccomp"]))
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-    for fd in fds:
-        if fd > 2:
-            os.close(fd)
-    sys.argv[1:] = [site, str(msg["limits"]), loop_kind]
-    sys.modules["_worker"].main()
-    os._exit(0)
+    pid = os.fork()  # the worker is PID 2, as under bubblewrap: PID 1 ignores signals it has no handler for
+    if pid == 0:
+        try:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            os.setsid()
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+            for fd in fds:
+                if fd > 2:
+                    os.close(fd)
+            sys.argv[1:] = [site, str(msg["limits"]), loop_kind]
+            sys.modules["_worker"].main()
+        except BaseException as exc:
+            _die(fds, f"erp-plugins template: the tenant's worker could not be started: {exc}")
+        os._exit(0)
+    for f in fds:
+        os.close(f)
+    _end_as(pid, init=True)
 
 
 def _drop_privileges(bpf: bytes) -> None:

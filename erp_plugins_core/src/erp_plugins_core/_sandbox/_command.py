@@ -89,7 +89,7 @@ class WorkerCommand:
         argv += self._filesystem()
         if self.manifest.security.file_permissions != "none" and self._data_root is not None:
             folder = self._data_root / self.record.name
-            folder.mkdir(parents=True, exist_ok=True, mode=0o711)
+            folder.mkdir(parents=True, exist_ok=True)  # as `_data_dir` makes it: each tenant's inside is 0700
             argv += ["--bind", str(folder), "/.data", "--dir", "/data"]
         # its children lower these to their own (a memory cgroup's worker has the looser address-space cap)
         argv += [*self._environment(info_fd, seccomp_fd), "-c", _TEMPLATE_LAUNCH, SANDBOX_SITE,

@@ -3,7 +3,7 @@
 The worker the runner gets is the same `_Worker` as a plain start gives: the same pipes, protocol and hello;
 only its process differs. `ForkedProcess` stands for it where the launcher expects an asyncio subprocess:
 its pid is the forked child's (C, which only waits), its exit status the one the template reports, its stderr
-the worker's own pipe. The worker itself (G, PID 1 of its namespace) is the one killed, by its pidfd.
+the worker's own pipe. The worker's PID namespace is ended by killing its PID 1 (G) through a pidfd.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class WorkerForker:
             raise SandboxError(f"plugin {runner.record.name!r}: the forked worker's process could not be found")
         if group is not None:  # before `initialize`: no plugin code of this tenant has run yet
             try:
-                await asyncio.to_thread(_add_all, group, [w.child_pid])
+                await asyncio.to_thread(_add_all, group, [child, w.child_pid, *_children(w.child_pid)])
             except OSError as exc:
                 runner._kill(w, f"could not be placed in its memory cgroup {group.path} ({exc})", crash=False)
                 await runner._reap(w)
