@@ -256,7 +256,7 @@ async def test_an_outbox_of_schema_version_1_gains_the_columns_and_its_queued_de
         new = await engine.store_job("acme", "send_email", {}, [Target("ledger", max_attempts=1)],
                                      idempotency_key=None)
         with sqlite3.connect(path) as conn:
-            assert conn.execute("SELECT version FROM job_schema").fetchall() == [(2,)]
+            assert conn.execute("SELECT version FROM job_schema").fetchall() == [(3,)]  # brought to the newest
             rows = conn.execute("SELECT work, ordered, max_attempts FROM job_deliveries ORDER BY id").fetchall()
         assert rows == [(old, 1, None), (new, 1, 1)]
         runs: list[str] = []

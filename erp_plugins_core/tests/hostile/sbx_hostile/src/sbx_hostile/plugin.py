@@ -53,9 +53,66 @@ def _spin(seconds: float) -> str:
     return f"spun {n}"
 
 
+def _try(fn) -> str:
+    try:
+        result = fn()
+    except OSError as exc:
+        return f"refused: {type(exc).__name__} {exc.errno}"
+    return f"done: {str(result)[:200]}"
+
+
+def _probe(pid: int) -> dict:
+    """Every way this worker might reach process `pid` (a host pid: another tenant's worker, a template)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(result: int, what: str) -> int:
+        if result < 0 or (what == "ptrace" and result != 0):
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+        return result
+
+    buf = ctypes.create_string_buffer(64)
+    local = (ctypes.c_void_p * 2)(ctypes.addressof(buf), 64)
+    remote = (ctypes.c_void_p * 2)(0x400000, 64)
+    return {
+        "signal": _try(lambda: os.kill(pid, 0)),
+        "ptrace": _try(lambda: check(libc.ptrace(16, pid, None, None), "ptrace")),
+        "process_vm_readv": _try(lambda: check(libc.process_vm_readv(pid, local, 1, remote, 1, 0), "vm_readv")),
+        "mem": _try(lambda: open(f"/proc/{pid}/mem", "rb").read(1)),
+        "environ": _try(lambda: open(f"/proc/{pid}/environ", "rb").read()),
+        "channel": _try(lambda: open(f"/proc/{pid}/fd/0", "wb").write(b"x")),
+    }
+
+
+def _look_around() -> str:
+    """All this worker can read of other processes and shared folders: their command lines, environments and
+    files (bounded), for a test to search for another tenant's secret."""
+    seen = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            for name in ("cmdline", "environ"):
+                seen.append(_try(lambda: open(f"/proc/{entry}/{name}", "rb").read(4096)))
+    for folder in ("/tmp", "/data", "/.data", "/dev/shm"):
+        for root, _, names in os.walk(folder):
+            for name in names[:50]:
+                seen.append(_try(lambda: open(os.path.join(root, name), "rb").read(4096)))
+    return "\n".join(seen)
+
+
 class Plugin(PluginInterface):
+    async def initialize(self, config: dict, context) -> bool:
+        self.config = dict(config)  # in this worker's memory only
+        return True
+
     async def attack(self, prompt: str, context: dict) -> str:
         kind, _, arg = prompt.partition(":")
+        if kind == "probe":
+            import json
+
+            return json.dumps({"pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+                               "uid": os.getuid(), "target": _probe(int(arg))})
+        if kind == "look":
+            return _look_around()
         if kind == "raise":
             raise ValueError("hostile failure")
         if kind == "hang":

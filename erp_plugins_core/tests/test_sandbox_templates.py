@@ -1,0 +1,149 @@
+# ruff: noqa: ASYNC240 - tests read /proc inline
+"""Worker templates: two tenants' workers forked from one plugin's template stay apart, and apart from it.
+
+As root (the per-tenant uid design), with the hostile plugin probing from inside its worker: it may not signal,
+ptrace, `process_vm_readv`, read the memory, environment or channel of another tenant's processes or of its
+template, sees only its own PID namespace, and finds no other tenant's secret anywhere it can read. The host
+checks the template holds no tenant's config in its memory at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+from sandboxkit import uid_of
+from test_sandbox import plugin_site, record, require_sandbox, runtime_dir  # noqa: F401 - fixtures
+
+from erp_plugins_core._context import PluginContext
+from erp_plugins_core._redact import Redactor
+from erp_plugins_core._sandbox import SandboxRunner, WorkerFleet
+from erp_plugins_core._sandbox._launch import _children
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="worker templates need the per-tenant uids of a root host")
+
+SECRETS = {"acme": "sk-acme-template-secret-1111", "globex": "sk-globex-template-secret-2222"}
+
+
+async def forked(fleet: WorkerFleet, site: Path, runtime: Path, tenant: str) -> SandboxRunner:
+    runner = SandboxRunner(record(site, "sbx_hostile"), tenant, runtime_dir=runtime, fleet=fleet)
+    await runner.load()
+    config = {"api_key": SECRETS[tenant]}
+    context = PluginContext(tenant_id=tenant, plugin="sbx_hostile", config=config, granted=frozenset(), bridge=None,
+                            redactor=Redactor([SECRETS[tenant]]))
+    assert await runner.initialize(config, context)
+    assert type(runner._worker.proc).__name__ == "ForkedProcess"
+    return runner
+
+
+@pytest.fixture
+async def tenants(plugin_site: Path, runtime_dir: Path, monkeypatch):  # noqa: F811
+    monkeypatch.delenv("ERP_PLUGINS_SANDBOX_TEMPLATES", raising=False)
+    fleet = WorkerFleet()
+    runners = {t: await forked(fleet, plugin_site, runtime_dir, t) for t in SECRETS}
+    yield fleet, runners
+    for runner in runners.values():
+        await runner.close()
+    await fleet.close()
+
+
+def processes(runner: SandboxRunner) -> list[int]:
+    """Host pids of a forked worker: its waiting parent, its PID 1 and the worker itself."""
+    waiting, init = runner.worker_pids
+    return [waiting, init, *_children(init)]
+
+
+async def probe(runner: SandboxRunner, pid: int) -> dict:
+    return json.loads(await runner.hook_function("ai_request", "attack")(f"probe:{pid}", {}))
+
+
+async def test_two_tenants_workers_of_one_template_cannot_reach_each_other(tenants) -> None:
+    fleet, runners = tenants
+    acme, globex = runners["acme"], runners["globex"]
+    [template] = fleet.templates.running()
+    assert acme.uid != globex.uid and template.uid not in (acme.uid, globex.uid)
+    for runner in (acme, globex):  # the worker runs as its tenant's uid, as a plain worker does
+        assert {uid_of(pid) for pid in processes(runner)} == {runner.uid}
+    for attacker, victim in ((acme, globex), (globex, acme)):
+        for pid in processes(victim):
+            report = await probe(attacker, pid)
+            assert report["uid"] == attacker.uid
+            assert report["pids"] == [1, 2], report  # its own PID 1 and itself, nothing of the other tenant
+            for way, outcome in report["target"].items():
+                assert outcome.startswith("refused"), (way, outcome, pid)
+
+
+async def test_a_worker_cannot_reach_its_template_or_the_namespace_holder(tenants) -> None:
+    fleet, runners = tenants
+    [template] = fleet.templates.running()
+    for pid in (template.pid, template._holder.pid, template._proc.pid):
+        report = await probe(runners["acme"], pid)
+        assert all(outcome.startswith("refused") for outcome in report["target"].values()), (pid, report)
+
+
+async def test_no_tenant_learns_another_tenants_config(tenants) -> None:
+    _, runners = tenants
+    for tenant, runner in runners.items():
+        seen = await runner.hook_function("ai_request", "attack")("look", {})
+        assert "done:" in seen  # it could read something (its own /proc), so the search below means something
+        for other, secret in SECRETS.items():
+            assert secret not in seen, (tenant, other)
+
+
+async def test_the_template_holds_no_tenants_config(tenants) -> None:
+    fleet, runners = tenants
+    [template] = fleet.templates.running()
+    assert await runners["acme"].hook_function("ai_request", "attack")("harmless", {}) == "harmless"
+    memory = read_memory(template.pid)
+    assert len(memory) > 1_000_000  # the search covered the template's heap, not nothing
+    for secret in SECRETS.values():
+        assert secret.encode() not in memory
+    for runner in runners.values():  # while each tenant's own worker does hold its config
+        worker = processes(runner)[-1]
+        assert SECRETS[runner.tenant].encode() in read_memory(worker)
+
+
+async def test_a_template_ends_with_its_last_runner_and_a_dead_one_is_replaced(tenants) -> None:
+    fleet, runners = tenants
+    [template] = fleet.templates.running()
+    old = [pid for runner in runners.values() for pid in processes(runner)]
+    os.kill(template.pid, signal.SIGKILL)
+    for _ in range(200):  # the workers it forked end with it (each by its parent-death signal)
+        if all(uid_of(pid) is None for pid in old) and template.dead:
+            break
+        await asyncio.sleep(0.05)
+    assert all(uid_of(pid) is None for pid in old) and template.dead
+    for runner in runners.values():
+        assert await runner.hook_function("ai_request", "attack")("harmless", {}) == "harmless"
+    [again] = fleet.templates.running()
+    assert again is not template and again.pid != template.pid
+    assert type(runners["acme"]._worker.proc).__name__ == "ForkedProcess"
+    await runners["acme"].close()
+    assert fleet.templates.running() == [again]  # globex still uses it
+    await runners["globex"].close()
+    assert fleet.templates.running() == []
+    assert again._proc.returncode is not None and again._holder.returncode is not None
+
+
+def read_memory(pid: int) -> bytes:
+    """The readable private and heap mappings of process `pid`, read as root through /proc/PID/mem."""
+    chunks = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            fields = line.split()
+            if not fields[1].startswith("r") or (len(fields) > 5 and fields[5].startswith("/")):
+                continue  # files mapped read-only hold no config
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if end - start > 256 * 1024 * 1024 or re.search(r"\[(vvar|vsyscall)\]", line):
+                continue
+            try:
+                mem.seek(start)
+                chunks.append(mem.read(end - start))
+            except OSError:
+                continue
+    return b"".join(chunks)
