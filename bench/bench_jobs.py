@@ -9,8 +9,11 @@
    <= 1.5x. Also against procrastinate's own `defer_async` of one job with the same data and a lock (the
    floor of any delivery stored on procrastinate: its row, its indexes, its event trigger and NOTIFY).
 3. 10,000 queued events (10 tenants) drained by two `erp-plugins worker` processes (--concurrency 4).
-4. The same emit latency on the embedded SQLite state (outbox rows in the state file, synchronous=FULL)
+4. The same emit latency on the embedded SQLite state (the event row in the state file, synchronous=FULL)
    against a plain INSERT of the row into that file.
+5. emit -> delivered latency, p50 / p99, on both backends: one event at a time, a worker (`run_jobs`, the
+   same loop `erp-plugins worker` runs) delivering in the same process; the time from calling `emit` to the
+   plugin's `on_event` starting. The relay's hop (the stored event fanned out into its deliveries) is part of it.
 
 Needs PostgreSQL: --url postgresql://..., or the binaries (a throwaway cluster is started as the tests do, but
 durable: fsync and synchronous_commit on, so every commit pays the disk's flush as it would in production).
@@ -37,11 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _pg import databases  # noqa: E402
 
 PLUGIN = """
+import time
 from erp_plugins_core import PluginInterface
 SEEN = [0]
+AT = {}
 class Plugin(PluginInterface):
     async def on_event(self, event_type, data):
         SEEN[0] += 1
+        if "lat" in data:
+            AT[data["lat"]] = time.perf_counter()
 """
 MANIFEST = """name: sink
 version: "1.0.0"
@@ -68,11 +75,11 @@ def _site(root: Path) -> Path:
     return root
 
 
-async def _host(url: str, tenants: list[str]):  # noqa: ANN202
+async def _host(url: str, tenants: list[str], *, deliver: bool = False):  # noqa: ANN202
     from erp_plugins_core import PluginHost
     from erp_plugins_core._state import open_store
 
-    host = PluginHost(open_store(url), health_loop=False, deliver=False)
+    host = PluginHost(open_store(url), health_loop=False, deliver=deliver)
     await host.open()
     for t in tenants:
         await host.enable("sink", tenant=t, trust=True)
@@ -253,13 +260,43 @@ async def drain(url: str, site: Path, n: int, tenants: int) -> float:
     return took
 
 
+async def delivered_latency(location: str, n: int) -> tuple[float, float]:
+    """p50 and p99 seconds from calling `emit` to the plugin's `on_event` starting, one event at a time.
+
+    PostgreSQL: a worker loop (`run_jobs`) in this process. SQLite: the open host's own background delivery
+    (the contract's "open hosts also run them"; a worker in another process would add up to its poll interval).
+    """
+    import erp_sink.sink.plugin as sink
+
+    sqlite = not location.startswith("postgresql://")
+    host = await _host(location, ["acme"], deliver=sqlite)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(host.run_jobs(stop=stop, concurrency=1) if not sqlite else stop.wait())
+    lats = []
+    for i in range(-5, n):  # five warm-up events
+        key = f"{uuid.uuid4()}"
+        t = time.perf_counter()
+        await host.emit("acme", "lat", {"lat": key})
+        while key not in sink.AT:  # noqa: ASYNC110 (the plugin stamps; polling keeps it unchanged)
+            await asyncio.sleep(0.0002)
+        if i >= 0:
+            lats.append(sink.AT.pop(key) - t)
+    stop.set()
+    await runner
+    await host.close()
+    lats.sort()
+    return statistics.median(lats), lats[min(len(lats) - 1, int(len(lats) * 0.99))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a PostgreSQL server URL (a database per measurement is created on it)")
     parser.add_argument("--events", type=int, default=300, help="events per end-to-end round")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--per-round", type=int, default=200)
-    parser.add_argument("--drain", type=int, default=10000)
+    parser.add_argument("--drain", type=int, default=10000, help="queued events to drain (0: skip that part)")
+    parser.add_argument("--latency-events", type=int, default=200, help="events for emit -> delivered p50/p99")
+    parser.add_argument("--no-end-to-end", action="store_true", help="skip the events/s comparison")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -269,13 +306,18 @@ def main() -> None:
                           .decode())
     site = _site(tmp / "site")
     with databases(args.url) as create:
-        ours_eps, ref_eps = asyncio.run(end_to_end(create(), create(), args.events, args.rounds))
+        ours_eps, ref_eps = (asyncio.run(end_to_end(create(), create(), args.events, args.rounds))
+                             if not args.no_end_to_end else (float("nan"), 1.0))
         ours_lat, ref_lat, defer_lat = asyncio.run(emit_latency(create(), args.rounds, args.per_round))
-        drain_s = asyncio.run(drain(create(), site, args.drain, 10))
+        pg_p50, pg_p99 = asyncio.run(delivered_latency(create(), args.latency_events))
+        drain_s = asyncio.run(drain(create(), site, args.drain, 10)) if args.drain else float("nan")
         sq_ours, sq_ref = asyncio.run(emit_latency_sqlite(tmp / "state.db", args.rounds, args.per_round))
+        sq_p50, sq_p99 = asyncio.run(delivered_latency(str(tmp / "latency.db"), args.latency_events))
     result = {
         "events_per_s": {"ours": round(ours_eps, 1), "procrastinate_empty_task": round(ref_eps, 1),
                          "ratio": round(ours_eps / ref_eps, 3), "target": ">= 0.8"},
+        "emit_to_delivered_ms": {"postgresql_p50": round(pg_p50 * 1e3, 2), "postgresql_p99": round(pg_p99 * 1e3, 2),
+                                 "sqlite_p50": round(sq_p50 * 1e3, 2), "sqlite_p99": round(sq_p99 * 1e3, 2)},
         "emit_latency_ms": {"ours": round(ours_lat * 1e3, 3), "plain_insert": round(ref_lat * 1e3, 3),
                             "ratio": round(ours_lat / ref_lat, 3), "target": "<= 1.5",
                             "procrastinate_defer": round(defer_lat * 1e3, 3),
@@ -296,6 +338,9 @@ def main() -> None:
           f"{lat['ratio_to_defer']}x")
     print(f"emit latency, SQLite state: {sq['ours']} ms vs plain INSERT {sq['plain_insert']} ms -> {sq['ratio']}x "
           f"(target {sq['target']})")
+    dl = result["emit_to_delivered_ms"]
+    print(f"emit -> delivered, one worker in process: PostgreSQL p50 {dl['postgresql_p50']} ms / p99 "
+          f"{dl['postgresql_p99']} ms; SQLite p50 {dl['sqlite_p50']} ms / p99 {dl['sqlite_p99']} ms")
     print(f"drain {d['events']} queued events ({d['tenants']} tenants), 2 workers x concurrency 4: {d['seconds']} s "
           f"({d['events_per_s']} events/s)")
 

@@ -127,6 +127,7 @@ class AdminMixin(HostBase):
                     await self._start(inst, raise_errors=True, persist=False)
                     row.state = inst.life.state.value
                     await self._db(store.atomic, commit)
+                    self._forget_targets(tenant)
                 except BaseException:
                     if self._instances.get((tenant, name)) is inst:
                         await self._stop(inst, persist=False)
@@ -208,6 +209,7 @@ class AdminMixin(HostBase):
 
         async with self._lock(tenant):
             await self._db(store.atomic, commit)
+            self._forget_targets(tenant)
             inst = self._instances.get((tenant, name))
             if inst is not None:
                 self._retire(inst)

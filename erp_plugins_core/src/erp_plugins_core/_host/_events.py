@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from .._errors import ConfigError, PluginError
@@ -15,23 +16,29 @@ from ._support import HostBase
 class EventsMixin(HostBase):
     """Durable events and background jobs, delegated to the job service."""
 
-    async def emit(self, tenant: str, event_type: str, data: dict[str, Any], *, source: str | None = None) -> str:
+    async def emit(self, tenant: str, event_type: str, data: dict[str, Any], *, source: str | None = None,
+                   user_context: Mapping[str, Any] | None = None) -> str:
         """Store an event for `on_event` of the tenant's enabled plugins (not the source); its id once stored.
 
-        Delivery is durable and at least once, in emit order per plugin, retried with backoff (see `_jobs`);
-        an event emitted while handling one more than MAX_EVENT_DEPTH deep is refused (EventChainTooDeep).
+        The targets are fixed now, from this host's view of the tenant (kept in step with the state), in the
+        one row stored; a relay fans it out into deliveries. Delivery is durable and at least once, in emit
+        order per plugin, retried with backoff (see `_jobs`); an event emitted while handling one more than
+        MAX_EVENT_DEPTH deep is refused (EventChainTooDeep). `user_context` (default: that of the hook call
+        this runs in, if any) is stored with the event and each `on_event` runs with it.
         """
         validate_tenant(tenant)
-        return await self._jobs().emit(tenant, event_type, data, source=source)
+        return await self._jobs().emit(tenant, event_type, data, source=source, user_context=user_context)
 
-    async def submit(self, hook: str, *, tenant: str, idempotency_key: str | None = None, **kwargs: Any) -> str:
+    async def submit(self, hook: str, *, tenant: str, idempotency_key: str | None = None,
+                     user_context: Mapping[str, Any] | None = None, **kwargs: Any) -> str:
         """Queue `hook` as a background job for the tenant's enabled plugins that implement it; the job's id.
 
         Arguments are checked now; the same idempotency key for the same tenant gives the same job. The job
-        runs in a worker (or, with SQLite, an open host); enabled and granted are checked when it runs.
+        runs in a worker (or, with SQLite, an open host); enabled and granted are checked when it runs, with
+        `user_context` (default: that of the hook call this runs in, if any) as the plugin's user.
         """
         validate_tenant(tenant)
-        return await self._jobs().submit(hook, tenant, idempotency_key, kwargs)
+        return await self._jobs().submit(hook, tenant, idempotency_key, kwargs, user_context=user_context)
 
     async def job(self, job_id: str) -> dict[str, Any]:
         """`{id, hook, tenant, state, results, attempts, error}` of a job or event (JobNotFound if unknown)."""
@@ -57,6 +64,11 @@ class EventsMixin(HostBase):
     async def run_jobs(self, *, stop: asyncio.Event, concurrency: int = 1, name: str | None = None) -> None:
         """Run deliveries and jobs until `stop` is set; the running ones then finish (`erp-plugins worker`)."""
         await self._jobs().run(stop=stop, concurrency=concurrency, name=name)
+
+    def _forget_targets(self, tenant: str | None) -> None:
+        """A change of `tenant`'s plugins (every tenant's for None) was applied: events look at the state again."""
+        if self._job_service is not None:
+            self._job_service.forget(tenant)
 
     def _jobs(self) -> JobService:
         if self._job_service is None:

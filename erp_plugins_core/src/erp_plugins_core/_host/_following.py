@@ -28,6 +28,7 @@ class FollowingMixin(HostBase):
         Disabled: no new call, stopped once its running calls end. Config, grants or trust changed: a new
         instance with the new values serves the next call. Priority alone: re-registered in place.
         """
+        self._forget_targets(tenant)  # events and jobs pick their plugins from the state again
         if tenant not in self._started_tenants and tenant not in self._starting_tenants:
             return  # its plugins start from the store on its first call (one being started: wait for it below)
         row = await self._db(self._require_store().get, tenant, name)
@@ -52,6 +53,7 @@ class FollowingMixin(HostBase):
 
     async def _reload_all(self) -> None:
         """Compare every started tenant's instances with the store (after missing part of the change feed)."""
+        self._forget_targets(None)
         for tenant in list(self._started_tenants):
             names = {r.plugin for r in await self._db(self._require_store().list, tenant)}
             names |= {name for (t, name) in self._instances if t == tenant}

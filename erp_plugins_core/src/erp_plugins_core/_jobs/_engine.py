@@ -45,20 +45,25 @@ class JobEngine(ABC):
     @abstractmethod
     async def store_event(
         self, tenant: str, event_type: str, data: dict[str, Any], targets: Sequence[str | Target], *,
-        source: str | None, depth: int,
+        source: str | None, depth: int, user: dict[str, Any] | None = None,
     ) -> str:
-        """Store an event with one delivery per target plugin, in one transaction; returns its id once committed.
+        """Store an event for its target plugins as one row; returns its id once committed.
 
-        Each delivery keeps its target's settings (ordered or not, its own attempt limit); a bare name is a
-        Target with the defaults.
+        A relay (run by `run`, wherever deliveries run) later fans the row out into one delivery per target, in
+        emit order, exactly once; until then the event is listed with its deliveries queued. Each delivery keeps
+        its target's settings (ordered or not, its own attempt limit); a bare name is a Target with the defaults.
+        `user` is the caller's user_context, which each delivery's hook runs with.
         """
 
     @abstractmethod
     async def store_job(
         self, tenant: str, hook: str, args: dict[str, Any], targets: Sequence[str | Target], *,
-        idempotency_key: str | None,
+        idempotency_key: str | None, user: dict[str, Any] | None = None,
     ) -> str:
-        """Store a job (one delivery per target); with a key already used by the tenant, the existing job's id."""
+        """Store a job (one delivery per target); with a key already used by the tenant, the existing job's id.
+
+        `user` is the caller's user_context, which each delivery's hook runs with.
+        """
 
     @abstractmethod
     async def get(self, work_id: str) -> Work:
@@ -89,9 +94,10 @@ class JobEngine(ABC):
     @abstractmethod
     async def run(self, executor: Executor, *, stop: asyncio.Event, concurrency: int = 1, name: str | None = None,
                   ) -> None:
-        """Take and run deliveries until `stop` is set; then let the running ones finish and return.
+        """Relay stored events and take and run deliveries until `stop` is set; then let the running ones finish.
 
-        A delivery is never lost to a stop or a crash: one a killed worker held is taken back after the lease.
+        A delivery is never lost to a stop or a crash: one a killed worker held is taken back after the lease,
+        and an event a killed relay was fanning out stays stored for the next relay.
         """
 
     @abstractmethod

@@ -23,6 +23,8 @@ __all__ = [
     "Target",
     "Unit",
     "job_view",
+    "newest",
+    "pending_deliveries",
     "work_state",
 ]
 
@@ -56,6 +58,24 @@ class Target:
         """A Target as given, or a bare plugin name with the default settings."""
         return target if isinstance(target, Target) else cls(target)
 
+    def to_json(self) -> list[Any]:
+        """The compact form an event row keeps its targets in until the relay fans it out."""
+        return [self.plugin, self.ordered, self.max_attempts]
+
+    @classmethod
+    def from_json(cls, value: list[Any]) -> Target:
+        return cls(str(value[0]), ordered=bool(value[1]), max_attempts=value[2])
+
+
+def newest(a: list[Work], b: list[Work], limit: int) -> list[Work]:
+    """Two newest-first lists of works merged, newest first, at most `limit`."""
+    return sorted(a + b, key=lambda w: w.created, reverse=True)[:max(0, limit)]
+
+
+def pending_deliveries(targets: Iterable[Target]) -> list[Delivery]:
+    """How an event not yet relayed lists its deliveries: one queued, never run, per target."""
+    return [Delivery(id=None, plugin=t.plugin, state="queued", attempts=0) for t in targets]
+
 
 @dataclass(slots=True)
 class Unit:
@@ -71,6 +91,7 @@ class Unit:
     depth: int = 0  # events: how deep in a chain of events the handler runs
     attempts: int = 0  # runs before this one
     max_attempts: int | None = None  # the delivery's own limit (its plugin's manifest); None: the host setting
+    user: dict[str, Any] | None = None  # the user_context of the caller that emitted or submitted it
 
 
 @dataclass(slots=True)
@@ -90,9 +111,13 @@ Executor = Callable[[Unit], Awaitable[Outcome]]
 
 @dataclass(slots=True)
 class Delivery:
-    """One delivery as listed: its plugin, state, runs so far and its last result or error."""
+    """One delivery as listed: its plugin, state, runs so far and its last result or error.
 
-    id: str
+    `id` is None while its event waits for the relay (stored, not yet fanned out into deliveries): it is then
+    listed as queued with no run.
+    """
+
+    id: str | None
     plugin: str
     state: str
     attempts: int

@@ -1,11 +1,14 @@
 """The embedded engine: an outbox in the SQLite state file, delivered by open hosts and `erp-plugins worker`.
 
-A work and its deliveries are written in one `BEGIN IMMEDIATE` transaction. A worker claims one delivery at a
-time in its own short transaction: it takes the oldest due delivery whose plugin has no earlier unfinished
-delivery for the tenant (so each plugin sees a tenant's events in order; a delivery stored unordered, from its
-plugin's manifest, skips that wait) and holds it under a lease it renews while running. A killed worker stops
-renewing, its lease expires and another worker runs the delivery again. This is the small, single-machine path;
-the fleet runs on PostgreSQL.
+An event is one row of job_inbox holding its targets (`emit` writes nothing else, in one autocommitted
+statement); a job and its deliveries are written in one `BEGIN IMMEDIATE` transaction. A worker claims one
+delivery at a time in its own short transaction: first it relays the stored events, oldest first, into their
+job_works row and delivery rows (the exclusive transaction makes one relay at a time, and a crash rolls the
+relay back with the claim, so an event is fanned out exactly once), then it takes the oldest due delivery
+whose plugin has no earlier unfinished delivery for the tenant (so each plugin sees a tenant's events in order;
+a delivery stored unordered, from its plugin's manifest, skips that wait) and holds it under a lease it renews
+while running. A killed worker stops renewing, its lease expires and another worker runs the delivery again.
+This is the small, single-machine path; the fleet runs on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,17 +17,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .._errors import StateError
 from ._engine import JobEngine, worker_name
-from ._model import Delivery, Executor, JobNotFound, Outcome, Target, Unit, Work
+from ._model import Delivery, Executor, JobNotFound, Outcome, Target, Unit, Work, newest, pending_deliveries
+from ._outbox_db import Db, migrate
 from ._runs import finish_state, run_unit
 from ._settings import JobSettings
 
@@ -32,49 +34,8 @@ __all__ = ["OutboxEngine"]
 
 log = logging.getLogger("erp_plugins.jobs")
 
-#: 2 added job_deliveries.ordered and .max_attempts (a plugin's manifest `deliveries`), defaults for older rows.
-SCHEMA_VERSION = 2
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS job_works (
-        id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        tenant TEXT NOT NULL,
-        hook TEXT NOT NULL,
-        args TEXT NOT NULL,
-        source TEXT,
-        depth INTEGER NOT NULL DEFAULT 0,
-        idem_key TEXT,
-        created_at REAL NOT NULL
-    )""",
-    "CREATE UNIQUE INDEX IF NOT EXISTS job_works_idem ON job_works (tenant, idem_key) WHERE idem_key IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS job_works_list ON job_works (kind, tenant, created_at)",
-    """CREATE TABLE IF NOT EXISTS job_deliveries (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        work TEXT NOT NULL REFERENCES job_works (id) ON DELETE CASCADE,
-        lock TEXT NOT NULL,
-        plugin TEXT NOT NULL,
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        run_after REAL NOT NULL,
-        lease_owner TEXT,
-        lease_until REAL,
-        result TEXT,
-        error TEXT,
-        error_kind TEXT,
-        updated_at REAL NOT NULL,
-        ordered INTEGER NOT NULL DEFAULT 1,
-        max_attempts INTEGER
-    )""",
-    "CREATE INDEX IF NOT EXISTS job_deliveries_due ON job_deliveries (state, run_after)",
-    "CREATE INDEX IF NOT EXISTS job_deliveries_lock ON job_deliveries (lock, id)",
-    "CREATE INDEX IF NOT EXISTS job_deliveries_work ON job_deliveries (work)",
-    "CREATE TABLE IF NOT EXISTS job_schema (version INTEGER NOT NULL)",
-)
-#: Columns added after version 1, for a state file whose job_deliveries was created without them.
-_ADDED_COLUMNS = {
-    "ordered": "ALTER TABLE job_deliveries ADD COLUMN ordered INTEGER NOT NULL DEFAULT 1",
-    "max_attempts": "ALTER TABLE job_deliveries ADD COLUMN max_attempts INTEGER",
-}
+#: Events a relay fans out in one transaction (the rest wait for the next claim).
+RELAY_BATCH = 500
 
 #: The oldest due delivery that is unordered or whose (tenant, plugin) has no ordered delivery unfinished before
 #: it (as procrastinate's locks: an unordered delivery holds no lock, so an ordered one does not wait for it).
@@ -87,11 +48,18 @@ SELECT d.id FROM job_deliveries d
  ORDER BY d.id LIMIT 1
 """
 _UNIT = """
-SELECT d.id, d.work, w.kind, w.tenant, d.plugin, w.hook, w.args, w.depth, d.attempts, d.max_attempts
+SELECT d.id, d.work, w.kind, w.tenant, d.plugin, w.hook, w.args, w.depth, d.attempts, d.max_attempts, w.user_ctx
   FROM job_deliveries d JOIN job_works w ON w.id = d.work WHERE d.id = ?
 """
+_INBOX = "SELECT seq, id, tenant, args, source, depth, targets, user_ctx, created_at FROM job_inbox"
+_ANY_STORED = "SELECT 1 FROM job_inbox LIMIT 1"
+_EMIT = ("INSERT INTO job_inbox (id, tenant, args, created_at, source, depth, targets, user_ctx) "
+         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_ADD_DELIVERIES = ("INSERT INTO job_deliveries (work, lock, plugin, state, run_after, updated_at, ordered, "
+                   "max_attempts) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)")
 _DELIVERIES = "SELECT id, work, plugin, state, attempts, result, error, error_kind FROM job_deliveries"
 _WORK_COLUMNS = "id, kind, tenant, hook, args, created_at, source, idem_key"
+_WORK_SELECT = "w.id, w.kind, w.tenant, w.hook, w.args, w.created_at, w.source, w.idem_key"
 #: Per --state filter: which works to keep (one of their deliveries in that state; succeeded: all of them).
 _STATE_FILTER = {
     "failed": "EXISTS (SELECT 1 FROM job_deliveries d WHERE d.work = w.id AND d.state = 'failed')",
@@ -105,65 +73,14 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-class _Db:
-    """One connection to the state file, serialized by a lock (used from the loop or from a worker thread)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lock = threading.Lock()
-        try:
-            self.conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-            self.conn.execute("PRAGMA busy_timeout = 30000")
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute("PRAGMA synchronous = FULL")
-            self.conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
-            raise self.error(exc) from None
-
-    def error(self, exc: BaseException) -> StateError:
-        return StateError(f"job outbox in state file {self.path}: {exc}; check that the file is writable and "
-                          "not held by a stuck process")
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """An exclusive write transaction (BEGIN IMMEDIATE): commits on exit, rolls back on an exception."""
-        with self.lock:
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self.error(exc) from None
-            try:
-                yield self.conn
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
-                raise
-            try:
-                self.conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
-                raise self.error(exc) from None
-
-    def read(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        with self.lock:
-            try:
-                return self.conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise self.error(exc) from None
-
-    def close(self) -> None:
-        with self.lock:
-            self.conn.close()
-
-
 class OutboxEngine(JobEngine):
     """Events and jobs in the SQLite state file (tables job_works, job_deliveries; own version in job_schema)."""
 
     def __init__(self, path: Path, settings: JobSettings) -> None:
         self.path = Path(path)
         self.settings = settings
-        self._db: _Db | None = None
+        self._db: Db | None = None
+        self._now: Db | None = None  # emit's connection: never waits for the write lock (see store_event)
         self._wake: asyncio.Event | None = None
 
     def __repr__(self) -> str:
@@ -173,33 +90,17 @@ class OutboxEngine(JobEngine):
         if self._db is None:
             if not self.path.is_file():
                 raise StateError(f"state file {self.path} does not exist; open a PluginHost on it first")
-            db = _Db(self.path)
+            db = Db(self.path)
             try:
-                self._migrate(db)
+                migrate(db)
+                self._now = Db(self.path, wait_s=0.0)
             except BaseException:
                 db.close()
                 raise
             self._db = db
         return self
 
-    def _migrate(self, db: _Db) -> None:
-        with db.write() as conn:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            have = {r[1] for r in conn.execute("PRAGMA table_info(job_deliveries)")}
-            for column, statement in _ADDED_COLUMNS.items():
-                if column not in have:
-                    conn.execute(statement)
-            row = conn.execute("SELECT MAX(version) FROM job_schema").fetchone()
-            version = row[0] if row and row[0] is not None else 0
-            if version > SCHEMA_VERSION:
-                raise StateError(f"job outbox in {self.path} has schema version {version}, newer than the "
-                                 f"{SCHEMA_VERSION} this erp-plugins-core knows; upgrade erp-plugins-core")
-            if version < SCHEMA_VERSION:
-                conn.execute("DELETE FROM job_schema")
-                conn.execute("INSERT INTO job_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-
-    def _require(self) -> _Db:
+    def _require(self) -> Db:
         if self._db is None:
             raise StateError("the job engine is not open")
         return self._db
@@ -210,8 +111,9 @@ class OutboxEngine(JobEngine):
 
     # --- storing -------------------------------------------------------------------------------------------
 
+
     def _insert(self, kind: str, tenant: str, hook: str, args: dict[str, Any], targets: Sequence[str | Target],
-                source: str | None, depth: int, key: str | None) -> str:
+                source: str | None, depth: int, key: str | None, user: str | None) -> str:
         now = time.time()
         with self._require().write() as conn:
             if key is not None:
@@ -221,27 +123,36 @@ class OutboxEngine(JobEngine):
                     return str(row[0])
             work_id = str(uuid.uuid4())
             conn.execute(
-                f"INSERT INTO job_works ({_WORK_COLUMNS}, depth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                (work_id, kind, tenant, hook, _json(args), now, source, key, depth),
+                f"INSERT INTO job_works ({_WORK_COLUMNS}, depth, user_ctx) "  # noqa: S608
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (work_id, kind, tenant, hook, _json(args), now, source, key, depth, user),
             )
-            conn.executemany(
-                "INSERT INTO job_deliveries (work, lock, plugin, state, run_after, updated_at, ordered, max_attempts) "
-                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-                [(work_id, f"{tenant}/{t.plugin}", t.plugin, now, now, int(t.ordered), t.max_attempts)
-                 for t in map(Target.of, targets)],
-            )
+            conn.executemany(_ADD_DELIVERIES, [(work_id, f"{tenant}/{t.plugin}", t.plugin, now, now, int(t.ordered),
+                                                t.max_attempts) for t in map(Target.of, targets)])
         return work_id
 
     async def store_event(self, tenant: str, event_type: str, data: dict[str, Any],
-                          targets: Sequence[str | Target], *, source: str | None, depth: int) -> str:
-        work_id = await asyncio.to_thread(self._insert, "event", tenant, "on_event",
-                                          {"event_type": event_type, "data": data}, targets, source, depth, None)
+                          targets: Sequence[str | Target], *, source: str | None, depth: int,
+                          user: dict[str, Any] | None = None) -> str:
+        """The event's one row, in the inbox.
+
+        Written on the event loop when the write lock is free: one row's commit, as a plain INSERT would be,
+        without a thread hop that would cost half as much again. Never waiting for the lock: when another
+        connection holds it, the row is written from a thread that waits for it.
+        """
+        work_id = str(uuid.uuid4())
+        params = (work_id, tenant, _json({"event_type": event_type, "data": data}), time.time(), source, depth,
+                  json.dumps([Target.of(t).to_json() for t in targets]), _json(user) if user is not None else None)
+        now = self._now
+        if now is None or not now.try_insert(_EMIT, params):
+            await asyncio.to_thread(self._require().insert, _EMIT, params)
         self.wake()
         return work_id
 
     async def store_job(self, tenant: str, hook: str, args: dict[str, Any], targets: Sequence[str | Target], *,
-                        idempotency_key: str | None) -> str:
-        work_id = await asyncio.to_thread(self._insert, "job", tenant, hook, args, targets, None, 0, idempotency_key)
+                        idempotency_key: str | None, user: dict[str, Any] | None = None) -> str:
+        work_id = await asyncio.to_thread(self._insert, "job", tenant, hook, args, targets, None, 0, idempotency_key,
+                                          _json(user) if user is not None else None)
         self.wake()
         return work_id
 
@@ -261,14 +172,24 @@ class OutboxEngine(JobEngine):
             ))
         return works
 
+    @staticmethod
+    def _stored(rows: list[tuple[Any, ...]]) -> list[Work]:
+        """Events in the inbox (not yet relayed): their deliveries are queued, never run."""
+        return [Work(id=r[1], kind="event", tenant=r[2], hook="on_event", args=json.loads(r[3]), created=r[8],
+                     source=r[4], deliveries=pending_deliveries(map(Target.from_json, json.loads(r[6]))))
+                for r in rows]
+
     async def get(self, work_id: str) -> Work:
         return await asyncio.to_thread(self._get, work_id)
 
     def _get(self, work_id: str) -> Work:
-        rows = self._require().read(f"SELECT {_WORK_COLUMNS} FROM job_works WHERE id = ?", (work_id,))  # noqa: S608
-        if not rows:
-            raise JobNotFound(f"no event or job {work_id!r} (never stored, or removed after the retention period)")
-        return self._works(rows)[0]
+        rows = self._require().read(f"SELECT {_WORK_SELECT} FROM job_works w WHERE id = ?", (work_id,))  # noqa: S608
+        if rows:
+            return self._works(rows)[0]
+        stored = self._require().read(f"{_INBOX} WHERE id = ?", (work_id,))  # noqa: S608
+        if stored:
+            return self._stored(stored)[0]
+        raise JobNotFound(f"no event or job {work_id!r} (never stored, or removed after the retention period)")
 
     async def list(self, *, kind: str, tenant: str | None = None, state: str | None = None,
                    limit: int = 100) -> list[Work]:
@@ -281,9 +202,14 @@ class OutboxEngine(JobEngine):
             params.append(tenant)
         if state is not None:
             where.append(_STATE_FILTER[state])
-        sql = (f"SELECT {', '.join('w.' + c.strip() for c in _WORK_COLUMNS.split(','))} FROM job_works w "  # noqa: S608
+        sql = (f"SELECT {_WORK_SELECT} FROM job_works w "  # noqa: S608
                f"WHERE {' AND '.join(where)} ORDER BY w.created_at DESC, w.rowid DESC LIMIT ?")
-        return self._works(self._require().read(sql, [*params, max(0, int(limit))]))
+        works = self._works(self._require().read(sql, [*params, max(0, int(limit))]))
+        if kind == "event" and state in (None, "queued"):  # events not yet relayed are queued
+            stored = self._require().read(f"{_INBOX} WHERE (? IS NULL OR tenant = ?) ORDER BY seq DESC LIMIT ?",  # noqa: S608
+                                          (tenant, tenant, max(0, int(limit))))
+            works = newest(self._stored(stored), works, limit)
+        return works
 
     async def counts(self, *, kind: str, tenant: str | None = None) -> dict[str, int]:
         return await asyncio.to_thread(self._counts, kind, tenant)
@@ -294,6 +220,10 @@ class OutboxEngine(JobEngine):
         out = dict.fromkeys(("queued", "running", "succeeded", "failed"), 0)
         for state, count in self._require().read(sql, (kind, tenant, tenant)):
             out[state] = count
+        if kind == "event":  # events not yet relayed: one queued delivery per target
+            waiting = self._require().read("SELECT COALESCE(SUM(json_array_length(targets)), 0) FROM job_inbox "
+                                           "WHERE ? IS NULL OR tenant = ?", (tenant, tenant))
+            out["queued"] += int(waiting[0][0])
         return out
 
     async def retry(self, work_id: str) -> int:
@@ -318,19 +248,42 @@ class OutboxEngine(JobEngine):
         cutoff = time.time() - self.settings.retention_s
         with self._require().write() as conn:
             cur = conn.execute(
-                "DELETE FROM job_works WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM job_deliveries d "
-                "WHERE d.work = job_works.id AND d.state IN ('queued', 'running'))", (cutoff,),
+                "DELETE FROM job_works WHERE created_at < ? AND NOT EXISTS (SELECT 1 "
+                "FROM job_deliveries d WHERE d.work = job_works.id AND d.state IN ('queued', 'running'))", (cutoff,),
             )
         return cur.rowcount
 
     # --- running -------------------------------------------------------------------------------------------
 
-    def _claim(self, db: _Db, owner: str) -> Unit | None:
-        """Take the next due delivery under a lease, or None. A read first, so an idle poll takes no write lock."""
+    @staticmethod
+    def _relay(conn: Any, now: float) -> int:
+        """Move stored events, oldest first, into job_works and delivery rows, in the caller's write transaction."""
+        events = conn.execute(f"{_INBOX} ORDER BY seq LIMIT ?", (RELAY_BATCH,)).fetchall()  # noqa: S608
+        if not events:
+            return 0
+        conn.executemany(
+            f"INSERT INTO job_works ({_WORK_COLUMNS}, depth, user_ctx) "  # noqa: S608
+            "VALUES (?, 'event', ?, 'on_event', ?, ?, ?, NULL, ?, ?)",
+            [(work, tenant, args, created, source, depth, user)
+             for _seq, work, tenant, args, source, depth, _targets, user, created in events])
+        conn.executemany(_ADD_DELIVERIES, [
+            (e[1], f"{e[2]}/{t.plugin}", t.plugin, now, now, int(t.ordered), t.max_attempts)
+            for e in events for t in map(Target.from_json, json.loads(e[6]))])
+        conn.execute("DELETE FROM job_inbox WHERE seq <= ?", (events[-1][0],))  # the oldest, all taken
+        return len(events)
+
+    def _claim(self, db: Db, owner: str) -> Unit | None:
+        """Relay waiting events, then take the next due delivery under a lease, or None.
+
+        Reads first, so an idle poll takes no write lock.
+        """
         now = time.time()
-        if not db.read(_DUE, {"now": now}):
+        if not db.read(_ANY_STORED) and not db.read(_DUE, {"now": now}):
             return None
         with db.write() as conn:
+            relayed = self._relay(conn, now)
+            if relayed:
+                log.debug("event=relayed count=%d", relayed)
             row = conn.execute(_DUE, {"now": now}).fetchone()
             if row is None:
                 return None
@@ -341,9 +294,9 @@ class OutboxEngine(JobEngine):
             r = conn.execute(_UNIT, (row[0],)).fetchone()
         return Unit(id=str(r[0]), work=r[1], kind=r[2], tenant=r[3], plugin=r[4], hook=r[5],
                     args=json.loads(r[6]), depth=r[7], attempts=r[8] - 1,  # read after this run was counted
-                    max_attempts=r[9])
+                    max_attempts=r[9], user=json.loads(r[10]) if r[10] is not None else None)
 
-    def _finish(self, db: _Db, unit: Unit, outcome: Outcome, owner: str) -> None:
+    def _finish(self, db: Db, unit: Unit, outcome: Outcome, owner: str) -> None:
         state, delay = finish_state(self.settings, unit, outcome)
         now = time.time()
         result = _json(outcome.result) if outcome.result is not None else None
@@ -357,7 +310,7 @@ class OutboxEngine(JobEngine):
             log.warning("event=lease_lost delivery=%s plugin=%s tenant=%s (another worker took it over after the "
                         "lease ran out; it runs again there)", unit.id, unit.plugin, unit.tenant)
 
-    def _release(self, db: _Db, unit: Unit, owner: str) -> None:
+    def _release(self, db: Db, unit: Unit, owner: str) -> None:
         """Give a claimed delivery back untried (its run was interrupted by a shutdown), so it is not counted."""
         with db.write() as conn:
             conn.execute(
@@ -366,7 +319,7 @@ class OutboxEngine(JobEngine):
                 (time.time(), int(unit.id), owner),
             )
 
-    def _renew(self, db: _Db, owner: str) -> None:
+    def _renew(self, db: Db, owner: str) -> None:
         with db.write() as conn:
             conn.execute("UPDATE job_deliveries SET lease_until = ? WHERE lease_owner = ? AND state = 'running'",
                          (time.time() + self.settings.lease_s, owner))
@@ -374,7 +327,7 @@ class OutboxEngine(JobEngine):
     async def run(self, executor: Executor, *, stop: asyncio.Event, concurrency: int = 1,
                   name: str | None = None) -> None:
         self._require()
-        db = _Db(self.path)  # the worker's own connection: its waits for the write lock never block the caller's
+        db = Db(self.path)  # the worker's own connection: its waits for the write lock never block the caller's
         owner = f"{name or worker_name()}/{uuid.uuid4().hex[:8]}"
         self._wake = wake = asyncio.Event()
         running: set[asyncio.Task[None]] = set()
@@ -406,7 +359,7 @@ class OutboxEngine(JobEngine):
             db.close()
             log.info("event=worker_stop engine=sqlite owner=%s", owner)
 
-    async def _run_one(self, db: _Db, executor: Executor, unit: Unit, owner: str) -> None:
+    async def _run_one(self, db: Db, executor: Executor, unit: Unit, owner: str) -> None:
         try:
             outcome = await run_unit(executor, unit)
         except asyncio.CancelledError:
@@ -414,7 +367,7 @@ class OutboxEngine(JobEngine):
             raise
         await asyncio.to_thread(self._finish, db, unit, outcome, owner)
 
-    async def _keep(self, db: _Db, owner: str, stop: asyncio.Event) -> None:
+    async def _keep(self, db: Db, owner: str, stop: asyncio.Event) -> None:
         """Renew this worker's leases (a third of the lease each time) and purge expired works now and then."""
         next_purge = 0.0
         while True:
@@ -431,3 +384,6 @@ class OutboxEngine(JobEngine):
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._now is not None:
+            self._now.close()
+            self._now = None

@@ -6,13 +6,17 @@ sees a tenant's events in order while other plugins and tenants run in parallel;
 limit (the delivery's own, kept in its arguments, else the host's); a final failure stays `failed` with its
 error in `erp_job_results`. Workers on any machine take jobs with `SKIP LOCKED`, are woken by LISTEN/NOTIFY,
 and beat a heartbeat; the jobs of a worker whose heartbeat stopped (killed) are queued again. An event or job
-is a row of `erp_works` holding the ids of its deliveries, written together with them in one statement.
+is a row of `erp_works` holding the ids of its deliveries. A job is written together with its deliveries in one
+statement; an event is written alone, as one row of erp_inbox holding its targets, and notifies the relays; the
+relay running in every worker turns it into its erp_works row and jobs (see `_pg_relay`), so `emit` costs one
+INSERT. Until then the event is listed with its deliveries queued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -20,7 +24,7 @@ from typing import Any
 
 from .._errors import StateError
 from ._engine import JobEngine, worker_name
-from ._model import Delivery, Executor, JobNotFound, Outcome, Target, Unit, Work
+from ._model import Delivery, Executor, JobNotFound, Outcome, Target, Unit, Work, newest, pending_deliveries
 from ._runs import attempt_limit, run_unit
 from ._settings import JobSettings, backoff_delay
 
@@ -31,6 +35,9 @@ try:
     from procrastinate.schema import SchemaManager
     from psycopg.types.json import Jsonb
     from psycopg_pool import AsyncConnectionPool
+
+    from ._pg_relay import job_row, relay_once
+    from ._pg_schema import NOTIFY_CHANNEL, create_schema
 except ImportError as exc:  # pragma: no cover - depends on the installed extra
     raise StateError(
         f"a postgresql:// state needs the PostgreSQL extra ({exc.name} is missing); "
@@ -43,42 +50,21 @@ log = logging.getLogger("erp_plugins.jobs")
 
 TASK = "erp_plugins.run"
 QUEUE = "erp_plugins"
-SCHEMA_VERSION = 1
-#: pg_advisory_xact_lock key serializing schema creation between processes opening the database at once.
-_SCHEMA_LOCK = 0x6572_705F_6A6F_6273 & 0x7FFF_FFFF_FFFF_FFFF
-
-_OWN_SCHEMA = """
-CREATE TABLE IF NOT EXISTS erp_works (
-    id uuid PRIMARY KEY,
-    kind text NOT NULL,
-    tenant text NOT NULL,
-    hook text NOT NULL,
-    args jsonb NOT NULL,
-    source text,
-    depth integer NOT NULL DEFAULT 0,
-    idem_key text,
-    job_ids bigint[] NOT NULL DEFAULT '{}',
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE UNIQUE INDEX IF NOT EXISTS erp_works_idem ON erp_works (tenant, idem_key) WHERE idem_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS erp_works_list ON erp_works (kind, tenant, created_at DESC);
-CREATE TABLE IF NOT EXISTS erp_job_results (
-    job_id bigint PRIMARY KEY REFERENCES procrastinate_jobs (id) ON DELETE CASCADE,
-    result jsonb,
-    error text,
-    error_kind text,
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS erp_jobs_schema (version integer NOT NULL);
-"""
-
 _INSERT = """
-INSERT INTO erp_works (id, kind, tenant, hook, args, source, depth, idem_key, job_ids)
-VALUES (%(id)s, %(kind)s, %(tenant)s, %(hook)s, %(args)s, %(source)s, %(depth)s, %(key)s,
+INSERT INTO erp_works (id, kind, tenant, hook, args, source, depth, idem_key, user_ctx, job_ids)
+VALUES (%(id)s, %(kind)s, %(tenant)s, %(hook)s, %(args)s, %(source)s, %(depth)s, %(key)s, %(user)s,
         COALESCE(procrastinate_defer_jobs_v1(%(jobs)s::procrastinate_job_to_defer_v1[]), '{}'))
+"""
+#: An event: its one row, and a wake-up for the relays (on NOTIFY_CHANNEL), in one autocommitted statement.
+_EMIT = """
+WITH e AS (
+    INSERT INTO erp_inbox (id, tenant, args, source, depth, targets, user_ctx)
+    VALUES (%s, %s, %s::jsonb, %s, %s, %s::jsonb, %s::jsonb) RETURNING 1
+) SELECT pg_notify('erp_plugins_relay', '') FROM e
 """
 _WORKS = "SELECT id::text, kind, tenant, hook, args, extract(epoch FROM created_at), source, idem_key, job_ids " \
          "FROM erp_works w"
+_INBOX = "SELECT id::text, tenant, args, extract(epoch FROM created_at), source, targets FROM erp_inbox"
 _DELIVERIES = """
 SELECT j.id, j.args->>'plugin', j.status::text, j.attempts, r.result, r.error, r.error_kind
   FROM procrastinate_jobs j LEFT JOIN erp_job_results r ON r.job_id = j.id
@@ -185,7 +171,7 @@ class PostgresEngine(JobEngine):
         try:
             # one direct connection first: an unreachable database is one clear error at once, not pools retrying
             async with await psycopg.AsyncConnection.connect(self.url, connect_timeout=5) as conn:
-                await self._create_schema(conn)
+                await create_schema(conn, SchemaManager.get_schema())
             await self.app.open_async()
             await self._pool.open(wait=True, timeout=10)
         except BaseException as exc:
@@ -198,24 +184,6 @@ class PostgresEngine(JobEngine):
             raise self._error(exc) from None
         self._open = True
         return self
-
-    @staticmethod
-    async def _create_schema(conn: Any) -> None:
-        """procrastinate's schema and ours, once, under an advisory lock (many processes may open at once)."""
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            cur = await conn.execute("SELECT to_regclass('procrastinate_jobs')")
-            if (await cur.fetchone())[0] is None:
-                await conn.execute(SchemaManager.get_schema())
-            await conn.execute(_OWN_SCHEMA)
-            cur = await conn.execute("SELECT MAX(version) FROM erp_jobs_schema")
-            version = (await cur.fetchone())[0] or 0
-            if version > SCHEMA_VERSION:
-                raise StateError(f"the job tables have schema version {version}, newer than the "
-                                 f"{SCHEMA_VERSION} this erp-plugins-core knows; upgrade erp-plugins-core")
-            if version < SCHEMA_VERSION:
-                await conn.execute("DELETE FROM erp_jobs_schema")
-                await conn.execute("INSERT INTO erp_jobs_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
 
     async def close(self) -> None:
         if self._open:
@@ -236,29 +204,26 @@ class PostgresEngine(JobEngine):
     # --- storing -------------------------------------------------------------------------------------------
 
     def _params(self, kind: str, tenant: str, hook: str, args: dict[str, Any], targets: Sequence[str | Target],
-                source: str | None, depth: int, key: str | None) -> dict[str, Any]:
+                source: str | None, depth: int, key: str | None, user: dict[str, Any] | None) -> dict[str, Any]:
         work_id = str(uuid.uuid4())
-        jobs = []
-        for t in map(Target.of, targets):
-            task_args = {"work": work_id, "kind": kind, "tenant": tenant, "plugin": t.plugin, "hook": hook,
-                         "args": args, "depth": depth}
-            if t.max_attempts is not None:
-                task_args["max_attempts"] = t.max_attempts
-            lock = f"{tenant}/{t.plugin}" if t.ordered else None  # no lock: runs without waiting for earlier ones
-            jobs.append((QUEUE, TASK, 0, lock, None, Jsonb(task_args), None))
+        jobs = [job_row(QUEUE, TASK, work_id, kind, tenant, hook, args, depth, t, user)
+                for t in map(Target.of, targets)]
         return {"id": work_id, "kind": kind, "tenant": tenant, "hook": hook, "args": Jsonb(args), "source": source,
-                "depth": depth, "key": key, "jobs": jobs}
+                "depth": depth, "key": key, "jobs": jobs, "user": Jsonb(user) if user is not None else None}
 
     async def store_event(self, tenant: str, event_type: str, data: dict[str, Any],
-                          targets: Sequence[str | Target], *, source: str | None, depth: int) -> str:
-        params = self._params("event", tenant, "on_event", {"event_type": event_type, "data": data}, targets,
-                              source, depth, None)
-        await self._exec(_INSERT, params)
-        return str(params["id"])
+                          targets: Sequence[str | Target], *, source: str | None, depth: int,
+                          user: dict[str, Any] | None = None) -> str:
+        work_id = str(uuid.uuid4())
+        args = json.dumps({"event_type": event_type, "data": data})
+        goes_to = json.dumps([Target.of(t).to_json() for t in targets])
+        user_json = json.dumps(user) if user is not None else None
+        await self._exec(_EMIT, (work_id, tenant, args, source, depth, goes_to, user_json))
+        return work_id
 
     async def store_job(self, tenant: str, hook: str, args: dict[str, Any], targets: Sequence[str | Target], *,
-                        idempotency_key: str | None) -> str:
-        params = self._params("job", tenant, hook, args, targets, None, 0, idempotency_key)
+                        idempotency_key: str | None, user: dict[str, Any] | None = None) -> str:
+        params = self._params("job", tenant, hook, args, targets, None, 0, idempotency_key, user)
         if idempotency_key is None:
             await self._exec(_INSERT, params)
             return str(params["id"])
@@ -297,15 +262,24 @@ class PostgresEngine(JobEngine):
                 ))
         return works
 
+    @staticmethod
+    def _stored(rows: list[tuple[Any, ...]]) -> list[Work]:
+        """Events in the inbox (not yet relayed): their deliveries are queued, never run."""
+        return [Work(id=r[0], kind="event", tenant=r[1], hook="on_event", args=r[2], created=float(r[3]),
+                     source=r[4], deliveries=pending_deliveries(map(Target.from_json, r[5]))) for r in rows]
+
     async def get(self, work_id: str) -> Work:
         try:
             uuid.UUID(work_id)
         except ValueError:
             raise JobNotFound(f"no event or job {work_id!r}: ids look like 0f9c1d2e-...-...") from None
         rows = await self._exec(f"{_WORKS} WHERE id = %s", (work_id,))  # noqa: S608
-        if not rows:
-            raise JobNotFound(f"no event or job {work_id!r} (never stored, or removed after the retention period)")
-        return (await self._works(rows))[0]
+        if rows:
+            return (await self._works(rows))[0]
+        stored = await self._exec(f"{_INBOX} WHERE id = %s", (work_id,))  # noqa: S608
+        if stored:
+            return self._stored(stored)[0]
+        raise JobNotFound(f"no event or job {work_id!r} (never stored, or removed after the retention period)")
 
     async def list(self, *, kind: str, tenant: str | None = None, state: str | None = None,
                    limit: int = 100) -> list[Work]:
@@ -319,17 +293,24 @@ class PostgresEngine(JobEngine):
                          "AND j.status::text = ANY(%(statuses)s))")
             params["statuses"] = _STATUSES[state]
         sql = f"{_WORKS} WHERE {' AND '.join(where)} ORDER BY created_at DESC LIMIT %(limit)s"  # noqa: S608
-        return await self._works(await self._exec(sql, params))
+        works = await self._works(await self._exec(sql, params))
+        if kind == "event" and state in (None, "queued"):  # events not yet relayed are queued
+            stored = await self._exec(f"{_INBOX} WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s) "  # noqa: S608
+                                      "ORDER BY seq DESC LIMIT %(limit)s", params)
+            works = newest(self._stored(stored), works, limit)
+        return works
 
     async def counts(self, *, kind: str, tenant: str | None = None) -> dict[str, int]:
         rows = await self._exec(
             "SELECT j.status::text, COUNT(*) FROM erp_works w JOIN procrastinate_jobs j ON j.id = ANY(w.job_ids) "
-            "WHERE w.kind = %(kind)s AND (%(tenant)s::text IS NULL OR w.tenant = %(tenant)s) GROUP BY 1",
+            "WHERE w.kind = %(kind)s AND (%(tenant)s::text IS NULL OR w.tenant = %(tenant)s) GROUP BY 1 "
+            "UNION ALL SELECT 'todo', COALESCE(SUM(jsonb_array_length(targets)), 0) FROM erp_inbox "  # not relayed
+            "WHERE %(kind)s = 'event' AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)",
             {"kind": kind, "tenant": tenant},
         )
         out = dict.fromkeys(("queued", "running", "succeeded", "failed"), 0)
         for status, count in rows:
-            out[_STATE.get(status, status)] += count
+            out[_STATE.get(status, status)] += int(count)
         return out
 
     async def retry(self, work_id: str) -> int:
@@ -364,7 +345,7 @@ class PostgresEngine(JobEngine):
         job = context.job
         unit = Unit(id=str(job.id), work=args["work"], kind=args["kind"], tenant=args["tenant"], plugin=args["plugin"],
                     hook=args["hook"], args=args["args"], depth=args.get("depth", 0), attempts=job.attempts,
-                    max_attempts=args.get("max_attempts"))
+                    max_attempts=args.get("max_attempts"), user=args.get("user"))
         if self._executor is None:
             raise DeliveryFailed(Outcome(False, error="no executor in this process", error_kind="host"))
         outcome = await run_unit(self._executor, unit)
@@ -391,6 +372,7 @@ class PostgresEngine(JobEngine):
             worker_middleware=[_refetch_when_done],
         ), name="erp-plugins-procrastinate")
         keeper = asyncio.create_task(self._keep(), name="erp-plugins-requeue")
+        relay = asyncio.create_task(self._relay(stop), name="erp-plugins-relay")
         log.info("event=worker_start engine=postgresql concurrency=%d", concurrency)
         stopping = asyncio.ensure_future(stop.wait())
         try:
@@ -401,14 +383,39 @@ class PostgresEngine(JobEngine):
         finally:
             stopping.cancel()
             keeper.cancel()
+            relay.cancel()  # a relay cut short rolls back: its events stay stored for another relay
             # cancelling run_worker_async makes procrastinate stop fetching and wait for the running jobs
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
             self._executor = None
             log.info("event=worker_stop engine=postgresql")
+
+    async def _relay(self, stop: asyncio.Event) -> None:
+        """Relay stored events into jobs whenever `emit` notifies (or every poll interval), until `stop`.
+
+        Its own connection listens; relaying runs on a pool connection. A lost database is logged and the loop
+        connects again after a pause.
+        """
+        while not stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True,
+                                                                 connect_timeout=5) as listener:
+                    await listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    while not stop.is_set():
+                        async with self._pool.connection() as conn:
+                            while (count := await relay_once(conn, QUEUE, TASK)) is not None and count > 0:
+                                log.debug("event=relayed count=%d", count)
+                        async for _ in listener.notifies(timeout=self.settings.poll_s, stop_after=1):
+                            pass
+            except Exception as exc:
+                log.warning("event=relay_failed error=%s (retrying)", self._error(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.poll_s * 4)
 
     async def _keep(self) -> None:
         """Queue again the jobs of workers that stopped beating (killed), and purge expired works."""

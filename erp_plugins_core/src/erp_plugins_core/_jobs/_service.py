@@ -4,6 +4,11 @@ units with the host's checks (still enabled, still granted) when a worker takes 
 The host keeps one JobService and delegates `emit`, `submit`, `job` and `run_jobs` to it. With the embedded
 SQLite state an open host also delivers in the background (the contract's "open hosts also run them"). As in
 the host, state-store calls run in a thread: the event loop never waits on the database.
+
+The target plugins of an event or job are those enabled for the tenant as this host sees the state: a view of
+each tenant's enabled plugins, read from the store once and dropped whenever the host's follower (or the host
+itself) applies a change of that tenant, so `emit` reads no table and writes one row. The caller's
+user_context is stored with the work and set again when its hook runs.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import contextlib
 import contextvars
 import json
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._context import current_user_context
 from .._dispatch import bind_arguments, call_one
 from .._errors import AllPluginsFailed, HookArgumentError, UnknownHookError
 from .._hookspecs import hook_info, hook_names
@@ -49,6 +56,10 @@ class JobService:
         self._opening = asyncio.Lock()
         self._stop = asyncio.Event()
         self._background: asyncio.Task[None] | None = None
+        #: tenant -> its enabled plugins as (name, manifest hooks, Target), in the store's order; see `forget`
+        self._enabled: dict[str, list[tuple[str, frozenset[str], Target]]] = {}
+        self._generation = 0
+        self._seen_seq = -1  # SQLite: the state's change seq the views were read at
 
     async def engine(self) -> JobEngine:
         """The engine, opened on first use (so a host that never emits never touches the job tables)."""
@@ -78,22 +89,55 @@ class JobService:
 
     # --- storing -------------------------------------------------------------------------------------------
 
-    async def _implementers(self, hook: str, tenant: str, exclude: str | None = None) -> list[Target]:
-        """Plugins enabled for the tenant whose manifest implements `hook` (read from the store now), each with
-        its manifest's `deliveries` settings, which its delivery keeps."""
-        store = self._host._require_store()
-        out = []
-        # a WAL reader never waits on a writer, so an SQLite read runs inline (a thread hop would double an emit)
+    def forget(self, tenant: str | None) -> None:
+        """Drop the view of `tenant`'s enabled plugins (every tenant's for None): a change of it was applied."""
+        self._generation += 1
+        if tenant is None:
+            self._enabled.clear()
+        else:
+            self._enabled.pop(tenant, None)
+
+    async def _tenant_plugins(self, tenant: str) -> list[tuple[str, frozenset[str], Target]]:
+        """The tenant's enabled plugins with their hooks and delivery settings, from the view (read if missing)."""
+        host = self._host
+        store = host._require_store()
+        if store.backend == "sqlite":
+            # the change feed's head, read inline (a WAL reader never waits on a writer): any change since the
+            # views were read drops them. Cheaper here than the follower, which every commit to the file (each
+            # emit's too) sends to read the feed from a thread.
+            seq = store.change_seq()
+            if seq != self._seen_seq:
+                self.forget(None)
+                self._seen_seq = seq
+        else:
+            follower = host._follower
+            if follower is not None and follower.stale and follower.due():  # as a call: changes elsewhere first
+                await follower.catch_up()
+        known = self._enabled.get(tenant)
+        if known is not None:
+            return known
+        generation = self._generation
+        # a WAL reader never waits on a writer, so an SQLite read runs inline (a thread hop would double it)
         rows = store.list(tenant) if store.backend == "sqlite" else await asyncio.to_thread(store.list, tenant)
+        out = []
         for row in rows:
-            record = self._host.catalog.get(row.plugin) if row.enabled and row.plugin != exclude else None
+            record = host.catalog.get(row.plugin) if row.enabled else None
             manifest = record.manifest if record is not None else None
-            if manifest is not None and any(h.name == hook for h in manifest.hooks):
+            if manifest is not None:
                 settings = manifest.deliveries
-                out.append(Target(row.plugin, ordered=settings.ordered, max_attempts=settings.max_attempts))
+                out.append((row.plugin, frozenset(h.name for h in manifest.hooks),
+                            Target(row.plugin, ordered=settings.ordered, max_attempts=settings.max_attempts)))
+        if generation == self._generation:  # no change applied while reading: the view is current
+            self._enabled[tenant] = out
         return out
 
-    async def emit(self, tenant: str, event_type: str, data: dict[str, Any], *, source: str | None) -> str:
+    async def _implementers(self, hook: str, tenant: str, exclude: str | None = None) -> list[Target]:
+        """Plugins enabled for the tenant whose manifest implements `hook`, each with its manifest's `deliveries`
+        settings, which its delivery keeps."""
+        return [t for name, hooks, t in await self._tenant_plugins(tenant) if hook in hooks and name != exclude]
+
+    async def emit(self, tenant: str, event_type: str, data: dict[str, Any], *, source: str | None,
+                   user_context: Any = None) -> str:
         depth = event_depth.get()
         if depth >= MAX_EVENT_DEPTH:
             raise EventChainTooDeep(
@@ -101,11 +145,14 @@ class JobService:
                 f"{MAX_EVENT_DEPTH} for tenant {tenant!r} (plugins emitting events in a loop?)"
             )
         args = _jsonable("on_event", bind_arguments("on_event", {"event_type": event_type, "data": data}))
+        user = _user(user_context)
         targets = await self._implementers("on_event", tenant, exclude=source)
-        engine = await self.engine()
-        return await engine.store_event(tenant, event_type, args["data"], targets, source=source, depth=depth + 1)
+        engine = self._engine or await self.engine()
+        return await engine.store_event(tenant, event_type, args["data"], targets, source=source, depth=depth + 1,
+                                        user=user)
 
-    async def submit(self, hook: str, tenant: str, idempotency_key: str | None, kwargs: dict[str, Any]) -> str:
+    async def submit(self, hook: str, tenant: str, idempotency_key: str | None, kwargs: dict[str, Any], *,
+                     user_context: Any = None) -> str:
         _ = self._host.catalog  # loading the catalog registers the hooks plugins provide
         info = hook_info(hook)
         if info is None:
@@ -116,11 +163,12 @@ class JobService:
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 200):
             raise HookArgumentError("idempotency_key must be a non-empty string of at most 200 characters")
         args = _jsonable(hook, bind_arguments(hook, dict(kwargs)))
+        user = _user(user_context)
         targets = await self._implementers(hook, tenant)
         if not targets:
             raise AllPluginsFailed(f"no plugin enabled for tenant {tenant!r} implements {hook}; nothing to submit")
         engine = await self.engine()
-        return await engine.store_job(tenant, hook, args, targets, idempotency_key=idempotency_key)
+        return await engine.store_job(tenant, hook, args, targets, idempotency_key=idempotency_key, user=user)
 
     async def job(self, job_id: str) -> dict[str, Any]:
         return job_view(await (await self.engine()).get(job_id))
@@ -177,14 +225,31 @@ class JobService:
             return Outcome(False, error=f"plugin {unit.plugin!r} is not active for tenant {unit.tenant!r} in this "
                            f"process{': ' + reason if reason else ''}", error_kind="unavailable")
         token = event_depth.set(unit.depth)
+        t_user = current_user_context.set(dict(unit.user or {}))  # as the caller that stored it (none: {})
         try:
             result = await call_one(impl, unit.hook, dict(unit.args))
         finally:
+            current_user_context.reset(t_user)
             event_depth.reset(token)
         if not result.success:
             await host._check_gave_up(unit.tenant, unit.plugin)
         permanent = result.error_kind == "permission" or isinstance(result.exception, EventChainTooDeep)
         return Outcome(result.success, result.result, result.error, result.error_kind, permanent)
+
+
+def _user(given: Any) -> dict[str, Any] | None:
+    """The user_context to store: the one given, else the one of the hook call this runs in (a plugin emitting
+    while handling a user's call), else None. A mapping of JSON values, or HookArgumentError."""
+    if given is None:
+        given = current_user_context.get() or None
+    if given is None:
+        return None
+    if not isinstance(given, Mapping):
+        raise HookArgumentError(f"user_context must be a mapping, not {type(given).__name__}")
+    try:
+        return dict(json.loads(json.dumps(dict(given))))
+    except (TypeError, ValueError) as exc:
+        raise HookArgumentError(f"user_context of an event or job must hold JSON values ({exc})") from None
 
 
 def _jsonable(hook: str, args: dict[str, Any]) -> dict[str, Any]:
