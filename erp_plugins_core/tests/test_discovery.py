@@ -7,8 +7,11 @@ import shutil
 import sys
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from erp_plugins_core._catalog import Catalog
-from erp_plugins_core._discovery import discover, scan
+from erp_plugins_core._discovery import _name_version, _plain_name_version, discover, scan
 
 CODE = """
 from erp_plugins_core import PluginInterface
@@ -246,3 +249,35 @@ def test_an_entry_point_naming_a_module_missing_from_its_distribution_is_invalid
 
     report = deep_check(ours(catalog, "gone_one"))
     assert not report.valid and any("erp_gone.gone_one.missing" in e for e in report.errors)
+
+
+# --- A distribution's Name and Version from its header lines, as the email parser gives them -------------------
+
+_LINES = ["Name: erp-a", "name:erp-b ", "NAME:\terp-c", "Version: 1.0", "version:2.0\t", "Version:", "Name:",
+          "Metadata-Version: 2.1", "Summary: x: y", " folded", "\tfolded", "From someone", ":no name", "Bad Line",
+          "Näme: erp-d", "Name : erp-e", "", "Version: 3\r", "Description: body", "Name: erp-f\x0c"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(_LINES), max_size=8), st.booleans())
+def test_name_and_version_read_plainly_are_what_the_email_parser_gives(lines, trailing_newline) -> None:
+    import email
+    from importlib.metadata import _adapters
+
+    text = "\n".join(lines) + ("\n" if trailing_newline else "")
+    plain = _plain_name_version(text)
+    meta = _adapters.Message(email.message_from_string(text))
+    if plain is not None:
+        assert plain == (meta["Name"] or "", meta["Version"] or "")
+
+
+def test_a_plugin_distributions_name_and_version_are_read_plainly_and_odd_ones_by_the_email_parser(site) -> None:
+    import importlib.metadata as md
+
+    info = site.install("erp-plain", "1.2.3")
+    dist = md.PathDistribution(info)
+    assert _plain_name_version(dist.read_text("METADATA")) == ("erp-plain", "1.2.3") == _name_version(dist)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: erp-folded\nVersion: 1.2\n  .3\n")
+    assert _plain_name_version(dist.read_text("METADATA")) is None  # a folded value: the email parser reads it
+    assert _name_version(dist) == (dist.metadata["Name"], dist.metadata["Version"])  # however odd: "      1.2\n.3"
+    assert _name_version(dist)[0] == "erp-folded"

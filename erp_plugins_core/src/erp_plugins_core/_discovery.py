@@ -2,8 +2,8 @@
 
 The result is cached on disk (`_cachefile`). The cache key is the nanosecond mtime, inode and (folders only) ctime
 of every `sys.path` directory (an install, upgrade or removal adds or removes a `.dist-info` there) and of every
-manifest file read last time (editable installs), and, with plugins folders (`_folders`), of each plugins folder and plugin
-folder (a plugin folder or one of its files added or removed). Like git's "racy clean" rule, a cache written
+manifest file read last time (editable installs), and, with plugins folders (`_folders`), of each plugins folder and
+plugin folder (a plugin folder or one of its files added or removed). Like git's "racy clean" rule, a cache written
 less than two seconds after the newest of those timestamps is not trusted, so changes within one clock tick are
 not missed. The cache also keeps what `erp-plugins list` prints, so the command line answers it from the file.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import importlib.util
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,48 @@ class Discovery:
 
 
 # --- Scanning -------------------------------------------------------------------------------------------
+
+#: A header line as the email package's parser takes it (`email.feedparser.headerRE`, less the continuation).
+_HEADER = re.compile(r"[\041-\071\073-\176]*:")
+
+
+def _plain_name_version(text: str) -> tuple[str, str] | None:
+    """`Name` and `Version` as `email.message_from_string(text)` gives them (first of each, "" when absent), read
+    from the header lines alone; None when a line is one the email parser treats specially (a carriage return, a
+    unix-from, a field without a name, a continued Name or Version), which the caller leaves to it."""
+    found: dict[str, str] = {}
+    last = ""
+    for line in text.split("\n"):
+        if "\r" in line or line.startswith("From "):
+            return None
+        if line[:1] in (" ", "\t"):
+            if last in ("name", "version"):
+                return None  # a folded value
+            continue
+        if not _HEADER.match(line):
+            break  # the blank line before the body, or the body itself
+        i = line.find(":")
+        if i == 0:
+            return None
+        last = line[:i].lower()
+        if last in ("name", "version") and last not in found:
+            found[last] = line[i + 1:].lstrip(" \t")
+    return found.get("name", ""), found.get("version", "")
+
+
+def _name_version(dist: md.Distribution) -> tuple[str, str]:
+    """The distribution's metadata `Name` and `Version` ("" when absent), as `dist.metadata` gives them.
+
+    The header lines are read directly when they are plain (nearly always), which spares the email package's
+    parse of the whole file, long description included, for every plugin of a cold scan.
+    """
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO")
+    plain = _plain_name_version(text) if text else None
+    if plain is not None:
+        return plain
+    meta = dist.metadata
+    return meta["Name"] or "", meta["Version"] or ""
+
 
 
 def _manifest_location(dist: md.Distribution, module: str, files: list[md.PackagePath] | None) -> Path | None:
@@ -192,8 +235,7 @@ def scan(plugins_dirs: list[str] | None = None) -> Discovery:
             continue
         known = names.get(id(dist))
         if known is None:
-            meta = dist.metadata
-            known = names[id(dist)] = (meta["Name"] or "", meta["Version"] or "")
+            known = names[id(dist)] = _name_version(dist)
             if known[0]:
                 versions.setdefault(canonicalize_name(known[0]), known[1])
         if known[0]:
