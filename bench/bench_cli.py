@@ -123,6 +123,7 @@ def _settle(env: dict[str, str], args: list[str], marker: str = "erp_plugins_cor
 
 
 def _importtime(cmd: list[str], env: dict[str, str], top: int = 15) -> str:
+    cold = Path(env["ERP_PLUGINS_CACHE_DIR"]).parent.name == "cold"  # an empty cache folder of `cold_many`
     _, proc = _run([sys.executable, "-X", "importtime", *cmd], env)
     rows = []
     for line in proc.stderr.splitlines():
@@ -132,7 +133,8 @@ def _importtime(cmd: list[str], env: dict[str, str], top: int = 15) -> str:
                 rows.append((int(parts[1]), int(parts[0]), parts[2].rstrip()))
     rows.sort(reverse=True)
     total = sum(self_ for _, self_, _ in rows)
-    out = [f"--- import time of `{' '.join(Path(c).name if '/' in c else c for c in cmd)}`: {len(rows)} modules, "
+    out = [f"--- import time of `{' '.join(Path(c).name if '/' in c else c for c in cmd)}`{' (cold)' * cold}: "
+           f"{len(rows)} modules, "
            f"{total / 1000:.1f} ms self in all (top {top} cumulative, µs) ---"]
     out += [f"{cum:>9} {self_:>9}  {name}" for cum, self_, name in rows[:top]]
     return "\n".join(out)
@@ -275,7 +277,7 @@ def main() -> None:
         if not all(hits.values()):
             print(f"warning: a cache missed a warm run (a file of its key changed): {hits}", file=sys.stderr)
         if args.importtime:
-            for cmd, env in ((listing, with_many), ([script, "--help"], base), ([script, "list"], base),
+            for cmd, env in ((listing, with_many), cold_many(), ([script, "--help"], base), ([script, "list"], base),
                              (calling, with_plugin)):
                 print(_importtime(cmd, env), file=sys.stderr)
 
