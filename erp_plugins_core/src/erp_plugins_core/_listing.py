@@ -187,9 +187,10 @@ def write_text(text: str) -> bool:
     return True
 
 
-def _scanned_rows(path_value: str, given: list[str]) -> list[dict[str, Any]] | None:
-    """A miss: discover, validate and cache as click's `list` does (same catalog, same rows), without click; None,
-    with nothing printed and the environment as it was, on any error (click then reports it)."""
+def _scanned_rows(path_value: str, given: list[str]) -> tuple[list[dict[str, Any]], str | None] | None:
+    """A miss: discover, validate and cache as click's `list` does (same catalog, same rows), without click; the rows
+    and their JSON text (as the cache now keeps them), or None, with nothing printed and the environment as it was,
+    on any error (click then reports it)."""
     from ._searchpath import PATH_ENV
 
     before = os.environ.get(PATH_ENV)
@@ -199,7 +200,11 @@ def _scanned_rows(path_value: str, given: list[str]) -> list[dict[str, Any]] | N
         from ._catalog import Catalog
         from ._shapes import plugin_rows
 
-        return plugin_rows(Catalog.load())
+        catalog = Catalog.load()
+        listing = catalog.discovery.listing  # `listing_entry` of the catalog's records, made for the cache
+        if isinstance(listing, dict):
+            return listing["rows"], listing["json"]
+        return plugin_rows(catalog), None
     except Exception:
         if before is None:
             os.environ.pop(PATH_ENV, None)
@@ -238,9 +243,10 @@ def run(argv: Sequence[str]) -> int | None:
     if data is not None and data.get("validated") and isinstance(listing, dict):
         rows, text = listing["rows"], listing["json"]
     else:
-        rows, text = _scanned_rows(path_value, given), None
-        if rows is None:
+        scanned = _scanned_rows(path_value, given)
+        if scanned is None:
             return None
+        rows, text = scanned
     if tenant is None:
         if not as_json:
             text = render_text(rows, None)
