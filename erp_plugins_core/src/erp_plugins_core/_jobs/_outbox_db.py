@@ -88,11 +88,12 @@ class Db:
         self.path = path
         self.lock = threading.Lock()
         try:
-            self.conn = sqlite3.connect(str(path), timeout=wait_s, isolation_level=None, check_same_thread=False)
-            self.conn.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+            self.conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA busy_timeout = 30000")
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = FULL")
             self.conn.execute("PRAGMA foreign_keys = ON")
+            self.conn.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")  # opening may wait; use as asked
         except sqlite3.Error as exc:
             raise self.error(exc) from None
 
