@@ -78,6 +78,14 @@ async def test_two_tenants_workers_of_one_template_cannot_reach_each_other(tenan
                 assert outcome.startswith("refused"), (way, outcome, pid)
 
 
+async def test_a_forked_worker_reads_its_runtime_site_as_a_plain_worker_does(tenants) -> None:
+    # the folders above the site's mount are the template's; a tenant's uid must still traverse them to import
+    # what the template did not (a lazy import)
+    _, runners = tenants
+    read = runners["acme"].hook_function("upload_file", "read_path")
+    assert bytes.fromhex(await read(file_path="/sandbox/site/.complete", folder_id=None)) == b"ok\n"
+
+
 async def test_a_worker_cannot_reach_its_template_or_the_namespace_holder(tenants) -> None:
     fleet, runners = tenants
     [template] = fleet.templates.running()

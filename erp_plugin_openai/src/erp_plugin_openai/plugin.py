@@ -7,6 +7,7 @@ module as one of the host's provider errors (see `_errors`).
 from __future__ import annotations
 
 import math
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,23 @@ DEFAULTS: dict[str, Any] = {
 }
 CONFIG_KEYS = frozenset({*DEFAULTS, "api_key", "max_tokens", "base_url", "organization"})
 HEALTH_TIMEOUT = 10.0
+#: One TLS context for every client of this process, built when the module is imported: loading the system's CA
+#: certificates takes ≈ 50 ms, which each tenant's `initialize` would pay again, and a sandboxed worker forked from
+#: the plugin's template (erp-plugins-core) inherits it ready. Verification is the SDK's default (system CAs).
+TLS_CONTEXT = ssl.create_default_context()
+
+
+def _build_response_models() -> None:
+    """Build the validators of the SDK's response models this plugin reads now, not at the first answer: the
+    SDK defers them (≈ 15 ms, once per process), and a forked worker inherits them from its template."""
+    from openai.types import CreateEmbeddingResponse, Model
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    for model in (ChatCompletion, ChatCompletionChunk, CreateEmbeddingResponse, Model):
+        model.model_rebuild()
+
+
+_build_response_models()
 _MAX_LISTED = 20
 
 
@@ -125,6 +143,7 @@ class OpenAIProvider(AIProviderPlugin):
             organization=s.organization,
             timeout=s.timeout,
             max_retries=s.max_retries,
+            http_client=openai.DefaultAsyncHttpxClient(verify=TLS_CONTEXT),
         )
         try:
             await self.validate_model_config(self.config)

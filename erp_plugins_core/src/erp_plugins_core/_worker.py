@@ -376,6 +376,8 @@ class Worker:
         """Every operation but a hook call on a loaded plugin (which `run_call` does itself)."""
         if op == "ping":
             return None
+        if op == "modules":  # what this worker has imported: its template imports the same (`_zygote`)
+            return sorted(sys.modules)
         if op == "load":
             return self.load(args["module"], args["attr"], args["hooks"])
         instance = self.instance

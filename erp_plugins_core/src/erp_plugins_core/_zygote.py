@@ -155,6 +155,8 @@ def _serve(ctl: socket.socket, site: str, loop_kind: str) -> None:
                     notes[note_r] = (msg["id"], pid)
                     children[pid] = (msg["id"], go_w)
                     poller.register(note_r, select.POLLIN)
+                elif msg["t"] == "preload":
+                    _preload_more(ctl, msg["modules"])
                 else:
                     entry = next(((p, go) for p, (i, go) in children.items() if i == msg["id"]), None)
                     if entry is not None and entry[1] >= 0:
@@ -177,6 +179,26 @@ def _serve(ctl: socket.socket, site: str, loop_kind: str) -> None:
                 os.close(fd)
                 if said == b"u":
                     _send(ctl, {"t": "forked", "id": request, "pid": pid})
+
+
+def _preload_more(ctl: socket.socket, modules: list[str]) -> None:
+    """Import what the host saw a worker import after its start (lazy imports of the SDK's first calls), so
+    the next workers find it imported and shared. A module that starts a thread ends the template: it could
+    no longer fork safely, and the host starts its workers afresh from then on."""
+    import importlib
+
+    for name in modules:
+        if isinstance(name, str) and name not in sys.modules:
+            try:
+                importlib.import_module(name)
+            except BaseException:  # noqa: S112 - a module this process cannot import is simply not shared
+                continue
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        _send(ctl, {"t": "error", "message": f"preloading started {threads - 1} thread(s)"})
+        os._exit(0)
+    gc.collect()
+    gc.freeze()
 
 
 def _reap(ctl: socket.socket, children: dict[int, tuple[int, int]]) -> None:

@@ -86,11 +86,17 @@ class WorkerCommand:
                 "--new-session", "--cap-drop", "ALL"]
         if not self.manifest.resources.network_access:
             argv += ["--unshare-net"]
+        # bubblewrap makes the folders above a bind's destination 0700, its own user's: here that is the template's
+        # uid, and the tenants' uids must traverse them
+        assert self._runtime is not None
+        above = {str(p) for dst in (SANDBOX_SITE, *(d for _, d in self._runtime.binds)) for p in Path(dst).parents}
+        for folder in sorted(above - {"/"}, key=len):
+            argv += ["--perms", "0755", "--dir", folder]
         argv += self._filesystem()
         if self.manifest.security.file_permissions != "none" and self._data_root is not None:
-            folder = self._data_root / self.record.name
-            folder.mkdir(parents=True, exist_ok=True)  # as `_data_dir` makes it: each tenant's inside is 0700
-            argv += ["--bind", str(folder), "/.data", "--dir", "/data"]
+            plugin_data = self._data_root / self.record.name
+            plugin_data.mkdir(parents=True, exist_ok=True)  # as `_data_dir` makes it: each tenant's inside is 0700
+            argv += ["--bind", str(plugin_data), "/.data", "--perms", "0755", "--dir", "/data"]
         # its children lower these to their own (a memory cgroup's worker has the looser address-space cap)
         argv += [*self._environment(info_fd, seccomp_fd), "-c", _TEMPLATE_LAUNCH, SANDBOX_SITE,
                  self.limits_text(_cgroup.wanted()), worker_loop(), self.record.module, self.record.attr]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _cgroup, _seccomp
 from .._cgroup import MemoryCgroup
-from .._errors import SandboxError
+from .._errors import PluginError, SandboxError
 from ._command import TMPFS_BYTES
 from ._process import _FromWorker, _Worker
 from ._site import mark_used
@@ -24,6 +24,8 @@ from ._site import mark_used
 if TYPE_CHECKING:
     from ._fleet import _Slot
     from ._template import Template
+
+_TEACHING: set[asyncio.Task[None]] = set()  # the running `_teach_from` tasks, kept referenced
 
 
 class ForkedProcess:
@@ -44,6 +46,25 @@ class ForkedProcess:
 
 class WorkerForker:
     """The part of `SandboxRunner` that starts its worker from the plugin's template."""
+
+    def _teach(self, w: _Worker) -> None:
+        """After `w`'s first call: once per template, send it the modules `w` imported (`Template.teach`)."""
+        template, w.template = w.template, None
+        if template is None or template.taught or template.dead:
+            return
+        template.taught = True
+        task = asyncio.create_task(self._teach_from(w, template))
+        _TEACHING.add(task)
+        task.add_done_callback(_TEACHING.discard)
+
+    async def _teach_from(self, w: _Worker, template: Template) -> None:
+        runner: Any = self
+        try:
+            names = await runner._call(w, "modules", {}, what="modules", seconds=5.0, touch=False)
+        except PluginError:
+            return
+        if isinstance(names, list):
+            template.teach(names, runner._runtime.site)
 
     async def _spawn_forked(self, template: Template, slot: _Slot | None) -> _Worker:
         """A worker forked from `template`, said hello and placed in its memory cgroup, like `_spawn`'s."""
@@ -66,8 +87,13 @@ class WorkerForker:
         err_r, err_w = os.pipe()
         _grow_pipe(out_r)
         _grow_pipe(in_w)
+        async def place(pid: int) -> None:  # one move, while the uid is mapped: G and W are born in the group
+            assert group is not None
+            with contextlib.suppress(OSError):  # checked after the hello, and said there
+                await asyncio.to_thread(group.add, pid)
+
         try:
-            child, ended = await template.fork(request, (in_r, out_w, err_w))
+            child, ended = await template.fork(request, (in_r, out_w, err_w), place if group is not None else None)
         except BaseException:
             for fd in (in_w, out_r, err_r):
                 os.close(fd)
@@ -82,6 +108,8 @@ class WorkerForker:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stderr), os.fdopen(err_r, "rb", 0))
         pipe, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(in_w, "wb", buffering=0))
         w = _Worker(ForkedProcess(child, ended, stderr), pipe)  # type: ignore[arg-type]
+        if not template.taught:
+            w.template = template
         w.cgroup = group
         if slot is not None:
             w.slot, slot.worker = slot, w
@@ -110,9 +138,12 @@ class WorkerForker:
             runner._kill(w, "its process could not be found", crash=False)
             await runner._reap(w)
             raise SandboxError(f"plugin {runner.record.name!r}: the forked worker's process could not be found")
-        if group is not None:  # before `initialize`: no plugin code of this tenant has run yet
+        if group is not None:  # checked before `initialize`: no plugin code of this tenant has run yet
             try:
-                await asyncio.to_thread(_add_all, group, [child, w.child_pid, *_children(w.child_pid)])
+                inside = group.pids()
+                missing = [p for p in (child, w.child_pid, *_children(w.child_pid)) if p not in inside]
+                if missing:
+                    await asyncio.to_thread(_add_all, group, missing)
             except OSError as exc:
                 runner._kill(w, f"could not be placed in its memory cgroup {group.path} ({exc})", crash=False)
                 await runner._reap(w)

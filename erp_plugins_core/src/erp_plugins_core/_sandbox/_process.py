@@ -168,6 +168,7 @@ class _Worker:
         self.slot: _Slot | None = None  # its place in a WorkerFleet, released when it ends
         self.retiring = False  # being stopped for idleness or to make room: its end is no crash
         self.last_used = time.monotonic()  # when its last call (not a health check) ended, for idle stops and LRU
+        self.template: Any = None  # forked from this template, which its first call's imports are to teach
 
     def watch(self, call: _Call, seconds: float) -> None:
         """Time out `call` after `seconds`: one timer per worker, armed for the earliest deadline.

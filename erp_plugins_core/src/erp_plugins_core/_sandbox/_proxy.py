@@ -82,6 +82,8 @@ class WorkerProxy:
                     msg = await call.future
                 except (_Expired, asyncio.CancelledError) as exc:
                     await runner._abandon(w, exc, what, seconds)
+                if w.template is not None:  # the first call of a worker forked from a template not taught yet
+                    runner._teach(w)
                 return runner._result(msg, what, ctx)
 
             proxy = call_proxy

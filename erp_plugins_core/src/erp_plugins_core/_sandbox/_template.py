@@ -25,8 +25,11 @@ import itertools
 import json
 import logging
 import os
+import re
 import signal
 import socket
+import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +94,7 @@ class Template:
         self._reader: asyncio.Task[None] | None = None
         self._stderr = bytearray()
         self.dead = False
+        self.taught = False  # sent the modules a worker of it imported (once: `teach`)
 
     def __repr__(self) -> str:
         return f"Template({self.plugin!r}, pid={self.pid}, dead={self.dead})"
@@ -148,9 +152,11 @@ class Template:
         self._reader = asyncio.create_task(self._read())
         self._reader.add_done_callback(lambda _: drain.cancel())
 
-    async def fork(self, request: dict[str, Any], fds: tuple[int, int, int]) -> tuple[int, asyncio.Future[int]]:
+    async def fork(self, request: dict[str, Any], fds: tuple[int, int, int],
+                   meanwhile: Callable[[int], Awaitable[object]] | None = None) -> tuple[int, asyncio.Future[int]]:
         """Fork a worker for `request` (uid, limits, data, rw, network, tmp, seccomp) with `fds` as its stdin,
-        stdout and stderr: (the child's host pid, a future of its exit status)."""
+        stdout and stderr: (the child's host pid, a future of its exit status). `meanwhile(pid)` runs while the
+        child's uid is mapped, before it forks the worker (what it forks is born where the child is then)."""
         if self.dead or self._sock is None:
             raise SandboxError("the plugin's template is not running")
         loop = asyncio.get_running_loop()
@@ -164,7 +170,10 @@ class Template:
             child = self._host_pid(inner)
             if child is None:
                 raise SandboxError("the forked worker could not be found")
-            await self._map(child, int(request["uid"]))
+            if meanwhile is None:
+                await self._map(child, int(request["uid"]))
+            else:
+                await asyncio.gather(self._map(child, int(request["uid"])), meanwhile(child))
             self._send({"t": "mapped", "id": ident})
         except BaseException:
             with contextlib.suppress(SandboxError, OSError):
@@ -173,6 +182,15 @@ class Template:
         finally:
             self._forked.pop(ident, None)
         return child, ended
+
+    def teach(self, modules: list[str], site: str) -> None:
+        """Have the template import `modules`, what a worker forked from it imported by its first call's end
+        (the SDK's lazy imports), so the next workers start with them imported and shared. Only names of the
+        runtime site's packages and of the standard library are passed on (a worker is not trusted)."""
+        names = preload_names(modules, site)
+        if names and not self.dead:
+            with contextlib.suppress(OSError, SandboxError):
+                self._send({"t": "preload", "modules": names})
 
     async def close(self) -> None:
         """End holder and template (their workers end with them: they die with their parent)."""
@@ -257,6 +275,26 @@ class Template:
                     if line.startswith("NSpid:") and int(line.split()[-1]) == inner:
                         return pid
         return None
+
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+#: Standard modules with side effects when imported; never preloaded.
+_NEVER = frozenset({"antigravity", "this", "idlelib", "turtle", "turtledemo", "tkinter", "__hello__", "__phello__",
+                    "test", "__main__"})
+_MAX_PRELOAD = 4000
+
+
+def preload_names(modules: list[str], site: str) -> list[str]:
+    """The names of `modules` a template may import: well-formed, of the runtime `site`'s top-level packages or
+    of the standard library (none with import-time side effects), at most `_MAX_PRELOAD`."""
+    try:
+        tops = {entry.split(".")[0] for entry in os.listdir(site) if not entry.endswith((".dist-info", ".pth"))}
+    except OSError:
+        tops = set()
+    tops |= set(sys.stdlib_module_names) - _NEVER
+    names = [m for m in modules[:_MAX_PRELOAD * 4] if isinstance(m, str) and len(m) < 200 and _MODULE.fullmatch(m)
+             and m.split(".")[0] in tops]
+    return names[:_MAX_PRELOAD]
 
 
 def _write_maps(pid: int, lines: str) -> None:
