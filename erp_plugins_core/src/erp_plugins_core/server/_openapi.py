@@ -60,8 +60,8 @@ SCHEMAS: dict[str, Any] = {
     "EventAccepted": {"type": "object", "required": ["id"], "properties": {
         "id": {"type": ["string", "null"]}, "delivered": {"type": "integer"}}},
     "Delivery": {"type": "object", "required": ["plugin", "state", "attempts", "error"], "properties": {
-        "id": {"type": "string"}, "plugin": {"type": "string"}, "state": {"enum": ["queued", "running", "succeeded",
-                                                                                 "failed"]},
+        "id": {"type": ["string", "null"], "description": "null while its event waits for the relay"},
+        "plugin": {"type": "string"}, "state": {"enum": ["queued", "running", "succeeded", "failed"]},
         "success": {"type": "boolean"}, "attempts": {"type": "integer"}, "result": {},
         "error": {"type": ["string", "null"]}, "error_kind": {"type": ["string", "null"]}}},
     "Job": {"type": "object", "required": ["id", "hook", "tenant", "state", "results", "attempts", "error"],
