@@ -297,6 +297,7 @@ def main() -> None:
     parser.add_argument("--drain", type=int, default=10000, help="queued events to drain (0: skip that part)")
     parser.add_argument("--latency-events", type=int, default=200, help="events for emit -> delivered p50/p99")
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the events/s comparison")
+    parser.add_argument("--latency-only", action="store_true", help="only emit -> delivered (implies --drain 0)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -305,6 +306,13 @@ def main() -> None:
     os.environ.setdefault("ERP_PLUGINS_SECRET_KEY", __import__("cryptography.fernet").fernet.Fernet.generate_key()
                           .decode())
     site = _site(tmp / "site")
+    if args.latency_only:
+        with databases(args.url) as create:
+            pg = asyncio.run(delivered_latency(create(), args.latency_events))
+        sq = asyncio.run(delivered_latency(str(tmp / "latency.db"), args.latency_events))
+        print(f"emit -> delivered: PostgreSQL p50 {pg[0] * 1e3:.2f} ms / p99 {pg[1] * 1e3:.2f} ms; "
+              f"SQLite p50 {sq[0] * 1e3:.2f} ms / p99 {sq[1] * 1e3:.2f} ms")
+        return
     with databases(args.url) as create:
         ours_eps, ref_eps = (asyncio.run(end_to_end(create(), create(), args.events, args.rounds))
                              if not args.no_end_to_end else (float("nan"), 1.0))
