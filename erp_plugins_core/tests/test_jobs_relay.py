@@ -1,8 +1,9 @@
 """The relay between `emit` (one stored row) and the deliveries, on both engines, with real processes: an event
 stored by a process that died before any relay is listed as queued and delivered by a worker started later; a
 relay killed in the middle of its transaction commits nothing and another worker's relay delivers the event once
-(PostgreSQL); two workers relaying at once never relay one event twice; and the caller's user_context reaches
-the hook in the worker process, also through an event a handler emits.
+(PostgreSQL); two workers relaying at once never relay one event twice; a job does not overtake an event stored
+before it; and the caller's user_context reaches the hook in the worker process, also through an event a
+handler emits.
 """
 
 from __future__ import annotations
@@ -127,6 +128,19 @@ async def test_two_workers_relaying_at_once_relay_each_event_once_in_emit_order(
     assert len(lines) == len(ids)  # each event ran once
     for tenant in ("acme", "globex"):  # and each tenant's in emit order
         assert [x["key"] for x in lines if x["tenant"] == tenant] == [f"tick:{n}" for n in range(30)]
+
+
+async def test_a_job_submitted_after_an_event_runs_after_it_for_the_same_plugin(env) -> None:
+    await _enable(env, "acme")
+    async with env.host() as host:
+        works = [await host.emit("acme", "tick", {"n": 0}),
+                 await host.submit("send_email", tenant="acme", to="a@b.c", subject="s", body="", attachments=[]),
+                 await host.emit("acme", "tick", {"n": 1})]
+        env.worker("--concurrency", "4")
+        for work in works:
+            assert (await _wait_job(host, work))["state"] == "succeeded", env.logs()
+    # the job did not overtake the event stored before it (the submit relayed it first)
+    assert [x["key"] for x in env.lines()] == ["tick:0", "mail:s", "tick:1"]
 
 
 async def test_user_context_of_emit_and_submit_reaches_the_hook_in_the_worker(env) -> None:

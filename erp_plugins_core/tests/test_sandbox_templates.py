@@ -24,10 +24,12 @@ from erp_plugins_core._context import PluginContext
 from erp_plugins_core._redact import Redactor
 from erp_plugins_core._sandbox import SandboxRunner, WorkerFleet
 from erp_plugins_core._sandbox._launch import _children
+from erp_plugins_core._sandbox._template import preload_names
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="worker templates need the per-tenant uids of a root host")
 
-SECRETS = {"acme": "sk-acme-template-secret-1111", "globex": "sk-globex-template-secret-2222"}
+SECRETS = {"acme": "sk-acme-template-secret-1111", "globex": "sk-globex-template-secret-2222",
+           "initech": "sk-initech-template-secret-3333"}
 
 
 async def forked(fleet: WorkerFleet, site: Path, runtime: Path, tenant: str) -> SandboxRunner:
@@ -45,7 +47,7 @@ async def forked(fleet: WorkerFleet, site: Path, runtime: Path, tenant: str) -> 
 async def tenants(plugin_site: Path, runtime_dir: Path, monkeypatch):  # noqa: F811
     monkeypatch.delenv("ERP_PLUGINS_SANDBOX_TEMPLATES", raising=False)
     fleet = WorkerFleet()
-    runners = {t: await forked(fleet, plugin_site, runtime_dir, t) for t in SECRETS}
+    runners = {t: await forked(fleet, plugin_site, runtime_dir, t) for t in ("acme", "globex")}
     yield fleet, runners
     for runner in runners.values():
         await runner.close()
@@ -155,3 +157,32 @@ def read_memory(pid: int) -> bytes:
             except OSError:
                 continue
     return b"".join(chunks)
+
+
+async def test_a_template_imports_what_its_first_worker_imported_lazily(tenants, plugin_site: Path,  # noqa: F811
+                                                                      runtime_dir: Path) -> None:  # noqa: F811
+    fleet, runners = tenants
+    [template] = fleet.templates.running()
+    assert not template.taught  # starting is no hook call: the template is taught after the first one
+    assert await runners["acme"].hook_function("ai_request", "attack")("import:colorsys", {}) == "imported"
+    for _ in range(100):
+        if template.taught:
+            break
+        await asyncio.sleep(0.05)
+    assert template.taught
+    await asyncio.sleep(0.5)  # the template imports between forks
+    later = await forked(fleet, plugin_site, runtime_dir, "initech")
+    try:
+        modules = await later._call(later._worker, "modules", {}, what="modules", seconds=5.0)
+        assert "colorsys" in modules  # imported by the template for it, not by itself
+    finally:
+        await later.close()
+
+
+def test_only_site_and_standard_module_names_are_preloaded(tmp_path: Path) -> None:
+    (tmp_path / "openai").mkdir()
+    (tmp_path / "openai-1.0.dist-info").mkdir()
+    (tmp_path / "six.py").write_text("")
+    names = ["openai.resources.chat", "six", "json.decoder", "antigravity", "this", "os; import x", "../etc",
+             "not_installed.mod", "openai-1", 7, "a" * 300]
+    assert preload_names(names, str(tmp_path)) == ["openai.resources.chat", "six", "json.decoder"]

@@ -8,8 +8,10 @@ namespaces and mounts. It has run no tenant's `initialize` and never sees a conf
 JSON messages) as fd 0. Imports only the standard library, msgpack, the worker's modules and the plugin.
 
 A fork takes four processes (three only wait, and share nearly all their memory with the template):
-- the template forks C, which unshares a user namespace and says so; the host has the namespace's holder map
-  C's tenant uid there (the host's uid for that tenant, as a plain worker has) and answers `mapped`;
+- the template forks C, which unshares a user namespace and says so (the host keeps one such spare ready); for a
+  tenant, the host has the namespace's holder map the tenant's uid there (the host's uid for that tenant, as a
+  plain worker has), then sends `go` with the request and the worker's three pipes, which the template hands
+  to C over C's own socket and closes;
 - C takes the tenant's uid, unshares mount, PID, IPC, UTS (and, without network, network) namespaces, and forks
   G, PID 1 of the new PID namespace; C then only waits for G and ends as G ended;
 - G mounts its own /proc and /tmp, binds its tenant's data folder at /data and hides the others, drops every
@@ -20,6 +22,7 @@ A fork takes four processes (three only wait, and share nearly all their memory 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
@@ -130,7 +133,8 @@ def _preload(loop_kind: str, module: str, attr: str) -> str | None:
 
 
 def _serve(ctl: socket.socket, site: str, loop_kind: str) -> None:
-    """Answer `fork`, `mapped` and `abort`; report each child's `forked` and `exit`."""
+    """Answer `spare` (fork a child), `go` (hand it its request and pipes), `abort` and `preload`; report each
+    child's `forked` (its user namespace made) and `exit`."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -140,7 +144,7 @@ def _serve(ctl: socket.socket, site: str, loop_kind: str) -> None:
     poller.register(ctl.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     notes: dict[int, tuple[int, int]] = {}  # C's note pipe -> (request id, C's pid)
-    children: dict[int, tuple[int, int]] = {}  # C's pid -> (request id, go pipe or -1)
+    children: dict[int, tuple[int, socket.socket | None]] = {}  # C's pid -> (request id, its socket until `go`)
     while True:
         for fd, _ in poller.poll():
             if fd == ctl.fileno():
@@ -148,22 +152,24 @@ def _serve(ctl: socket.socket, site: str, loop_kind: str) -> None:
                 if not data:
                     os._exit(0)  # the host is gone; the children follow by their parent-death signal
                 msg = json.loads(data)
-                if msg["t"] == "fork":
-                    pid, note_r, go_w = _fork(msg, fds, ctl, (wake_r, wake_w), site, loop_kind)
-                    for f in fds:
-                        os.close(f)
+                if msg["t"] == "spare":
+                    pid, note_r, sock = _fork(site, loop_kind)
                     notes[note_r] = (msg["id"], pid)
-                    children[pid] = (msg["id"], go_w)
+                    children[pid] = (msg["id"], sock)
                     poller.register(note_r, select.POLLIN)
                 elif msg["t"] == "preload":
                     _preload_more(ctl, msg["modules"])
-                else:
-                    entry = next(((p, go) for p, (i, go) in children.items() if i == msg["id"]), None)
-                    if entry is not None and entry[1] >= 0:
-                        if msg["t"] == "mapped":
-                            os.write(entry[1], b"m")
-                        os.close(entry[1])  # `abort`: C reads end of file and exits
-                        children[entry[0]] = (msg["id"], -1)
+                else:  # `go` or `abort` for the child of request `id`
+                    pid = next((p for p, (i, _) in children.items() if i == msg["id"]), None)
+                    sock = children[pid][1] if pid is not None else None
+                    if sock is not None:
+                        if msg["t"] == "go":
+                            with contextlib.suppress(OSError):  # a child that died meanwhile is reported
+                                socket.send_fds(sock, [data], fds)
+                        sock.close()  # after `abort`, C reads end of file and exits
+                        children[pid] = (msg["id"], None)  # type: ignore[index]
+                for f in fds:
+                    os.close(f)
             elif fd == wake_r:
                 while True:
                     try:
@@ -201,7 +207,7 @@ def _preload_more(ctl: socket.socket, modules: list[str]) -> None:
     gc.freeze()
 
 
-def _reap(ctl: socket.socket, children: dict[int, tuple[int, int]]) -> None:
+def _reap(ctl: socket.socket, children: dict[int, tuple[int, socket.socket | None]]) -> None:
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -209,31 +215,31 @@ def _reap(ctl: socket.socket, children: dict[int, tuple[int, int]]) -> None:
             return
         if pid == 0:
             return
-        request, go = children.pop(pid, (None, -1))
-        if go >= 0:
-            os.close(go)
+        request, sock = children.pop(pid, (None, None))
+        if sock is not None:
+            sock.close()
         if request is not None:
             _send(ctl, {"t": "exit", "id": request, "status": os.waitstatus_to_exitcode(status)})
 
 
-def _fork(msg: dict[str, Any], fds: list[int], ctl: socket.socket, wake: tuple[int, int], site: str,
-          loop_kind: str) -> tuple[int, int, int]:
-    """Fork C for request `msg`; (C's pid, the pipe C says `u` on, the pipe C waits on for `mapped`)."""
+def _fork(site: str, loop_kind: str) -> tuple[int, int, socket.socket]:
+    """Fork C, a child with no tenant yet; (its pid, the pipe it says `u` on, the socket its request comes on)."""
     note_r, note_w = os.pipe()
-    go_r, go_w = os.pipe()
+    mine, its = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for f in (ctl.fileno(), *wake, note_r, go_w):
-                os.close(f)
-            _child(msg, fds, note_w, go_r, site, loop_kind)
+            keep = sorted({0, 1, 2, note_w, its.fileno()})  # nothing of the template or of other children
+            for low, high in zip(keep, [*keep[1:], 1 << 16], strict=True):
+                os.closerange(low + 1, high)
+            _child(its, note_w, site, loop_kind)
         except BaseException as exc:
-            _die(fds, f"erp-plugins template: the tenant's worker could not be set up: {exc}")
+            _die([], f"erp-plugins template: the tenant's worker could not be set up: {exc}")
     os.close(note_w)
-    os.close(go_r)
-    return pid, note_r, go_w
+    its.close()
+    return pid, note_r, mine
 
 
 def _die(fds: list[int], message: str) -> None:
@@ -251,15 +257,25 @@ def _die(fds: list[int], message: str) -> None:
 # --- the tenant's side ---------------------------------------------------------------------------------------
 
 
-def _child(msg: dict[str, Any], fds: list[int], note_w: int, go_r: int, site: str, loop_kind: str) -> None:
-    """C: a user namespace, the tenant's uid once the host mapped it, new namespaces, then G; never returns."""
+def _child(sock: socket.socket, note_w: int, site: str, loop_kind: str) -> None:
+    """C: a user namespace; once the host mapped its tenant's uid there, the request and pipes; the uid, new
+    namespaces, then G. Never returns."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     _call("unshare", ctypes.c_int(CLONE_NEWUSER))
     os.write(note_w, b"u")
     os.close(note_w)
-    if os.read(go_r, 1) != b"m":
-        os._exit(71)  # aborted by the host
-    os.close(go_r)
+    data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 3)
+    sock.close()
+    if not data or len(fds) != 3:
+        os._exit(71)  # aborted by the host, or the template ended
+    try:
+        _become(json.loads(data), fds, site, loop_kind)
+    except BaseException as exc:
+        _die(fds, f"erp-plugins template: the tenant's worker could not be set up: {exc}")
+
+
+def _become(msg: dict[str, Any], fds: list[int], site: str, loop_kind: str) -> None:
+    """C, with its request: the tenant's uid, new namespaces, G, then wait for G and end as it ended."""
     uid = int(msg["uid"])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)

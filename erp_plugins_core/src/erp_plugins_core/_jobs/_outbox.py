@@ -121,6 +121,9 @@ class OutboxEngine(JobEngine):
                                    (tenant, key)).fetchone()
                 if row is not None:
                     return str(row[0])
+            # the events stored before this job get their deliveries first, so a plugin sees both in order
+            while self._relay(conn, now) == RELAY_BATCH:
+                pass
             work_id = str(uuid.uuid4())
             conn.execute(
                 f"INSERT INTO job_works ({_WORK_COLUMNS}, depth, user_ctx) "  # noqa: S608

@@ -38,8 +38,9 @@ def job_row(queue: str, task: str, work: str, kind: str, tenant: str, hook: str,
     return (queue, task, 0, lock, None, Jsonb(task_args), None)
 
 
-async def relay_once(conn: Any, queue: str, task: str) -> int | None:
-    """Relay up to RELAY_BATCH stored events on `conn` (autocommit): how many, None if another relay is at work."""
-    cur = await conn.execute("SELECT erp_relay_v1(%s, %s, %s)", (RELAY_BATCH, queue, task))
+async def relay_once(conn: Any, queue: str, task: str, *, wait: bool = False) -> int | None:
+    """Relay up to RELAY_BATCH stored events on `conn`: how many, or None if another relay is at work (with
+    `wait`, waits for it instead). Its own transaction on an autocommit connection, else the caller's."""
+    cur = await conn.execute("SELECT erp_relay_v1(%s, %s, %s, %s)", (RELAY_BATCH, queue, task, wait))
     count = (await cur.fetchone())[0]
     return None if count < 0 else int(count)

@@ -6,7 +6,8 @@ Version 2: erp_inbox, where `emit` writes an event as one row holding its target
 cheapest row PostgreSQL can commit; it holds only events not yet relayed), the relay `erp_relay_v1` that moves
 its rows, in `seq` (emit) order, into erp_works and one procrastinate job per target, all in one transaction
 under an advisory lock (one relay at a time; a relay that dies commits nothing, so an event is relayed exactly
-once), and erp_works.user_ctx: the caller's user_context, which the hook runs with.
+once; `wait` waits for a relay at work instead of returning -1, as a job's submit does so that the events
+stored before it get their jobs first), and erp_works.user_ctx: the caller's user_context, which the hook runs with.
 """
 
 from __future__ import annotations
@@ -61,14 +62,16 @@ CREATE TABLE IF NOT EXISTS erp_inbox (
     user_ctx jsonb,
     created_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE OR REPLACE FUNCTION erp_relay_v1(batch integer, queue text, task text) RETURNS integer
+CREATE OR REPLACE FUNCTION erp_relay_v1(batch integer, queue text, task text, wait boolean) RETURNS integer
     LANGUAGE plpgsql
 AS $$
 DECLARE
     taken bigint[];
     ids bigint[];
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(7310028700419189857) THEN
+    IF wait THEN
+        PERFORM pg_advisory_xact_lock(7310028700419189857);
+    ELSIF NOT pg_try_advisory_xact_lock(7310028700419189857) THEN
         RETURN -1;
     END IF;
     SELECT array_agg(seq ORDER BY seq) INTO taken

@@ -36,7 +36,7 @@ try:
     from psycopg.types.json import Jsonb
     from psycopg_pool import AsyncConnectionPool
 
-    from ._pg_relay import job_row, relay_once
+    from ._pg_relay import RELAY_BATCH, job_row, relay_once
     from ._pg_schema import NOTIFY_CHANNEL, create_schema
 except ImportError as exc:  # pragma: no cover - depends on the installed extra
     raise StateError(
@@ -224,19 +224,20 @@ class PostgresEngine(JobEngine):
     async def store_job(self, tenant: str, hook: str, args: dict[str, Any], targets: Sequence[str | Target], *,
                         idempotency_key: str | None, user: dict[str, Any] | None = None) -> str:
         params = self._params("job", tenant, hook, args, targets, None, 0, idempotency_key, user)
-        if idempotency_key is None:
-            await self._exec(_INSERT, params)
-            return str(params["id"])
         try:
             async with self._pool.connection() as conn, conn.transaction():
-                # one submitter per (tenant, key) at a time, so two racing submits give one job
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                                   (f"{tenant}/{idempotency_key}",))
-                cur = await conn.execute("SELECT id::text FROM erp_works WHERE tenant = %s AND idem_key = %s",
-                                         (tenant, idempotency_key))
-                row = await cur.fetchone()
-                if row is not None:
-                    return str(row[0])
+                if idempotency_key is not None:
+                    # one submitter per (tenant, key) at a time, so two racing submits give one job
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                                       (f"{tenant}/{idempotency_key}",))
+                    cur = await conn.execute("SELECT id::text FROM erp_works WHERE tenant = %s AND idem_key = %s",
+                                             (tenant, idempotency_key))
+                    row = await cur.fetchone()
+                    if row is not None:
+                        return str(row[0])
+                # the events stored before this job get their jobs first (lower ids), so a plugin sees both in order
+                while await relay_once(conn, QUEUE, TASK, wait=True) == RELAY_BATCH:
+                    pass
                 await conn.execute(_INSERT, params)
         except StateError:
             raise

@@ -15,7 +15,6 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .. import _cgroup, _seccomp
-from .._cgroup import MemoryCgroup
 from .._errors import PluginError, SandboxError
 from ._command import TMPFS_BYTES
 from ._process import _FromWorker, _Worker
@@ -68,37 +67,27 @@ class WorkerForker:
 
     async def _spawn_forked(self, template: Template, slot: _Slot | None) -> _Worker:
         """A worker forked from `template`, said hello and placed in its memory cgroup, like `_spawn`'s."""
-        from ._launch import START_TIMEOUT, _add_all, _children, _grow_pipe, _say_no_cgroup
+        from ._launch import START_TIMEOUT, _add_all, _children, _grow_pipe
 
         runner: Any = self
         mark_used(runner._runtime.site)
-        wanted = _cgroup.wanted()
-        group = MemoryCgroup.create(runner.manifest.resources.memory_bytes) if wanted else None
-        if wanted and group is None:
-            _say_no_cgroup()
+        memory = runner.manifest.resources.memory_bytes if _cgroup.wanted() else None
         network = runner.manifest.resources.network_access
         data = runner._data_dir()
-        request = {"uid": runner.uid, "limits": runner.limits_text(group is not None), "network": network,
-                   "data": data.name if data is not None else None, "tmp": TMPFS_BYTES,
-                   "rw": runner.manifest.security.file_permissions == "read-write",
+        request = {"uid": runner.uid, "network": network, "data": data.name if data is not None else None,
+                   "tmp": TMPFS_BYTES, "rw": runner.manifest.security.file_permissions == "read-write",
                    "seccomp": _seccomp.filter_bytes(network).hex()}
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         _grow_pipe(out_r)
         _grow_pipe(in_w)
-        async def place(pid: int) -> None:  # one move, while the uid is mapped: G and W are born in the group
-            assert group is not None
-            with contextlib.suppress(OSError):  # checked after the hello, and said there
-                await asyncio.to_thread(group.add, pid)
-
         try:
-            child, ended = await template.fork(request, (in_r, out_w, err_w), place if group is not None else None)
+            limits = (runner.limits_text(False), runner.limits_text(True))  # without, with a memory cgroup
+            child, ended, group = await template.fork(request, (in_r, out_w, err_w), memory, limits)
         except BaseException:
             for fd in (in_w, out_r, err_r):
                 os.close(fd)
-            if group is not None:
-                group.remove()
             raise
         finally:
             for fd in (in_r, out_w, err_w):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -29,7 +30,6 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ from .._errors import SandboxError
 from ._availability import UID_BASE, UID_SPAN
 
 if TYPE_CHECKING:
+    from .._cgroup import MemoryCgroup
     from ._runner import SandboxRunner
 
 log = logging.getLogger("erp_plugins.sandbox")
@@ -76,6 +77,25 @@ def inner_id(uid: int) -> int:
     return uid - UID_BASE + 1
 
 
+@dataclasses.dataclass
+class _Spare:
+    """A child of the template with no tenant yet: it has made its user namespace and waits for its request."""
+
+    ident: int
+    pid: int
+    ended: asyncio.Future[int]
+    memory: int | None
+    group: MemoryCgroup | None
+
+
+_DROPPING: set[asyncio.Future[None]] = set()  # spares being dropped, kept referenced
+
+
+def _discard_spare(task: asyncio.Task[_Spare]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a spare that could not be made is made again by the next fork
+
+
 class Template:
     """One running template; see the module docstring."""
 
@@ -95,6 +115,7 @@ class Template:
         self._stderr = bytearray()
         self.dead = False
         self.taught = False  # sent the modules a worker of it imported (once: `teach`)
+        self._making: asyncio.Task[_Spare] | None = None  # the next spare child, being made or ready
 
     def __repr__(self) -> str:
         return f"Template({self.plugin!r}, pid={self.pid}, dead={self.dead})"
@@ -152,36 +173,76 @@ class Template:
         self._reader = asyncio.create_task(self._read())
         self._reader.add_done_callback(lambda _: drain.cancel())
 
-    async def fork(self, request: dict[str, Any], fds: tuple[int, int, int],
-                   meanwhile: Callable[[int], Awaitable[object]] | None = None) -> tuple[int, asyncio.Future[int]]:
-        """Fork a worker for `request` (uid, limits, data, rw, network, tmp, seccomp) with `fds` as its stdin,
-        stdout and stderr: (the child's host pid, a future of its exit status). `meanwhile(pid)` runs while the
-        child's uid is mapped, before it forks the worker (what it forks is born where the child is then)."""
+    async def fork(self, request: dict[str, Any], fds: tuple[int, int, int], memory: int | None,
+                   limits: tuple[str, str]) -> tuple[int, asyncio.Future[int], MemoryCgroup | None]:
+        """A worker for `request` (uid, data, rw, network, tmp, seccomp) with `fds` as its stdin, stdout and
+        stderr, in a memory cgroup of `memory` bytes where one can be made (None: no cgroup wanted), with the
+        rlimits `limits[1]` in a cgroup, else `limits[0]`: (the child's host pid, a future of its exit status,
+        its cgroup).
+
+        The child is the spare made after the last fork (already in its cgroup) or, without one, a new one;
+        either way the next spare is made meanwhile. Only mapping the uid and handing over are left."""
         if self.dead or self._sock is None:
             raise SandboxError("the plugin's template is not running")
+        spare = await self._take_spare(memory)
+        if self._making is None or self._making.done():
+            self._making = asyncio.create_task(self._spare(memory))
+            self._making.add_done_callback(_discard_spare)
+        try:
+            await self._map(spare.pid, int(request["uid"]))
+            message = {**request, "limits": limits[spare.group is not None], "t": "go", "id": spare.ident}
+            socket.send_fds(self._sock, [json.dumps(message).encode()], list(fds))
+        except BaseException:
+            await self._drop(spare)
+            raise
+        return spare.pid, spare.ended, spare.group
+
+    async def _take_spare(self, memory: int | None) -> _Spare:
+        making, self._making = self._making, None
+        if making is not None:
+            with contextlib.suppress(SandboxError, OSError):
+                spare = await asyncio.shield(making)
+                if not spare.ended.done() and spare.memory == memory:
+                    return spare
+                await self._drop(spare)
+        return await self._spare(memory)
+
+    async def _spare(self, memory: int | None) -> _Spare:
+        """Have the template fork a child (it makes its user namespace and waits), and put it in a new cgroup."""
+        from .._cgroup import MemoryCgroup
+        from ._launch import _say_no_cgroup
+
         loop = asyncio.get_running_loop()
         ident = next(self._ids)
         forked = self._forked[ident] = loop.create_future()
         ended = self._exits[ident] = loop.create_future()
         ended.add_done_callback(lambda _: self._exits.pop(ident, None))
         try:
-            socket.send_fds(self._sock, [json.dumps({**request, "t": "fork", "id": ident}).encode()], list(fds))
-            inner = await forked
-            child = self._host_pid(inner)
-            if child is None:
-                raise SandboxError("the forked worker could not be found")
-            if meanwhile is None:
-                await self._map(child, int(request["uid"]))
-            else:
-                await asyncio.gather(self._map(child, int(request["uid"])), meanwhile(child))
-            self._send({"t": "mapped", "id": ident})
-        except BaseException:
-            with contextlib.suppress(SandboxError, OSError):
-                self._send({"t": "abort", "id": ident})
-            raise
+            self._send({"t": "spare", "id": ident})
+            child = self._host_pid(await forked)
         finally:
             self._forked.pop(ident, None)
-        return child, ended
+        spare = _Spare(ident, child or 0, ended, memory, None)
+        if child is None:
+            await self._drop(spare)
+            raise SandboxError("the forked worker could not be found")
+        if memory is not None:
+            spare.group = MemoryCgroup.create(memory)
+            if spare.group is None:
+                _say_no_cgroup()
+            else:  # one move for the worker's processes: those it forks are born in the group
+                with contextlib.suppress(OSError):  # checked after the worker's hello, and said there
+                    await asyncio.to_thread(spare.group.add, child)
+        return spare
+
+    async def _drop(self, spare: _Spare) -> None:
+        """End an unused child and remove its cgroup."""
+        with contextlib.suppress(SandboxError, OSError):
+            self._send({"t": "abort", "id": spare.ident})
+        if spare.group is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(spare.ended), 2.0)
+            spare.group.remove()
 
     def teach(self, modules: list[str], site: str) -> None:
         """Have the template import `modules`, what a worker forked from it imported by its first call's end
@@ -191,6 +252,15 @@ class Template:
         if names and not self.dead:
             with contextlib.suppress(OSError, SandboxError):
                 self._send({"t": "preload", "modules": names})
+            making, self._making = self._making, None  # a spare forked before the preload lacks it
+            if making is not None:
+                task = asyncio.ensure_future(self._drop_making(making))
+                _DROPPING.add(task)
+                task.add_done_callback(_DROPPING.discard)
+
+    async def _drop_making(self, making: asyncio.Task[_Spare]) -> None:
+        with contextlib.suppress(SandboxError, OSError, asyncio.CancelledError):
+            await self._drop(await making)
 
     async def close(self) -> None:
         """End holder and template (their workers end with them: they die with their parent)."""
@@ -206,6 +276,16 @@ class Template:
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         self._fail_all()
+        making, self._making = self._making, None
+        if making is not None and making.done() and not making.cancelled() and making.exception() is None:
+            spare = making.result()
+            if spare.group is not None:
+                for _ in range(40):  # its processes died with the template; the group empties soon after
+                    if spare.group.remove():
+                        break
+                    await asyncio.sleep(0.025)
+        elif making is not None:
+            making.cancel()
 
     def stderr(self) -> str:
         return self._stderr.decode(errors="replace")

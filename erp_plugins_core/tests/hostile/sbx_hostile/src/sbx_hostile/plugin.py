@@ -113,6 +113,11 @@ class Plugin(PluginInterface):
                                "uid": os.getuid(), "target": _probe(int(arg))})
         if kind == "look":
             return _look_around()
+        if kind == "import":  # a lazy import, as an SDK makes at its first call
+            import importlib
+
+            importlib.import_module(arg)
+            return "imported"
         if kind == "raise":
             raise ValueError("hostile failure")
         if kind == "hang":
