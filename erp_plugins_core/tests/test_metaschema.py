@@ -85,6 +85,10 @@ def test_every_meta_schema_keyword_is_classified_once_as_the_meta_schema_defines
     assert props["required"] == {"$ref": "#/$defs/stringArray"}
     assert props["dependentRequired"] == {"type": "object", "additionalProperties": {"$ref": "#/$defs/stringArray"}}
     assert plain(defs["stringArray"]) == {"type": "array", "items": {"type": "string"}, "uniqueItems": True}
+    # `format: regex` is checked with Python's re, as surely_valid does (not an ECMA 262 engine)
+    checker = ms.meta_schema_validator().format_checker
+    assert checker.conforms("(?P<x>a)", "regex") and checker.conforms("^a+$", "regex")
+    assert not checker.conforms("(", "regex") and not checker.conforms("\\p{L}", "regex")
 
 
 # --- Proven valid means valid ----------------------------------------------------------------------------------
