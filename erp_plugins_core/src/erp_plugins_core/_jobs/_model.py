@@ -67,9 +67,14 @@ class Target:
         return cls(str(value[0]), ordered=bool(value[1]), max_attempts=value[2])
 
 
-def newest(a: list[Work], b: list[Work], limit: int) -> list[Work]:
-    """Two newest-first lists of works merged, newest first, at most `limit`."""
-    return sorted(a + b, key=lambda w: w.created, reverse=True)[:max(0, limit)]
+def newest(stored: list[Work], works: list[Work], limit: int) -> list[Work]:
+    """Events not yet relayed and works merged, newest first, at most `limit`.
+
+    Read in that order, an event relayed in between is in both lists: its relayed form is kept.
+    """
+    known = {w.id for w in works}
+    return sorted([w for w in stored if w.id not in known] + works, key=lambda w: w.created, reverse=True)[
+        :max(0, limit)]
 
 
 def pending_deliveries(targets: Iterable[Target]) -> list[Delivery]:

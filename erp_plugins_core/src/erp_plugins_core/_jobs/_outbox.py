@@ -186,12 +186,13 @@ class OutboxEngine(JobEngine):
         return await asyncio.to_thread(self._get, work_id)
 
     def _get(self, work_id: str) -> Work:
-        rows = self._require().read(f"SELECT {_WORK_SELECT} FROM job_works w WHERE id = ?", (work_id,))  # noqa: S608
-        if rows:
-            return self._works(rows)[0]
+        # the inbox first: a relay between the two reads moves the event into job_works, where the second finds it
         stored = self._require().read(f"{_INBOX} WHERE id = ?", (work_id,))  # noqa: S608
         if stored:
             return self._stored(stored)[0]
+        rows = self._require().read(f"SELECT {_WORK_SELECT} FROM job_works w WHERE id = ?", (work_id,))  # noqa: S608
+        if rows:
+            return self._works(rows)[0]
         raise JobNotFound(f"no event or job {work_id!r} (never stored, or removed after the retention period)")
 
     async def list(self, *, kind: str, tenant: str | None = None, state: str | None = None,
@@ -207,26 +208,25 @@ class OutboxEngine(JobEngine):
             where.append(_STATE_FILTER[state])
         sql = (f"SELECT {_WORK_SELECT} FROM job_works w "  # noqa: S608
                f"WHERE {' AND '.join(where)} ORDER BY w.created_at DESC, w.rowid DESC LIMIT ?")
-        works = self._works(self._require().read(sql, [*params, max(0, int(limit))]))
-        if kind == "event" and state in (None, "queued"):  # events not yet relayed are queued
-            stored = self._require().read(f"{_INBOX} WHERE (? IS NULL OR tenant = ?) ORDER BY seq DESC LIMIT ?",  # noqa: S608
-                                          (tenant, tenant, max(0, int(limit))))
-            works = newest(self._stored(stored), works, limit)
-        return works
+        stored: list[Work] = []
+        if kind == "event" and state in (None, "queued"):  # events not yet relayed are queued (read first, as get)
+            stored = self._stored(self._require().read(
+                f"{_INBOX} WHERE (? IS NULL OR tenant = ?) ORDER BY seq DESC LIMIT ?",  # noqa: S608
+                (tenant, tenant, max(0, int(limit)))))
+        return newest(stored, self._works(self._require().read(sql, [*params, max(0, int(limit))])), limit)
 
     async def counts(self, *, kind: str, tenant: str | None = None) -> dict[str, int]:
         return await asyncio.to_thread(self._counts, kind, tenant)
 
     def _counts(self, kind: str, tenant: str | None) -> dict[str, int]:
+        # one statement, one snapshot; events not yet relayed have one queued delivery per target
         sql = ("SELECT d.state, COUNT(*) FROM job_deliveries d JOIN job_works w ON w.id = d.work "
-               "WHERE w.kind = ? AND (? IS NULL OR w.tenant = ?) GROUP BY d.state")
+               "WHERE w.kind = :kind AND (:tenant IS NULL OR w.tenant = :tenant) GROUP BY d.state "
+               "UNION ALL SELECT 'queued', COALESCE(SUM(json_array_length(targets)), 0) FROM job_inbox "
+               "WHERE :kind = 'event' AND (:tenant IS NULL OR tenant = :tenant)")
         out = dict.fromkeys(("queued", "running", "succeeded", "failed"), 0)
-        for state, count in self._require().read(sql, (kind, tenant, tenant)):
-            out[state] = count
-        if kind == "event":  # events not yet relayed: one queued delivery per target
-            waiting = self._require().read("SELECT COALESCE(SUM(json_array_length(targets)), 0) FROM job_inbox "
-                                           "WHERE ? IS NULL OR tenant = ?", (tenant, tenant))
-            out["queued"] += int(waiting[0][0])
+        for state, count in self._require().read(sql, {"kind": kind, "tenant": tenant}):
+            out[state] += int(count)
         return out
 
     async def retry(self, work_id: str) -> int:

@@ -3,11 +3,12 @@
 Version 1: erp_works (one row per event or job, with the procrastinate job ids of its deliveries) and
 erp_job_results (a delivery's result or last error).
 Version 2: erp_inbox, where `emit` writes an event as one row holding its targets (a heap with no index: the
-cheapest row PostgreSQL can commit; it holds only events not yet relayed), the relay `erp_relay_v1` that moves
+cheapest row PostgreSQL can commit; it holds only events not yet relayed); the relay `erp_relay_v1`, which moves
 its rows, in `seq` (emit) order, into erp_works and one procrastinate job per target, all in one transaction
 under an advisory lock (one relay at a time; a relay that dies commits nothing, so an event is relayed exactly
-once; `wait` waits for a relay at work instead of returning -1, as a job's submit does so that the events
-stored before it get their jobs first), and erp_works.user_ctx: the caller's user_context, which the hook runs with.
+once; its commit does not wait for the WAL flush, see the function); `wait` waits for a relay at work instead
+of returning -1, as a job's submit does so that the events stored before it get their jobs first; and
+erp_works.user_ctx: the caller's user_context, which the hook runs with.
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ BEGIN
       FROM (SELECT seq FROM erp_inbox ORDER BY seq LIMIT batch FOR UPDATE) AS p;
     IF taken IS NULL THEN
         RETURN 0;
+    END IF;
+    IF NOT wait THEN
+        -- the relay's own transaction need not wait for its WAL flush: a worker's fetch of one of these jobs
+        -- commits synchronously, which flushes this commit first; lost in a crash before that, the events are
+        -- still in the inbox (durable since emit) and no job of theirs has run. A submit's (wait) stays durable.
+        PERFORM set_config('synchronous_commit', 'off', true);
     END IF;
     SELECT procrastinate_defer_jobs_v1(array_agg(ROW(
                queue, task, 0,

@@ -274,12 +274,13 @@ class PostgresEngine(JobEngine):
             uuid.UUID(work_id)
         except ValueError:
             raise JobNotFound(f"no event or job {work_id!r}: ids look like 0f9c1d2e-...-...") from None
-        rows = await self._exec(f"{_WORKS} WHERE id = %s", (work_id,))  # noqa: S608
-        if rows:
-            return (await self._works(rows))[0]
+        # the inbox first: a relay between the two reads moves the event into erp_works, where the second finds it
         stored = await self._exec(f"{_INBOX} WHERE id = %s", (work_id,))  # noqa: S608
         if stored:
             return self._stored(stored)[0]
+        rows = await self._exec(f"{_WORKS} WHERE id = %s", (work_id,))  # noqa: S608
+        if rows:
+            return (await self._works(rows))[0]
         raise JobNotFound(f"no event or job {work_id!r} (never stored, or removed after the retention period)")
 
     async def list(self, *, kind: str, tenant: str | None = None, state: str | None = None,
@@ -294,12 +295,12 @@ class PostgresEngine(JobEngine):
                          "AND j.status::text = ANY(%(statuses)s))")
             params["statuses"] = _STATUSES[state]
         sql = f"{_WORKS} WHERE {' AND '.join(where)} ORDER BY created_at DESC LIMIT %(limit)s"  # noqa: S608
-        works = await self._works(await self._exec(sql, params))
-        if kind == "event" and state in (None, "queued"):  # events not yet relayed are queued
-            stored = await self._exec(f"{_INBOX} WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s) "  # noqa: S608
-                                      "ORDER BY seq DESC LIMIT %(limit)s", params)
-            works = newest(self._stored(stored), works, limit)
-        return works
+        stored: list[Work] = []
+        if kind == "event" and state in (None, "queued"):  # events not yet relayed are queued (read first, as get)
+            stored = self._stored(await self._exec(
+                f"{_INBOX} WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s) "  # noqa: S608
+                "ORDER BY seq DESC LIMIT %(limit)s", params))
+        return newest(stored, await self._works(await self._exec(sql, params)), limit)
 
     async def counts(self, *, kind: str, tenant: str | None = None) -> dict[str, int]:
         rows = await self._exec(
@@ -409,7 +410,8 @@ class PostgresEngine(JobEngine):
                     await listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     while not stop.is_set():
                         async with self._pool.connection() as conn:
-                            while (count := await relay_once(conn, QUEUE, TASK)) is not None and count > 0:
+                            # a batch not full emptied the inbox; an event stored since notifies again
+                            while (count := await relay_once(conn, QUEUE, TASK)) == RELAY_BATCH:
                                 log.debug("event=relayed count=%d", count)
                         async for _ in listener.notifies(timeout=self.settings.poll_s, stop_after=1):
                             pass
