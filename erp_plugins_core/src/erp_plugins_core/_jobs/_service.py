@@ -3,7 +3,9 @@ units with the host's checks (still enabled, still granted) when a worker takes 
 
 The host keeps one JobService and delegates `emit`, `submit`, `job` and `run_jobs` to it. With the embedded
 SQLite state an open host also delivers in the background (the contract's "open hosts also run them"). As in
-the host, state-store calls run in a thread: the event loop never waits on the database.
+the host, state-store calls run in a thread, except on `emit`'s path with SQLite: a WAL read of the change feed's
+head, and the event's one-row commit when no other connection holds the write lock (see OutboxEngine.store_event);
+the event loop never waits for a lock.
 
 The target plugins of an event or job are those enabled for the tenant as this host sees the state: a view of
 each tenant's enabled plugins, read from the store once and dropped whenever the host's follower (or the host
