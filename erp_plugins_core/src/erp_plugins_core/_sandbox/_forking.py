@@ -127,6 +127,7 @@ class WorkerForker:
             runner._kill(w, "its process could not be found", crash=False)
             await runner._reap(w)
             raise SandboxError(f"plugin {runner.record.name!r}: the forked worker's process could not be found")
+        template.prepare(memory)  # the next start's child, now that this one is up
         if group is not None:  # checked before `initialize`: no plugin code of this tenant has run yet
             try:
                 inside = group.pids()

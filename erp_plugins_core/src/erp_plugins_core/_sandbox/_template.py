@@ -180,14 +180,11 @@ class Template:
         rlimits `limits[1]` in a cgroup, else `limits[0]`: (the child's host pid, a future of its exit status,
         its cgroup).
 
-        The child is the spare made after the last fork (already in its cgroup) or, without one, a new one;
-        either way the next spare is made meanwhile. Only mapping the uid and handing over are left."""
+        The child is the spare `prepare` made after the last start (already in its cgroup) or, without one, a
+        new one. Only mapping the uid and handing over are left."""
         if self.dead or self._sock is None:
             raise SandboxError("the plugin's template is not running")
         spare = await self._take_spare(memory)
-        if self._making is None or self._making.done():
-            self._making = asyncio.create_task(self._spare(memory))
-            self._making.add_done_callback(_discard_spare)
         try:
             await self._map(spare.pid, int(request["uid"]))
             message = {**request, "limits": limits[spare.group is not None], "t": "go", "id": spare.ident}
@@ -196,6 +193,15 @@ class Template:
             await self._drop(spare)
             raise
         return spare.pid, spare.ended, spare.group
+
+    def prepare(self, memory: int | None) -> None:
+        """Start making the next spare child (`fork` takes it): after a worker said hello, so that the spare's
+        fork and cgroup move (which holds up forks machine-wide for an RCU grace period) slow no start."""
+        making = self._making
+        if self.dead or making is not None and not (making.done() and (making.cancelled() or making.exception())):
+            return  # one is being made or ready
+        self._making = asyncio.create_task(self._spare(memory))
+        self._making.add_done_callback(_discard_spare)
 
     async def _take_spare(self, memory: int | None) -> _Spare:
         making, self._making = self._making, None
