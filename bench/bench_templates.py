@@ -4,7 +4,8 @@ started afresh, measured side by side in one run through one `PluginHost` per si
 Both hosts run in this process against the OpenAI fake (`tests/servers/openai_fake.py`, its own process on
 127.0.0.1), each with `openai_provider` enabled for its own N tenants (`--tenants`, default 8). The template
 side runs with ERP_PLUGINS_SANDBOX_TEMPLATES=1, the fresh side with =0 (read when a worker starts; the sides
-take turns, the variable set before each side's turn). Printed:
+take turns, the variable set before each side's turn). A throwaway host first builds the plugin's runtime site,
+which both sides then share. Printed:
 
 - first start: enabling the first tenant, which starts its worker (template side: holder, template importing
   the SDK, fork; fresh side: a worker importing the SDK), ratio target ≤ 1.1× (template start against a
@@ -103,6 +104,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     with FakeProcess("openai_fake.py") as fake:
         config = {"api_key": f"env:{KEY_ENV}", "base_url": fake.url, "model": OPENAI_MODEL, "max_retries": 0,
                   "timeout": TIMEOUT}
+        os.environ[ENV] = "0"  # a throwaway host builds the runtime site both sides use (not timed)
+        async with PluginHost(work / "warm-up.db", health_loop=False) as warm_up:
+            await warm_up.enable(PLUGIN, tenant="warm-up", config=config)
         async with PluginHost(work / "template.db", health_loop=False) as a, \
                 PluginHost(work / "fresh.db", health_loop=False) as b:
             sides = [Side("template", a, [f"tpl-{i}" for i in range(args.tenants)]),

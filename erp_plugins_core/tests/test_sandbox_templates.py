@@ -186,3 +186,16 @@ def test_only_site_and_standard_module_names_are_preloaded(tmp_path: Path) -> No
     names = ["openai.resources.chat", "six", "json.decoder", "antigravity", "this", "os; import x", "../etc",
              "not_installed.mod", "openai-1", 7, "a" * 300]
     assert preload_names(names, str(tmp_path)) == ["openai.resources.chat", "six", "json.decoder"]
+
+
+def test_a_bad_templates_setting_is_refused_naming_the_variable(monkeypatch) -> None:
+    from erp_plugins_core._errors import SandboxError
+    from erp_plugins_core._sandbox._template import templates_wanted
+
+    monkeypatch.setenv("ERP_PLUGINS_SANDBOX_TEMPLATES", "sometimes")
+    with pytest.raises(SandboxError, match="ERP_PLUGINS_SANDBOX_TEMPLATES='sometimes' is not understood"):
+        templates_wanted()
+    monkeypatch.setenv("ERP_PLUGINS_SANDBOX_TEMPLATES", "0")
+    assert templates_wanted() is False
+    monkeypatch.setenv("ERP_PLUGINS_SANDBOX_TEMPLATES", "1")
+    assert templates_wanted() is True  # as root
