@@ -338,6 +338,7 @@ class OutboxEngine(JobEngine):
         log.info("event=worker_start engine=sqlite owner=%s concurrency=%d", owner, concurrency)
         try:
             while not stop.is_set():
+                wake.clear()  # before looking: work stored while we look wakes the wait below at once
                 while len(running) < concurrency and not stop.is_set():
                     unit = await asyncio.to_thread(self._claim, db, owner)
                     if unit is None:
@@ -345,7 +346,6 @@ class OutboxEngine(JobEngine):
                     task = asyncio.create_task(self._run_one(db, executor, unit, owner))
                     running.add(task)
                     task.add_done_callback(running.discard)
-                wake.clear()
                 waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait()), *running]
                 await asyncio.wait(waits, timeout=self.settings.poll_s, return_when=asyncio.FIRST_COMPLETED)
                 for w in waits[:2]:

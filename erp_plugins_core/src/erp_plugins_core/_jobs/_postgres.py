@@ -156,6 +156,10 @@ class PostgresEngine(JobEngine):
         # an emit is then one round trip
         self._pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True},
                                          name="erp-plugins-jobs")
+        # emit's own connection, used by one emit at a time (others take the pool): a pool checkout costs about
+        # a tenth of the INSERT itself here
+        self._emit_conn: Any = None
+        self._emit_lock = asyncio.Lock()
         self._open = False
 
     def __repr__(self) -> str:
@@ -190,6 +194,33 @@ class PostgresEngine(JobEngine):
             self._open = False
             await self.app.close_async()
             await self._pool.close()
+            if self._emit_conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._emit_conn.close()
+                self._emit_conn = None
+
+    async def _emit(self, params: tuple[Any, ...]) -> None:
+        """Run _EMIT on emit's own connection, or on the pool while another emit uses it.
+
+        A failure is not retried (the row may have been committed before the connection broke): the connection
+        is dropped, to be made again by the next emit, and the caller gets the error.
+        """
+        if self._emit_lock.locked():
+            await self._exec(_EMIT, params)
+            return
+        async with self._emit_lock:
+            conn = self._emit_conn
+            try:
+                if conn is None or conn.closed:
+                    conn = self._emit_conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True,
+                                                                                    connect_timeout=5)
+                await conn.execute(_EMIT, params)
+            except Exception as exc:
+                self._emit_conn = None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                raise self._error(exc) from None
 
     async def _exec(self, sql: str, params: dict[str, Any] | tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -218,7 +249,7 @@ class PostgresEngine(JobEngine):
         args = json.dumps({"event_type": event_type, "data": data})
         goes_to = json.dumps([Target.of(t).to_json() for t in targets])
         user_json = json.dumps(user) if user is not None else None
-        await self._exec(_EMIT, (work_id, tenant, args, source, depth, goes_to, user_json))
+        await self._emit((work_id, tenant, args, source, depth, goes_to, user_json))
         return work_id
 
     async def store_job(self, tenant: str, hook: str, args: dict[str, Any], targets: Sequence[str | Target], *,
