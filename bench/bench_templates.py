@@ -40,7 +40,8 @@ from bench_fleet import descendants, pss  # noqa: E402
 
 from erp_plugins_core import PluginHost  # noqa: E402
 from erp_plugins_core._sandbox import sandbox_available  # noqa: E402
-from erp_plugins_core._sandbox._template import ENV, template_uid  # noqa: E402
+from erp_plugins_core._sandbox._template import template_uid  # noqa: E402
+from erp_plugins_core._sandbox._template_pool import ENV  # noqa: E402
 
 KEY_ENV = "BENCH_OPENAI_KEY"
 PLUGIN = "openai_provider"

@@ -190,7 +190,7 @@ def test_only_site_and_standard_module_names_are_preloaded(tmp_path: Path) -> No
 
 def test_a_bad_templates_setting_is_refused_naming_the_variable(monkeypatch) -> None:
     from erp_plugins_core._errors import SandboxError
-    from erp_plugins_core._sandbox._template import templates_wanted
+    from erp_plugins_core._sandbox._template_pool import templates_wanted
 
     monkeypatch.setenv("ERP_PLUGINS_SANDBOX_TEMPLATES", "sometimes")
     with pytest.raises(SandboxError, match="ERP_PLUGINS_SANDBOX_TEMPLATES='sometimes' is not understood"):

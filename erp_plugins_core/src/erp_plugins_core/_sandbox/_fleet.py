@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import SandboxError
-from ._template import TemplatePool
+from ._template_pool import TemplatePool
 
 if TYPE_CHECKING:
     from ._process import _Worker

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 from typing import TYPE_CHECKING, Any
 
 from .. import _cgroup, _seccomp
 from .._errors import PluginError, SandboxError
 from ._command import TMPFS_BYTES
-from ._process import _FromWorker, _Worker
+from ._process import _Worker
 from ._site import mark_used
 
 if TYPE_CHECKING:
@@ -100,12 +99,7 @@ class WorkerForker:
         if not template.taught:
             w.template = template
         w.cgroup = group
-        if slot is not None:
-            w.slot, slot.worker = slot, w
-        protocol = _FromWorker(functools.partial(runner._handle, w))
-        w.reader = protocol
-        await loop.connect_read_pipe(lambda: protocol, os.fdopen(out_r, "rb", buffering=0))
-        w.tasks = [asyncio.create_task(runner._read_loop(w)), asyncio.create_task(runner._drain_stderr(w))]
+        await runner._attach(w, out_r, slot)
         try:
             await asyncio.wait_for(asyncio.shield(w.hello), START_TIMEOUT)
         except TimeoutError:

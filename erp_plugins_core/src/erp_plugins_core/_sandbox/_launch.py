@@ -101,12 +101,7 @@ class WorkerLauncher(WorkerCommand):
         pipe, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(in_w, "wb", buffering=0))
         w = _Worker(proc, pipe)
         w.cgroup = group  # removed by _finish, however the worker ends
-        if slot is not None:  # released by _finish too
-            w.slot, slot.worker = slot, w
-        protocol = _FromWorker(functools.partial(self._handle, w))
-        w.reader = protocol
-        await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, os.fdopen(out_r, "rb", buffering=0))
-        w.tasks = [asyncio.create_task(self._read_loop(w)), asyncio.create_task(self._drain_stderr(w))]
+        await self._attach(w, out_r, slot)
         placing = asyncio.ensure_future(self._place_early(w, group)) if group is not None else None
         started = False
         try:
@@ -142,6 +137,16 @@ class WorkerLauncher(WorkerCommand):
             assert group is not None
             await self._enter_cgroup(w, group, placing)
         return w
+
+    async def _attach(self, w: _Worker, out_r: int, slot: _Slot | None) -> None:
+        """Wire a new worker up: its fleet slot (released by `_finish`), the protocol reading its replies from
+        `out_r`, and its tasks (the read loop, which ends it, and the stderr drain)."""
+        if slot is not None:
+            w.slot, slot.worker = slot, w
+        protocol = _FromWorker(functools.partial(self._handle, w))
+        w.reader = protocol
+        await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, os.fdopen(out_r, "rb", buffering=0))
+        w.tasks = [asyncio.create_task(self._read_loop(w)), asyncio.create_task(self._drain_stderr(w))]
 
     @staticmethod
     async def _place_early(w: _Worker, group: MemoryCgroup) -> None:

@@ -35,7 +35,8 @@ from ._launch import START_TIMEOUT, WorkerLauncher
 from ._process import _Worker
 from ._proxy import PluginRaised, WorkerProxy
 from ._site import Runtime, build_runtime
-from ._template import Template, templates_wanted
+from ._template import Template
+from ._template_pool import templates_wanted
 
 log = logging.getLogger("erp_plugins.sandbox")
 

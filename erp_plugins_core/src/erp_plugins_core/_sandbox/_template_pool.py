@@ -1,0 +1,97 @@
+"""The templates a `WorkerFleet` keeps, and whether sandboxed workers are forked from templates at all.
+
+A `TemplatePool` (one per `WorkerFleet`) keeps a template per key (plugin, version, runtime site, network,
+limits, data root) while any runner of that key is loaded, so a reaped tenant's next call forks instead of
+starting Python. A new runtime site (the plugin's files changed) is a new key; the old template ends with its
+last runner. A template that cannot start (bubblewrap too old, a plugin that starts threads at import) is
+remembered, said once, and its runners start plain workers.
+
+On by default where the per-tenant uid design applies (the host runs as root); `ERP_PLUGINS_SANDBOX_TEMPLATES=0`
+turns templates off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from .._errors import SandboxError
+from ._template import Template
+
+if TYPE_CHECKING:
+    from ._runner import SandboxRunner
+
+log = logging.getLogger("erp_plugins.sandbox")
+
+#: Environment variable: `0` turns worker templates off; `1`/`auto` (the default) uses them as root.
+ENV = "ERP_PLUGINS_SANDBOX_TEMPLATES"
+
+
+def templates_wanted() -> bool:
+    """Whether sandboxed workers are forked from templates (ERP_PLUGINS_SANDBOX_TEMPLATES; as root only)."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("0", "off", "no", "false"):
+        return False
+    if value not in ("", "1", "on", "yes", "true", "auto"):
+        raise SandboxError(f"{ENV}={value[:40]!r} is not understood; set it to 1 (fork tenants' workers from a "
+                           "per-plugin template, the default as root) or 0 (start each worker afresh)")
+    return os.geteuid() == 0
+
+
+class TemplatePool:
+    """A fleet's templates by key, each kept while a runner of its key is loaded; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._templates: dict[tuple[Any, ...], asyncio.Future[Template | None]] = {}
+        self._users: dict[tuple[Any, ...], set[int]] = {}
+        self._broken: dict[tuple[Any, ...], str] = {}
+
+    async def template_for(self, runner: SandboxRunner) -> Template | None:
+        """The running template for `runner` (started if need be), or None: the runner starts a plain worker."""
+        key = runner.template_key()
+        if key in self._broken:
+            return None
+        self._users.setdefault(key, set()).add(id(runner))
+        fut = self._templates.get(key)
+        if fut is None or (fut.done() and (fut.result() is None or fut.result().dead)):
+            fut = self._templates[key] = asyncio.get_running_loop().create_future()
+            template = Template(key, runner.record.name)
+            try:
+                await template.start(runner)
+            except (SandboxError, OSError, TimeoutError) as exc:
+                self._broken[key] = str(exc)
+                log.info("plugin %r: no worker template (%s); its workers start afresh", runner.record.name, exc)
+                fut.set_result(None)
+                return None
+            except BaseException:
+                del self._templates[key]
+                fut.set_result(None)
+                await template.close()
+                raise
+            fut.set_result(template)
+        return await asyncio.shield(fut)
+
+    async def release(self, runner: SandboxRunner) -> None:
+        """`runner` was closed: its key's template ends once no runner of the key is left."""
+        key = runner.template_key()
+        users = self._users.get(key)
+        if users is None:
+            return
+        users.discard(id(runner))
+        if not users:
+            del self._users[key]
+            fut = self._templates.pop(key, None)
+            if fut is not None and fut.done() and fut.result() is not None:
+                await fut.result().close()
+
+    def running(self) -> list[Template]:
+        return [f.result() for f in self._templates.values() if f.done() and f.result() is not None
+                and not f.result().dead]
+
+    async def close(self) -> None:
+        for template in self.running():
+            await template.close()
+        self._templates.clear()
+        self._users.clear()
