@@ -20,8 +20,8 @@ from .._errors import StateError
 __all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "create_schema"]
 
 SCHEMA_VERSION = 2
-#: The channel `emit` notifies (in its own statement's transaction) so that relays wake at once (the engine's
-#: `_EMIT` statement names it literally).
+#: The channel `emit` notifies (in its own statement's transaction) so that relays wake at once (`_pg_sql.EMIT`
+#: names it literally).
 NOTIFY_CHANNEL = "erp_plugins_relay"
 #: pg_advisory_xact_lock key serializing schema creation between processes opening the database at once.
 _SCHEMA_LOCK = 0x6572_705F_6A6F_6273 & 0x7FFF_FFFF_FFFF_FFFF

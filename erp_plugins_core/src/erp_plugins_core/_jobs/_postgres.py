@@ -36,6 +36,7 @@ try:
     from psycopg.types.json import Jsonb
     from psycopg_pool import AsyncConnectionPool
 
+    from . import _pg_sql as q
     from ._pg_relay import RELAY_BATCH, job_row, relay_once
     from ._pg_schema import NOTIFY_CHANNEL, create_schema
 except ImportError as exc:  # pragma: no cover - depends on the installed extra
@@ -50,51 +51,6 @@ log = logging.getLogger("erp_plugins.jobs")
 
 TASK = "erp_plugins.run"
 QUEUE = "erp_plugins"
-_INSERT = """
-INSERT INTO erp_works (id, kind, tenant, hook, args, source, depth, idem_key, user_ctx, job_ids)
-VALUES (%(id)s, %(kind)s, %(tenant)s, %(hook)s, %(args)s, %(source)s, %(depth)s, %(key)s, %(user)s,
-        COALESCE(procrastinate_defer_jobs_v1(%(jobs)s::procrastinate_job_to_defer_v1[]), '{}'))
-"""
-#: An event: its one row, and a wake-up for the relays (on NOTIFY_CHANNEL), in one autocommitted statement.
-_EMIT = """
-WITH e AS (
-    INSERT INTO erp_inbox (id, tenant, args, source, depth, targets, user_ctx)
-    VALUES (%s, %s, %s::jsonb, %s, %s, %s::jsonb, %s::jsonb) RETURNING 1
-) SELECT pg_notify('erp_plugins_relay', '') FROM e
-"""
-_WORKS = "SELECT id::text, kind, tenant, hook, args, extract(epoch FROM created_at), source, idem_key, job_ids " \
-         "FROM erp_works w"
-_INBOX = "SELECT id::text, tenant, args, extract(epoch FROM created_at), source, targets FROM erp_inbox"
-_DELIVERIES = """
-SELECT j.id, j.args->>'plugin', j.status::text, j.attempts, r.result, r.error, r.error_kind
-  FROM procrastinate_jobs j LEFT JOIN erp_job_results r ON r.job_id = j.id
- WHERE j.id = ANY(%(ids)s) ORDER BY j.id
-"""
-#: procrastinate's job statuses in the contract's words.
-_STATE = {"todo": "queued", "doing": "running", "aborting": "running", "succeeded": "succeeded",
-          "failed": "failed", "cancelled": "failed", "aborted": "failed"}
-_STATUSES = {"queued": ["todo"], "running": ["doing", "aborting"], "failed": ["failed", "cancelled", "aborted"]}
-#: Re-queue the jobs of workers whose heartbeat stopped; row locks and the re-checked WHERE make it safe to run
-#: from every worker at once (a job another worker has just taken again is not touched).
-_REQUEUE_STALLED = """
-SELECT procrastinate_retry_job_v2(j.id, now(), NULL, NULL, NULL)
-  FROM procrastinate_jobs j LEFT JOIN procrastinate_workers w ON w.id = j.worker_id
- WHERE j.status = 'doing' AND j.task_name = %(task)s
-   AND (j.worker_id IS NULL OR w.last_heartbeat < now() - make_interval(secs => %(secs)s))
-   FOR UPDATE OF j SKIP LOCKED
-"""
-_PURGE = """
-WITH old AS (
-    DELETE FROM erp_works w
-     WHERE created_at < now() - make_interval(secs => %(secs)s)
-       AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j
-                        WHERE j.id = ANY(w.job_ids) AND j.status IN ('todo', 'doing', 'aborting'))
-    RETURNING job_ids
-)
-DELETE FROM procrastinate_jobs WHERE id IN (SELECT unnest(job_ids) FROM old)
-"""
-
-
 class DeliveryFailed(Exception):
     """Raised out of the procrastinate task so procrastinate applies the retry strategy; carries the outcome."""
 
@@ -200,13 +156,13 @@ class PostgresEngine(JobEngine):
                 self._emit_conn = None
 
     async def _emit(self, params: tuple[Any, ...]) -> None:
-        """Run _EMIT on emit's own connection, or on the pool while another emit uses it.
+        """The event's INSERT (`_pg_sql.EMIT`) on emit's own connection, or on the pool while another emit uses it.
 
         A failure is not retried (the row may have been committed before the connection broke): the connection
         is dropped, to be made again by the next emit, and the caller gets the error.
         """
         if self._emit_lock.locked():
-            await self._exec(_EMIT, params)
+            await self._exec(q.EMIT, params)
             return
         async with self._emit_lock:
             conn = self._emit_conn
@@ -214,7 +170,7 @@ class PostgresEngine(JobEngine):
                 if conn is None or conn.closed:
                     conn = self._emit_conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True,
                                                                                     connect_timeout=5)
-                await conn.execute(_EMIT, params)
+                await conn.execute(q.EMIT, params)
             except Exception as exc:
                 self._emit_conn = None
                 if conn is not None:
@@ -269,7 +225,7 @@ class PostgresEngine(JobEngine):
                 # the events stored before this job get their jobs first (lower ids), so a plugin sees both in order
                 while await relay_once(conn, QUEUE, TASK, wait=True) == RELAY_BATCH:
                     pass
-                await conn.execute(_INSERT, params)
+                await conn.execute(q.INSERT, params)
         except StateError:
             raise
         except Exception as exc:
@@ -286,8 +242,8 @@ class PostgresEngine(JobEngine):
             works.append(work)
             owner.update(dict.fromkeys(r[8], work))
         if owner:
-            for d in await self._exec(_DELIVERIES, {"ids": list(owner)}):
-                state = _STATE.get(d[2], d[2])
+            for d in await self._exec(q.DELIVERIES, {"ids": list(owner)}):
+                state = q.STATE.get(d[2], d[2])
                 owner[d[0]].deliveries.append(Delivery(
                     id=str(d[0]), plugin=d[1], state=state, attempts=d[3] + (state == "running"),
                     result=d[4], error=d[5], error_kind=d[6],
@@ -306,10 +262,10 @@ class PostgresEngine(JobEngine):
         except ValueError:
             raise JobNotFound(f"no event or job {work_id!r}: ids look like 0f9c1d2e-...-...") from None
         # the inbox first: a relay between the two reads moves the event into erp_works, where the second finds it
-        stored = await self._exec(f"{_INBOX} WHERE id = %s", (work_id,))  # noqa: S608
+        stored = await self._exec(f"{q.INBOX} WHERE id = %s", (work_id,))  # noqa: S608
         if stored:
             return self._stored(stored)[0]
-        rows = await self._exec(f"{_WORKS} WHERE id = %s", (work_id,))  # noqa: S608
+        rows = await self._exec(f"{q.WORKS} WHERE id = %s", (work_id,))  # noqa: S608
         if rows:
             return (await self._works(rows))[0]
         raise JobNotFound(f"no event or job {work_id!r} (never stored, or removed after the retention period)")
@@ -324,12 +280,12 @@ class PostgresEngine(JobEngine):
         elif state is not None:
             where.append("EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.id = ANY(w.job_ids) "
                          "AND j.status::text = ANY(%(statuses)s))")
-            params["statuses"] = _STATUSES[state]
-        sql = f"{_WORKS} WHERE {' AND '.join(where)} ORDER BY created_at DESC LIMIT %(limit)s"  # noqa: S608
+            params["statuses"] = q.STATUSES[state]
+        sql = f"{q.WORKS} WHERE {' AND '.join(where)} ORDER BY created_at DESC LIMIT %(limit)s"  # noqa: S608
         stored: list[Work] = []
         if kind == "event" and state in (None, "queued"):  # events not yet relayed are queued (read first, as get)
             stored = self._stored(await self._exec(
-                f"{_INBOX} WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s) "  # noqa: S608
+                f"{q.INBOX} WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s) "  # noqa: S608
                 "ORDER BY seq DESC LIMIT %(limit)s", params))
         return newest(stored, await self._works(await self._exec(sql, params)), limit)
 
@@ -343,7 +299,7 @@ class PostgresEngine(JobEngine):
         )
         out = dict.fromkeys(("queued", "running", "succeeded", "failed"), 0)
         for status, count in rows:
-            out[_STATE.get(status, status)] += int(count)
+            out[q.STATE.get(status, status)] += int(count)
         return out
 
     async def retry(self, work_id: str) -> int:
@@ -368,7 +324,7 @@ class PostgresEngine(JobEngine):
             raise self._error(exc) from None
 
     async def purge(self) -> int:
-        rows = await self._exec(_PURGE + " RETURNING id", {"secs": self.settings.retention_s})
+        rows = await self._exec(q.PURGE + " RETURNING id", {"secs": self.settings.retention_s})
         return len(rows)
 
     # --- running -------------------------------------------------------------------------------------------
@@ -457,7 +413,7 @@ class PostgresEngine(JobEngine):
         next_purge = 0.0
         while True:
             try:
-                rows = await self._exec(_REQUEUE_STALLED, {"task": TASK, "secs": self.settings.lease_s})
+                rows = await self._exec(q.REQUEUE_STALLED, {"task": TASK, "secs": self.settings.lease_s})
                 if rows:
                     log.warning("event=requeued_stalled count=%d (their worker stopped beating)", len(rows))
                 if loop.time() >= next_purge:
