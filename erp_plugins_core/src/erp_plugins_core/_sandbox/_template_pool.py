@@ -66,10 +66,15 @@ class TemplatePool:
                 fut.set_result(None)
                 return None
             except BaseException:
-                del self._templates[key]
+                if self._templates.get(key) is fut:
+                    del self._templates[key]
                 fut.set_result(None)
                 await template.close()
                 raise
+            if self._templates.get(key) is not fut:  # released or closed while it started: not kept
+                fut.set_result(None)
+                await template.close()
+                return None
             fut.set_result(template)
         return await asyncio.shield(fut)
 
