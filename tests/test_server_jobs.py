@@ -52,7 +52,8 @@ class Ledger(PluginInterface):
         return runs[key]
 
     async def book(self, event_type, data):
-        return {"runs": self._run((event_type, data.get("n")), data.get("fail_first", 0))}
+        runs = self._run((event_type, data.get("n")), data.get("fail_first", 0))
+        return {"runs": runs, "user": dict(self.context.user_context or {})}
 
     async def step(self, workflow, step, payload):
         runs = self._run((workflow, step), payload.get("fail_first", 0))
@@ -175,8 +176,9 @@ def test_an_emitted_event_is_listed_and_delivered_as_the_cli_lists_it(fleet: Job
     view = wait_done(fleet, c, "acme", event_id)
     assert view["state"] == "succeeded" and view["kind"] == "event" and view["error"] is None, fleet.logs()
     assert view["event_type"] == "invoice.created" and view["data"] == {"n": 1, "total": 120}
+    # the hook ran with the caller's user: the token's id, as a hook call over HTTP has it
     assert [(r["plugin"], r["state"], r["attempts"], r["result"]) for r in view["results"]] == [
-        ("ledger", "succeeded", 1, {"runs": 1})]
+        ("ledger", "succeeded", 1, {"runs": 1, "user": {"token": fleet.tokens["acme_call"]["id"]}})]
     settle(fleet, c, "acme")
     listing = c.get("/v1/tenants/acme/events?limit=5", headers=fleet.h("acme_call")).json()
     assert listing["events"][0]["id"] == event_id and listing["events"][0]["state"] == "succeeded"
@@ -210,7 +212,7 @@ def test_a_failed_event_is_in_the_failed_list_and_retried_through_the_api(fleet:
     assert r.json()["id"] == bad and r.json()["retried"] == 1 and r.json()["job"]["id"] == bad
     view = wait_done(fleet, c, "acme", bad)
     assert view["state"] == "succeeded" and view["error"] is None, fleet.logs()
-    assert view["results"][0]["result"] == {"runs": 3}  # run once more, by the retry
+    assert view["results"][0]["result"]["runs"] == 3  # run once more, by the retry
     assert "nothing to retry: event" in problem(c.post(f"/v1/tenants/acme/jobs/{bad}/retry",
                                                        headers=fleet.h("acme_admin")), 409)
     assert bad not in [e["id"] for e in c.get("/v1/tenants/acme/events?failed=true",
@@ -397,7 +399,7 @@ def test_the_console_shows_the_backlog_and_retries_a_failed_event(fleet: JobsFle
         row.get_by_role("button", name=f"Retry event {bad}").click()
         assert page.get_by_role("status").inner_text() == f"queued 1 failed delivery of event {bad} again"
         view = wait_done(fleet, c, "acme", bad)
-        assert view["state"] == "succeeded" and view["results"][0]["result"] == {"runs": 3}
+        assert view["state"] == "succeeded" and view["results"][0]["result"]["runs"] == 3
         page.reload()
         assert page.locator(f"#work-{bad} td.state").inner_text() == "succeeded"
         assert page.locator(f"#work-{bad}").get_by_role("button").count() == 0  # nothing left to retry

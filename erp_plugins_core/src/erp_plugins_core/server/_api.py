@@ -179,7 +179,7 @@ async def _sse_events(chunks: AsyncIterator[tuple[str, Any]], first: tuple[str, 
 async def emit_event(request: Request) -> Response:
     rt = _rt(request)
     tenant = _path(request, "tenant")
-    rt.auth.require(request, tenant=tenant, scope="call")
+    rec = rt.auth.require(request, tenant=tenant, scope="call")
     rt.known_tenant(tenant)
     body = await read_object(request)
     unknown = sorted(set(body) - {"event_type", "data"})
@@ -190,7 +190,7 @@ async def emit_event(request: Request) -> Response:
         raise Problem(422, "event_type must be a non-empty string")
     if not isinstance(data, dict):
         raise Problem(422, f"data must be an object, got {type(data).__name__}")
-    out = await rt.host.emit(tenant, event_type, data)
+    out = await rt.host.emit(tenant, event_type, data, user_context={"token": rec.id})  # as a hook call's user
     if isinstance(out, str):  # durable events: the stored event's id
         return JSONResponse({"id": out}, status_code=202)
     return JSONResponse({"id": None, "delivered": len(out or [])}, status_code=202)

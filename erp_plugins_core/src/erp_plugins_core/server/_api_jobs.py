@@ -25,7 +25,7 @@ __all__ = ["ROUTES", "own_work", "query_limit"]
 
 _SUBMIT_KEYS = ("hook", "args", "idempotency_key")
 #: Arguments of `PluginHost.submit` itself: a hook argument cannot carry these names.
-_RESERVED = ("tenant", "idempotency_key")
+_RESERVED = ("tenant", "idempotency_key", "user_context")
 MAX_LIMIT = 10000
 
 
@@ -125,7 +125,7 @@ def _file_arguments(rt: ServerRuntime, hook: str, args: dict[str, Any]) -> None:
 async def submit_job(request: Request) -> Response:
     rt = _rt(request)
     tenant = request.path_params["tenant"]
-    rt.auth.require(request, tenant=tenant, scope="call")
+    rec = rt.auth.require(request, tenant=tenant, scope="call")
     rt.known_tenant(tenant)
     _query(request, ())
     body = await read_object(request)
@@ -145,7 +145,8 @@ async def submit_job(request: Request) -> Response:
                            f"idempotency_key goes beside args, not in it)")
     _file_arguments(rt, hook, args)
     try:
-        job_id = await rt.host.submit(hook, tenant=tenant, idempotency_key=key, **args)
+        job_id = await rt.host.submit(hook, tenant=tenant, idempotency_key=key, user_context={"token": rec.id},
+                                      **args)
     except AllPluginsFailed as exc:  # nothing ran: no plugin of the tenant implements the hook
         raise Problem(409, str(exc)) from None
     return JSONResponse({"id": job_id}, status_code=202)
