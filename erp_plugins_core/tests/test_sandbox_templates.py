@@ -186,6 +186,9 @@ def test_only_site_and_standard_module_names_are_preloaded(tmp_path: Path) -> No
     names = ["openai.resources.chat", "six", "json.decoder", "antigravity", "this", "os; import x", "../etc",
              "not_installed.mod", "openai-1", 7, "a" * 300]
     assert preload_names(names, str(tmp_path)) == ["openai.resources.chat", "six", "json.decoder"]
+    many = [f"openai.m{i:05d}_{'x' * 20}" for i in range(10000)]  # what fits one message to the template
+    kept = preload_names(many, str(tmp_path))
+    assert 1000 < len(kept) < 4000 and kept == many[:len(kept)] and len(json.dumps(kept)) < 60 * 1024
 
 
 def test_a_bad_templates_setting_is_refused_naming_the_variable(monkeypatch) -> None:

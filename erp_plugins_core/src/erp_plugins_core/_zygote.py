@@ -148,10 +148,17 @@ def _serve(ctl: socket.socket, site: str, loop_kind: str) -> None:
     while True:
         for fd, _ in poller.poll():
             if fd == ctl.fileno():
-                data, fds, _, _ = socket.recv_fds(ctl, _MAX_MESSAGE, 3)
+                data, fds, flags, _ = socket.recv_fds(ctl, _MAX_MESSAGE, 3)
                 if not data:
                     os._exit(0)  # the host is gone; the children follow by their parent-death signal
-                msg = json.loads(data)
+                try:
+                    msg = json.loads(data) if not flags & socket.MSG_TRUNC else {}
+                except ValueError:
+                    msg = {}
+                if "t" not in msg:  # a message cut or garbled: none of ours is, so it is dropped, not obeyed
+                    for f in fds:
+                        os.close(f)
+                    continue
                 if msg["t"] == "spare":
                     pid, note_r, sock = _fork(site, loop_kind)
                     notes[note_r] = (msg["id"], pid)

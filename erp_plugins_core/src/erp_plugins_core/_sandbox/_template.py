@@ -348,19 +348,25 @@ _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _NEVER = frozenset({"antigravity", "this", "idlelib", "turtle", "turtledemo", "tkinter", "__hello__", "__phello__",
                     "test", "__main__"})
 _MAX_PRELOAD = 4000
+_MAX_PRELOAD_BYTES = 48 * 1024  # the message must fit the template's 64 KiB read of one packet
 
 
 def preload_names(modules: list[str], site: str) -> list[str]:
     """The names of `modules` a template may import: well-formed, of the runtime `site`'s top-level packages or
-    of the standard library (none with import-time side effects), at most `_MAX_PRELOAD`."""
+    of the standard library (none with import-time side effects), at most `_MAX_PRELOAD` and 48 KiB of them."""
     try:
         tops = {entry.split(".")[0] for entry in os.listdir(site) if not entry.endswith((".dist-info", ".pth"))}
     except OSError:
         tops = set()
     tops |= set(sys.stdlib_module_names) - _NEVER
-    names = [m for m in modules[:_MAX_PRELOAD * 4] if isinstance(m, str) and len(m) < 200 and _MODULE.fullmatch(m)
-             and m.split(".")[0] in tops]
-    return names[:_MAX_PRELOAD]
+    names, size = [], 0
+    for m in modules[:_MAX_PRELOAD * 4]:
+        if isinstance(m, str) and len(m) < 200 and _MODULE.fullmatch(m) and m.split(".")[0] in tops:
+            size += len(m) + 4
+            if len(names) == _MAX_PRELOAD or size > _MAX_PRELOAD_BYTES:
+                break
+            names.append(m)
+    return names
 
 
 def _write_maps(pid: int, lines: str) -> None:
