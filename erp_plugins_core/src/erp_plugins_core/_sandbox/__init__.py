@@ -29,8 +29,10 @@ runner into a failed state whose SandboxError says the plugin is put into its er
 Modules, one concept each: `_availability` (bwrap, event loop, uids), `_site` (runtime site), `_process`
 (a running worker's objects), `_command` (bwrap argv and limits), `_launch` (spawning, cgroup moves, kills,
 reaping), `_proxy` (calls and streams), `_bridge` (what the worker sends), `_runner` (SandboxRunner),
-`_fleet` (WorkerFleet: the cap on live workers, idle stops). The worker side (`erp_plugins_core._worker`,
-`_rpc`) runs inside the sandbox and imports none of these.
+`_fleet` (WorkerFleet: the cap on live workers, idle stops), `_template` and `_template_pool` (worker
+templates: as root, a worker is forked from its plugin's template, keeping its tenant's uid; see the README),
+`_forking` (a worker forked from a template). The worker side (`erp_plugins_core._worker`, `_rpc`, `_zygote`)
+runs inside the sandbox and imports none of these.
 """
 
 from __future__ import annotations
