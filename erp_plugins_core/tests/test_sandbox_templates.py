@@ -202,3 +202,26 @@ def test_a_bad_templates_setting_is_refused_naming_the_variable(monkeypatch) -> 
     assert templates_wanted() is False
     monkeypatch.setenv("ERP_PLUGINS_SANDBOX_TEMPLATES", "1")
     assert templates_wanted() is True  # as root
+
+
+async def test_each_runtime_site_has_its_own_template_ended_with_its_last_runner(plugin_site: Path,  # noqa: F811
+                                                                                 runtime_dir: Path) -> None:  # noqa: F811
+    # a plugin's files changing gives it a new runtime site: here, a second runtime folder builds another one
+    fleet = WorkerFleet()
+    other_dir = runtime_dir / "other"
+    other_dir.mkdir(mode=0o755, exist_ok=True)
+    old = await forked(fleet, plugin_site, runtime_dir, "acme")
+    new = SandboxRunner(record(plugin_site, "sbx_hostile"), "globex", runtime_dir=other_dir, fleet=fleet)
+    try:
+        await new.load()
+        assert old._runtime.site != new._runtime.site
+        first, second = sorted(fleet.templates.running(), key=lambda t: t.pid)
+        assert first.key != second.key and first.pid != second.pid
+        await old.close()  # the old site's last runner: its template ends, the new one stays
+        [left] = fleet.templates.running()
+        assert left.key == new.template_key() and not left.dead
+        assert {first, second} - {left} == {t for t in (first, second) if t.dead}
+    finally:
+        await old.close()
+        await new.close()
+        await fleet.close()
