@@ -8,13 +8,14 @@ namespaces and mounts. It has run no tenant's `initialize` and never sees a conf
 JSON messages) as fd 0. Imports only the standard library, msgpack, the worker's modules and the plugin.
 
 A fork takes four processes (three only wait, and share nearly all their memory with the template):
-- the template forks C, which unshares a user namespace and says so (the host keeps one such spare ready); for a
-  tenant, the host has the namespace's holder map the tenant's uid there (the host's uid for that tenant, as a
-  plain worker has), then sends `go` with the request and the worker's three pipes, which the template hands
-  to C over C's own socket and closes;
-- C takes the tenant's uid, unshares mount, PID, IPC, UTS (and, without network, network) namespaces, and forks
-  G, PID 1 of the new PID namespace; C then only waits for G and ends as G ended;
-- G mounts its own /proc and /tmp, binds its tenant's data folder at /data and hides the others, drops every
+- ahead of any tenant (the host keeps one such spare ready), the template forks C, which unshares a user
+  namespace and then mount, PID, IPC, UTS (and, without network, network) namespaces, and forks G, PID 1 of the
+  new PID namespace, which mounts its own /proc and /tmp; then C says so;
+- for a tenant, the host has the namespace's holder map the tenant's uid there (the host's uid for that tenant,
+  as a plain worker has), then sends `go` with the request and the worker's three pipes, which the template
+  hands to C over C's own socket and closes; C takes the tenant's uid and hands both on to G, then only waits
+  for G and ends as G ended;
+- G takes the tenant's uid, binds its tenant's data folder at /data and hides the others, drops every
   capability, sets no_new_privs and the worker's own seccomp filter, and forks W, the worker (PID 2, as under
   bubblewrap); G then only waits, as bubblewrap's PID 1 does;
 - W takes the three pipes the host sent as its stdin, stdout and stderr, and runs `_worker.main`: hello.
@@ -160,7 +161,7 @@ def _serve(ctl: socket.socket, site: str, loop_kind: str) -> None:
                         os.close(f)
                     continue
                 if msg["t"] == "spare":
-                    pid, note_r, sock = _fork(site, loop_kind)
+                    pid, note_r, sock = _fork(msg, site, loop_kind)
                     notes[note_r] = (msg["id"], pid)
                     children[pid] = (msg["id"], sock)
                     poller.register(note_r, select.POLLIN)
@@ -229,8 +230,9 @@ def _reap(ctl: socket.socket, children: dict[int, tuple[int, socket.socket | Non
             _send(ctl, {"t": "exit", "id": request, "status": os.waitstatus_to_exitcode(status)})
 
 
-def _fork(site: str, loop_kind: str) -> tuple[int, int, socket.socket]:
-    """Fork C, a child with no tenant yet; (its pid, the pipe it says `u` on, the socket its request comes on)."""
+def _fork(spare: dict[str, Any], site: str, loop_kind: str) -> tuple[int, int, socket.socket]:
+    """Fork C, a child with no tenant yet (`spare`: its network and /tmp size); (its pid, the pipe it says `u`
+    on once it and its G are ready, the socket its request comes on)."""
     note_r, note_w = os.pipe()
     mine, its = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
@@ -241,7 +243,7 @@ def _fork(site: str, loop_kind: str) -> tuple[int, int, socket.socket]:
             keep = sorted({0, 1, 2, note_w, its.fileno()})  # nothing of the template or of other children
             for low, high in zip(keep, [*keep[1:], 1 << 16], strict=True):
                 os.closerange(low + 1, high)
-            _child(its, note_w, site, loop_kind)
+            _child(spare, its, note_w, site, loop_kind)
         except BaseException as exc:
             _die([], f"erp-plugins template: the tenant's worker could not be set up: {exc}")
     os.close(note_w)
@@ -264,37 +266,39 @@ def _die(fds: list[int], message: str) -> None:
 # --- the tenant's side ---------------------------------------------------------------------------------------
 
 
-def _child(sock: socket.socket, note_w: int, site: str, loop_kind: str) -> None:
-    """C: a user namespace; once the host mapped its tenant's uid there, the request and pipes; the uid, new
-    namespaces, then G. Never returns."""
+def _child(spare: dict[str, Any], sock: socket.socket, note_w: int, site: str, loop_kind: str) -> None:
+    """C: a user namespace, the worker's other namespaces and G, ready before any tenant; then, once the host
+    mapped a tenant's uid there, the request and pipes: the uid, and both handed on to G. Never returns."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    _call("unshare", ctypes.c_int(CLONE_NEWUSER))
+    _call("unshare", ctypes.c_int(CLONE_NEWUSER))  # C holds every capability in it, and only in it
+    _call("unshare", ctypes.c_int(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+                                  | (0 if spare["network"] else CLONE_NEWNET)))
+    to_g, g_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sock.close()
+            to_g.close()
+            os.close(note_w)
+            _grandchild(spare, g_end, site, loop_kind)
+        except BaseException as exc:
+            _die([], f"erp-plugins template: the tenant's worker could not be set up: {exc}")
+    g_end.close()
     os.write(note_w, b"u")
     os.close(note_w)
     data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 3)
     sock.close()
     if not data or len(fds) != 3:
-        os._exit(71)  # aborted by the host, or the template ended
+        os._exit(71)  # aborted by the host, or the template ended: G reads end of file and ends too
     try:
-        _become(json.loads(data), fds, site, loop_kind)
+        uid = int(json.loads(data)["uid"])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        os.setsid()
+        socket.send_fds(to_g, [data], fds)
     except BaseException as exc:
         _die(fds, f"erp-plugins template: the tenant's worker could not be set up: {exc}")
-
-
-def _become(msg: dict[str, Any], fds: list[int], site: str, loop_kind: str) -> None:
-    """C, with its request: the tenant's uid, new namespaces, G, then wait for G and end as it ended."""
-    uid = int(msg["uid"])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-    os.setsid()
-    _call("unshare", ctypes.c_int(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
-                                  | (0 if msg["network"] else CLONE_NEWNET)))
-    pid = os.fork()
-    if pid == 0:
-        try:
-            _grandchild(msg, fds, site, loop_kind)
-        except BaseException as exc:
-            _die(fds, f"erp-plugins template: the tenant's worker could not be set up: {exc}")
+    to_g.close()
     for f in fds:
         os.close(f)
     _end_as(pid, init=False)
@@ -317,12 +321,28 @@ def _end_as(pid: int, *, init: bool) -> None:
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
-def _grandchild(msg: dict[str, Any], fds: list[int], site: str, loop_kind: str) -> None:
-    """G: its own mounts, no capabilities, the worker's filter and pipes, then the worker itself."""
+def _grandchild(spare: dict[str, Any], sock: socket.socket, site: str, loop_kind: str) -> None:
+    """G, PID 1: its own /proc and /tmp before any tenant; with the request, the tenant's uid and data folder,
+    no capabilities, the worker's filter, then the worker itself (W) to wait for."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(msg['tmp'])},mode=1777")  # noqa: S108
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(spare['tmp'])},mode=1777")  # noqa: S108
+    data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 3)
+    sock.close()
+    if not data or len(fds) != 3:
+        os._exit(71)
+    try:
+        _specialize(json.loads(data), fds, site, loop_kind)
+    except BaseException as exc:
+        _die(fds, f"erp-plugins template: the tenant's worker could not be set up: {exc}")
+
+
+def _specialize(msg: dict[str, Any], fds: list[int], site: str, loop_kind: str) -> None:
+    """G, with its request: the tenant's uid and /data, no capabilities, the worker's filter, then W."""
+    uid = int(msg["uid"])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
     if msg.get("data") is not None:
         name = str(msg["data"])
         if "/" in name or name in ("", ".", ".."):

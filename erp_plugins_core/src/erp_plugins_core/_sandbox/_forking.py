@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _cgroup, _seccomp
 from .._errors import PluginError, SandboxError
-from ._command import TMPFS_BYTES
 from ._process import _Worker
 from ._site import mark_used
 
@@ -24,6 +23,10 @@ if TYPE_CHECKING:
     from ._template import Template
 
 _TEACHING: set[asyncio.Task[None]] = set()  # the running `_teach_from` tasks, kept referenced
+
+
+#: Seconds after a forked worker's hello before its template makes the next spare child.
+SPARE_DELAY = 0.2
 
 
 class ForkedProcess:
@@ -73,8 +76,8 @@ class WorkerForker:
         memory = runner.manifest.resources.memory_bytes if _cgroup.wanted() else None
         network = runner.manifest.resources.network_access
         data = runner._data_dir()
-        request = {"uid": runner.uid, "network": network, "data": data.name if data is not None else None,
-                   "tmp": TMPFS_BYTES, "rw": runner.manifest.security.file_permissions == "read-write",
+        request = {"uid": runner.uid, "data": data.name if data is not None else None,
+                   "rw": runner.manifest.security.file_permissions == "read-write",
                    "seccomp": _seccomp.filter_bytes(network).hex()}
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -121,7 +124,9 @@ class WorkerForker:
             runner._kill(w, "its process could not be found", crash=False)
             await runner._reap(w)
             raise SandboxError(f"plugin {runner.record.name!r}: the forked worker's process could not be found")
-        template.prepare(memory)  # the next start's child, now that this one is up
+        # the next start's child, once this worker's initialize and first call are likely done: its fork and
+        # cgroup moves would slow them (a move holds up forks machine-wide for an RCU grace period)
+        loop.call_later(SPARE_DELAY, template.prepare, memory)
         if group is not None:  # checked before `initialize`: no plugin code of this tenant has run yet
             try:
                 inside = group.pids()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _seccomp
 from .._errors import SandboxError
 from ._availability import UID_BASE, UID_SPAN
+from ._command import TMPFS_BYTES
 
 if TYPE_CHECKING:
     from .._cgroup import MemoryCgroup
@@ -95,6 +96,7 @@ class Template:
         self._stderr = bytearray()
         self.dead = False
         self.taught = False  # sent the modules a worker of it imported (once: `teach`)
+        self.network = False  # whether its workers have the network (its runners' manifest), set by `start`
         self._making: asyncio.Task[_Spare] | None = None  # the next spare child, being made or ready
 
     def __repr__(self) -> str:
@@ -106,6 +108,7 @@ class Template:
 
         runtime = runner._runtime
         assert runtime is not None
+        self.network = runner.manifest.resources.network_access
         script = f"{runtime.site}/erp_plugins_core/_userns.py"
         self._holder = await asyncio.create_subprocess_exec(
             runtime.python, "-I", "-S", "-B", script, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -155,7 +158,7 @@ class Template:
 
     async def fork(self, request: dict[str, Any], fds: tuple[int, int, int], memory: int | None,
                    limits: tuple[str, str]) -> tuple[int, asyncio.Future[int], MemoryCgroup | None]:
-        """A worker for `request` (uid, data, rw, network, tmp, seccomp) with `fds` as its stdin, stdout and
+        """A worker for `request` (uid, data, rw, seccomp) with `fds` as its stdin, stdout and
         stderr, in a memory cgroup of `memory` bytes where one can be made (None: no cgroup wanted), with the
         rlimits `limits[1]` in a cgroup, else `limits[0]`: (the child's host pid, a future of its exit status,
         its cgroup).
@@ -175,8 +178,8 @@ class Template:
         return spare.pid, spare.ended, spare.group
 
     def prepare(self, memory: int | None) -> None:
-        """Start making the next spare child (`fork` takes it): after a worker said hello, so that the spare's
-        fork and cgroup move (which holds up forks machine-wide for an RCU grace period) slow no start."""
+        """Start making the next spare child (`fork` takes it), unless one is ready or being made: called a
+        moment after a start, so that the spare's fork and cgroup moves slow no start."""
         making = self._making
         if self.dead or making is not None and not (making.done() and (making.cancelled() or making.exception())):
             return  # one is being made or ready
@@ -194,9 +197,9 @@ class Template:
         return await self._spare(memory)
 
     async def _spare(self, memory: int | None) -> _Spare:
-        """Have the template fork a child (it makes its user namespace and waits), and put it in a new cgroup."""
+        """Have the template fork a child (its namespaces and PID 1 made, it waits), and put them in a new cgroup."""
         from .._cgroup import MemoryCgroup
-        from ._launch import _say_no_cgroup
+        from ._launch import _add_all, _children, _say_no_cgroup
 
         loop = asyncio.get_running_loop()
         ident = next(self._ids)
@@ -204,7 +207,7 @@ class Template:
         ended = self._exits[ident] = loop.create_future()
         ended.add_done_callback(lambda _: self._exits.pop(ident, None))
         try:
-            self._send({"t": "spare", "id": ident})
+            self._send({"t": "spare", "id": ident, "network": self.network, "tmp": TMPFS_BYTES})
             child = self._host_pid(await forked)
         finally:
             self._forked.pop(ident, None)
@@ -216,9 +219,9 @@ class Template:
             spare.group = MemoryCgroup.create(memory)
             if spare.group is None:
                 _say_no_cgroup()
-            else:  # one move for the worker's processes: those it forks are born in the group
+            else:  # C and its G now: the worker G forks later is born in the group
                 with contextlib.suppress(OSError):  # checked after the worker's hello, and said there
-                    await asyncio.to_thread(spare.group.add, child)
+                    await asyncio.to_thread(_add_all, spare.group, [child, *_children(child)])
         return spare
 
     async def _drop(self, spare: _Spare) -> None:
