@@ -289,21 +289,8 @@ class PostgresStateStore(SQLStateStore):
             with self._conn(self._busy_timeout) as conn:
                 conn.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK,))
                 try:
-                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-                    tx = _PgTransaction(conn, locked=True)
-                    self._local.in_tx = True
-                    try:
+                    with self._begun(conn, "READ COMMITTED", locked=True) as tx:
                         yield tx
-                        tx.open = False
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        tx.open = False
-                        if not conn.closed:
-                            with contextlib.suppress(psycopg.Error):
-                                conn.execute("ROLLBACK")
-                        raise
-                    finally:
-                        self._local.in_tx = False
                 finally:
                     if not conn.closed:
                         try:
@@ -312,6 +299,27 @@ class PostgresStateStore(SQLStateStore):
                             conn.close()  # never hand the pool a connection that may still hold the lock
         except psycopg.Error as exc:
             raise self._error(exc) from None
+
+    @contextlib.contextmanager
+    def _begun(self, conn: Any, isolation: str, *, locked: bool) -> Iterator[_PgTransaction]:
+        """A transaction at `isolation` on `conn`: committed when the block ends, rolled back if it raises."""
+        import psycopg
+
+        conn.execute(f"BEGIN ISOLATION LEVEL {isolation}")
+        tx = _PgTransaction(conn, locked=locked)
+        self._local.in_tx = True
+        try:
+            yield tx
+            tx.open = False
+            conn.execute("COMMIT")
+        except BaseException:
+            tx.open = False
+            if not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._local.in_tx = False
 
     def atomic(self, fn: Callable[[StateTransaction], T]) -> T:
         """`fn(tx)` at SERIALIZABLE, retried with jittered backoff on conflicts, deadlocks and while the
@@ -327,23 +335,8 @@ class PostgresStateStore(SQLStateStore):
         while True:
             remaining = deadline - time.monotonic()
             try:
-                with self._conn(max(0.1, remaining)) as conn:
-                    conn.execute(f"BEGIN ISOLATION LEVEL {isolation}")
-                    tx = _PgTransaction(conn, locked=False)
-                    self._local.in_tx = True
-                    try:
-                        result = fn(tx)
-                        tx.open = False
-                        conn.execute("COMMIT")
-                        return result
-                    except BaseException:
-                        tx.open = False
-                        if not conn.closed:
-                            with contextlib.suppress(psycopg.Error):
-                                conn.execute("ROLLBACK")
-                        raise
-                    finally:
-                        self._local.in_tx = False
+                with self._conn(max(0.1, remaining)) as conn, self._begun(conn, isolation, locked=False) as tx:
+                    return fn(tx)
             except (psycopg.errors.TransactionRollback, psycopg.OperationalError) as exc:
                 if isinstance(exc, psycopg.errors.LockNotAvailable):
                     raise self._error(exc) from None
