@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 import pytest
-from test_jobs import Env, _wait_job, run_env
+from test_jobs import LEDGER_MANIFEST, Env, _wait_job, run_env
 
 from erp_plugins_core._catalog import ACCEPTED_FINDINGS, acceptance_key
 from erp_plugins_core._errors import HookArgumentError
@@ -48,17 +48,7 @@ class Plugin(PluginInterface):
         self._write(key=f"mail:{subject}")
         return f"msg-{subject}"
 """
-MANIFEST = """
-security: {sandbox: false}
-permissions: [email.send, events.emit]
-config_schema:
-  type: object
-  properties:
-    record: {type: string}
-hooks:
-  - {name: on_event, method: on_event}
-  - {name: send_email, method: send_email}
-"""
+MANIFEST = LEDGER_MANIFEST  # the jobs tests' ledger: on_event and send_email, with its config key
 #: A process that stores one event, prints its id and is killed at once (no relay runs in it: deliver=False).
 EMIT_AND_DIE = """
 import asyncio, os, signal, sys
