@@ -225,3 +225,18 @@ async def test_each_runtime_site_has_its_own_template_ended_with_its_last_runner
         await old.close()
         await new.close()
         await fleet.close()
+
+
+async def test_a_template_whose_preload_starts_a_thread_ends_and_its_plugin_starts_workers_afresh(tenants) -> None:
+    fleet, runners = tenants
+    [template] = fleet.templates.running()
+    attack = runners["acme"].hook_function("ai_request", "attack")
+    assert await attack("import:sbx_hostile.threader", {}) == "imported"  # the first call: the template learns it
+    for _ in range(200):
+        if template.dead:
+            break
+        await asyncio.sleep(0.05)
+    assert template.dead and "thread" in (template.failure or "")
+    assert await attack("harmless", {}) == "harmless"  # its worker ended with it; this one started afresh
+    assert type(runners["acme"]._worker.proc).__name__ != "ForkedProcess"
+    assert fleet.templates.running() == []  # and no new template is started for the plugin

@@ -32,7 +32,10 @@ from ._process import _End, _FromWorker, _Worker, describe_exit
 from ._site import Runtime, mark_used
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from ._fleet import _Slot
+    from ._template import Template
 
 log = logging.getLogger("erp_plugins.sandbox")
 
@@ -55,12 +58,14 @@ class WorkerLauncher(WorkerCommand):
     _failed: str | None
     _redactor: Redactor
     _handle: Callable[[_Worker, dict[str, Any]], None]
+    _template: Callable[[], Awaitable[Template | None]]  # the runner's; None: start afresh
+    _spawn_forked: Callable[[Template, _Slot | None], Awaitable[_Worker]]  # WorkerForker's
 
     async def _spawn(self, slot: _Slot | None = None) -> _Worker:
-        template = await self._template()  # type: ignore[attr-defined]
+        template = await self._template()
         if template is not None:
             try:
-                return await self._spawn_forked(template, slot)  # type: ignore[attr-defined]
+                return await self._spawn_forked(template, slot)
             except SandboxError as exc:
                 if not template.dead:
                     raise

@@ -96,6 +96,7 @@ class Template:
         self._stderr = bytearray()
         self.dead = False
         self.taught = False  # sent the modules a worker of it imported (once: `teach`)
+        self.failure: str | None = None  # why it said it cannot go on, if it did
         self.network = False  # whether its workers have the network (its runners' manifest), set by `start`
         self._making: asyncio.Task[_Spare] | None = None  # the next spare child, being made or ready
 
@@ -145,9 +146,10 @@ class Template:
                                f"{self.stderr()[-500:]}") from None
         finally:
             os.close(info_r)
-        if ready.get("t") != "ready":
+        if ready.get("t") != "ready":  # it said why (the plugin's import failed or started threads): for good
+            self.failure = str(ready.get("message") or f"the template did not start: {self.stderr()[-500:]}")
             await self.close()
-            raise SandboxError(str(ready.get("message") or f"the template did not start: {self.stderr()[-500:]}"))
+            raise SandboxError(self.failure)
         init = int(info.get("child-pid", 0))
         self.pid = next(iter(_children(init)), None) if init else None
         if self.pid is None:
@@ -298,6 +300,8 @@ class Template:
         try:
             while True:
                 msg = await self._recv()
+                if msg.get("t") == "error":  # it cannot fork any more (a preload started a thread): it ends
+                    self.failure = str(msg.get("message"))[:300]
                 table = self._forked if msg.get("t") == "forked" else self._exits if msg.get("t") == "exit" else {}
                 fut = table.get(int(msg.get("id", 0)))
                 if fut is not None and not fut.done():
@@ -305,7 +309,8 @@ class Template:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         if not self.dead:
-            log.warning("the worker template of plugin %r ended; its tenants' workers start afresh", self.plugin)
+            log.warning("the worker template of plugin %r ended%s; its tenants' workers start afresh", self.plugin,
+                        f" ({self.failure})" if self.failure else "")
             await self.close()
 
     def _fail_all(self) -> None:

@@ -3,8 +3,9 @@
 A `TemplatePool` (one per `WorkerFleet`) keeps a template per key (plugin, version, runtime site, network,
 limits, data root) while any runner of that key is loaded, so a reaped tenant's next call forks instead of
 starting Python. A new runtime site (the plugin's files changed) is a new key; the old template ends with its
-last runner. A template that cannot start (bubblewrap too old, a plugin that starts threads at import) is
-remembered, said once, and its runners start plain workers.
+last runner. When a template cannot start, its runners start plain workers: for good when the template said
+why (the plugin's import failed or started threads), else for a minute (bubblewrap or the machine failed it).
+A template that says later that it cannot fork safely (a preload started a thread) is not started again.
 
 On by default where the per-tenant uid design applies (the host runs as root); `ERP_PLUGINS_SANDBOX_TEMPLATES=0`
 turns templates off.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("erp_plugins.sandbox")
 
+#: Seconds a plugin whose template could not start has its workers started afresh before it is tried again.
+RETRY_AFTER = 60.0
 #: Environment variable: `0` turns worker templates off; `1`/`auto` (the default) uses them as root.
 ENV = "ERP_PLUGINS_SANDBOX_TEMPLATES"
 
@@ -46,23 +50,30 @@ class TemplatePool:
     def __init__(self) -> None:
         self._templates: dict[tuple[Any, ...], asyncio.Future[Template | None]] = {}
         self._users: dict[tuple[Any, ...], set[int]] = {}
-        self._broken: dict[tuple[Any, ...], str] = {}
+        self._broken: dict[tuple[Any, ...], float] = {}  # key -> loop time until which its workers start afresh
 
     async def template_for(self, runner: SandboxRunner) -> Template | None:
         """The running template for `runner` (started if need be), or None: the runner starts a plain worker."""
         key = runner.template_key()
-        if key in self._broken:
+        loop = asyncio.get_running_loop()
+        if self._broken.get(key, -math.inf) > loop.time():
             return None
         self._users.setdefault(key, set()).add(id(runner))
         fut = self._templates.get(key)
+        if fut is not None and fut.done() and fut.result() is not None and fut.result().failure:
+            self._broken[key] = math.inf  # it said it cannot fork safely: a new one would say it again
+            return None
         if fut is None or (fut.done() and (fut.result() is None or fut.result().dead)):
             fut = self._templates[key] = asyncio.get_running_loop().create_future()
             template = Template(key, runner.record.name)
             try:
                 await template.start(runner)
             except (SandboxError, OSError, TimeoutError) as exc:
-                self._broken[key] = str(exc)
-                log.info("plugin %r: no worker template (%s); its workers start afresh", runner.record.name, exc)
+                # what the template said of the plugin holds for good; anything else is tried again later
+                retry = math.inf if template.failure else RETRY_AFTER
+                self._broken[key] = loop.time() + retry
+                log.info("plugin %r: no worker template (%s); its workers start afresh%s", runner.record.name,
+                         exc, "" if template.failure else f" for {RETRY_AFTER:g} s")
                 fut.set_result(None)
                 return None
             except BaseException:
