@@ -460,10 +460,11 @@ async def test_a_worker_that_cannot_enter_its_cgroup_is_stopped(plugin_site: Pat
 
 
 def _erp_cgroups() -> list[Path]:
+    """This process's worker cgroups (`erp-plugins-<pid>-<n>`): other test processes make and remove theirs."""
     group = MemoryCgroup.create(1 << 30)
     assert group is not None
     group.remove()
-    return [p for p in group.path.parent.iterdir() if p.name.startswith("erp-plugins-")]
+    return [p for p in group.path.parent.iterdir() if p.name.startswith(f"erp-plugins-{os.getpid()}-")]
 
 
 def _uid_of(pid: str) -> int | None:
