@@ -167,20 +167,22 @@ async def retry_job(request: Request) -> Response:
     token = rt.auth.require(request, tenant=tenant, scope="admin")
     rt.known_tenant(tenant)
     _query(request, ())
-    count, view = await retry_own(rt, tenant, job_id)
-    plugins = ", ".join(r["plugin"] for r in view["results"] if r["state"] == "queued")
+    count, plugins, view = await retry_own(rt, tenant, job_id)
     await asyncio.to_thread(rt.auth.record_action, token, tenant, plugins, "retry", "api", {"work": job_id})
     return JSONResponse({"id": job_id, "retried": count, "job": view}, status_code=202)
 
 
-async def retry_own(rt: ServerRuntime, tenant: str, job_id: str) -> tuple[int, dict[str, Any]]:
-    """Retry the tenant's event or job: how many deliveries were queued again and its view after; 409 if none."""
+async def retry_own(rt: ServerRuntime, tenant: str, job_id: str) -> tuple[int, str, dict[str, Any]]:
+    """Retry the tenant's event or job: how many deliveries were queued again, the plugins whose deliveries had
+    failed (read before the retry: a worker may already run them again when the view after is read), and its view
+    after; 409 if none."""
     before = await own_work(rt, tenant, job_id)
     count = await rt.host.retry(job_id)
     if count == 0:
         raise Problem(409, f"nothing to retry: {before['kind']} {job_id} has no failed delivery "
                            f"(state: {before['state']})")
-    return count, await rt.host.job(job_id)
+    plugins = ", ".join(r["plugin"] for r in before["results"] if r["state"] == "failed")
+    return count, plugins, await rt.host.job(job_id)
 
 
 ROUTES = [

@@ -46,8 +46,7 @@ async def retry_submit(request: Request, session: Session) -> Response:
     form = await request.form()
     check_csrf(session.csrf, form.get("csrf"))
     job_id = request.path_params["id"]
-    count, view = await retry_own(rt, tenant, job_id)
-    plugins = ", ".join(r["plugin"] for r in view["results"] if r["state"] == "queued")
+    count, plugins, view = await retry_own(rt, tenant, job_id)
     await asyncio.to_thread(rt.auth.record_action, session.token, tenant, plugins, "retry", "console",
                             {"work": job_id})
     done = f"queued {count} failed deliver{'y' if count == 1 else 'ies'} of {view['kind']} {job_id} again"
