@@ -35,9 +35,10 @@ SECRETS = {"acme": "sk-acme-template-secret-1111", "globex": "sk-globex-template
 async def forked(fleet: WorkerFleet, site: Path, runtime: Path, tenant: str) -> SandboxRunner:
     runner = SandboxRunner(record(site, "sbx_hostile"), tenant, runtime_dir=runtime, fleet=fleet)
     await runner.load()
-    config = {"api_key": SECRETS[tenant]}
+    secret = SECRETS.get(tenant, f"sk-{tenant}-template-secret")
+    config = {"api_key": secret}
     context = PluginContext(tenant_id=tenant, plugin="sbx_hostile", config=config, granted=frozenset(), bridge=None,
-                            redactor=Redactor([SECRETS[tenant]]))
+                            redactor=Redactor([secret]))
     assert await runner.initialize(config, context)
     assert type(runner._worker.proc).__name__ == "ForkedProcess"
     return runner
@@ -138,6 +139,27 @@ async def test_a_template_ends_with_its_last_runner_and_a_dead_one_is_replaced(t
     await runners["globex"].close()
     assert fleet.templates.running() == []
     assert again._proc.returncode is not None and again._holder.returncode is not None
+
+
+async def test_one_template_serves_more_tenants_than_a_workers_task_cap(
+        plugin_site: Path, runtime_dir: Path, monkeypatch) -> None:  # noqa: F811
+    """Every task of every tenant's user namespace also counts against the template's uid: with a worker's cap of
+    32 tasks on the template, the eleventh tenant (3 tasks each) could not be forked any more."""
+    monkeypatch.delenv("ERP_PLUGINS_SANDBOX_TEMPLATES", raising=False)
+    fleet = WorkerFleet()
+    names = [f"tenant{i}" for i in range(14)]
+    runners = []
+    try:
+        for name in names:
+            runners.append(await forked(fleet, plugin_site, runtime_dir, name))
+        assert len(fleet.templates.running()) == 1 and len({r.uid for r in runners}) == len(names)
+        for runner in runners:  # (a worker keeps its own cap: test_sandbox_forked runs the fork bomb test)
+            assert await runner.hook_function("ai_request", "attack")("harmless", {}) == "harmless"
+        assert sum(len(processes(r)) for r in runners) >= 3 * len(names)
+    finally:
+        for runner in runners:
+            await runner.close()
+        await fleet.close()
 
 
 def read_memory(pid: int) -> bytes:

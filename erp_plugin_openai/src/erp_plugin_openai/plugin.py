@@ -24,6 +24,7 @@ from erp_plugins_core import (
 )
 
 from ._errors import display_url, map_error, scrub
+from ._rehearsal import rehearse
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: Defaults of the optional config keys; equal to plugin.yaml's (a test checks).
@@ -40,19 +41,6 @@ HEALTH_TIMEOUT = 10.0
 #: certificates takes ≈ 50 ms, which each tenant's `initialize` would pay again, and a sandboxed worker forked from
 #: the plugin's template (erp-plugins-core) inherits it ready. Verification is the SDK's default (system CAs).
 TLS_CONTEXT = ssl.create_default_context()
-
-
-def _build_response_models() -> None:
-    """Build the validators of the SDK's response models this plugin reads now, not at the first answer: the
-    SDK defers them (≈ 15 ms, once per process), and a forked worker inherits them from its template."""
-    from openai.types import CreateEmbeddingResponse, Model
-    from openai.types.chat import ChatCompletion, ChatCompletionChunk
-
-    for model in (ChatCompletion, ChatCompletionChunk, CreateEmbeddingResponse, Model):
-        model.model_rebuild()
-
-
-_build_response_models()
 _MAX_LISTED = 20
 
 
@@ -143,7 +131,7 @@ class OpenAIProvider(AIProviderPlugin):
             organization=s.organization,
             timeout=s.timeout,
             max_retries=s.max_retries,
-            http_client=openai.DefaultAsyncHttpxClient(verify=TLS_CONTEXT),
+            http_client=self._http_client(),
         )
         try:
             await self.validate_model_config(self.config)
@@ -250,6 +238,10 @@ class OpenAIProvider(AIProviderPlugin):
 
     # --- helpers --------------------------------------------------------------------------------------------
 
+    def _http_client(self) -> Any:
+        """The SDK's own async HTTP client, verifying with the module's TLS context (`_rehearsal` swaps it)."""
+        return openai.DefaultAsyncHttpxClient(verify=TLS_CONTEXT)
+
     def _ready(self) -> tuple[openai.AsyncOpenAI, Settings]:
         if self._client is None or self.settings is None:
             raise LifecycleError("openai_provider is not initialized (or was cleaned up); enable it first")
@@ -293,3 +285,7 @@ class OpenAIProvider(AIProviderPlugin):
         if self.context is not None:
             s = self.settings
             self.context.log(level, scrub(message, (s.api_key,) if s else ()))
+
+
+#: What the SDK builds lazily is built now, once per plugin and before any tenant exists (see `_rehearsal`).
+REHEARSED = rehearse(OpenAIProvider)

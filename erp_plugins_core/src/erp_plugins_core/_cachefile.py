@@ -1,9 +1,9 @@
 """The cache files: where they live, the discovery cache's key that says whether it still holds, raw read and write.
 
-The key is the nanosecond mtime, ctime (folders only), inode and size of every `sys.path` folder (an install, upgrade or removal
-adds or removes a `.dist-info` there), of every manifest read (editable installs) and of every plugins folder and
-plugin folder. Like git's "racy clean" rule, a file written less than `RACY_SECONDS` after the newest of those
-stamps is not trusted, so changes within one clock tick are never missed.
+The key is the nanosecond mtime, ctime (folders only), inode and size of every `sys.path` folder (an install,
+upgrade or removal adds or removes a `.dist-info` there), of every manifest read (editable installs) and of every
+plugins folder and plugin folder. Like git's "racy clean" rule, a file written less than `RACY_SECONDS` after the
+newest of those stamps is not trusted, so changes within one clock tick are never missed.
 
 Kept light on purpose (only `os`, `stat`, `sys`, `zlib` and `marshal`, which the interpreter has loaded already): the
 command line's `list` and `--help` answer from here without importing discovery, the manifest model, click or the

@@ -97,9 +97,12 @@ class WorkerCommand:
             plugin_data = self._data_root / self.record.name
             plugin_data.mkdir(parents=True, exist_ok=True)  # as `_data_dir` makes it: each tenant's inside is 0700
             argv += ["--bind", str(plugin_data), "/.data", "--perms", "0755", "--dir", "/data"]
-        # its children lower these to their own (a memory cgroup's worker has the looser address-space cap)
+        # its children lower these to their own (a memory cgroup's worker has the looser address-space cap); it
+        # keeps the host's NPROC: every task of its tenants' user namespaces also counts against its own uid, so
+        # a worker's cap of 32 there would cap all its tenants' workers together (fork fails with EAGAIN)
+        limits = {k: v for k, v in self._limits(_cgroup.wanted()).items() if k != "NPROC"}
         argv += [*self._environment(info_fd, seccomp_fd), "-c", _TEMPLATE_LAUNCH, SANDBOX_SITE,
-                 self.limits_text(_cgroup.wanted()), worker_loop(), self.record.module, self.record.attr]
+                 ",".join(f"{k}={v}" for k, v in limits.items()), worker_loop(), self.record.module, self.record.attr]
         return argv
 
     def template_key(self) -> tuple[object, ...]:

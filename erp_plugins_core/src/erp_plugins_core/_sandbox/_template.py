@@ -309,8 +309,9 @@ class Template:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         if not self.dead:
+            said = self.failure or self.stderr().strip().rpartition("\n")[2][-300:]
             log.warning("the worker template of plugin %r ended%s; its tenants' workers start afresh", self.plugin,
-                        f" ({self.failure})" if self.failure else "")
+                        f" ({said})" if said else "")
             await self.close()
 
     def _fail_all(self) -> None:
