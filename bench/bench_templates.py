@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import statistics
 import sys
@@ -76,6 +77,10 @@ class Side:
         took = _perf() - start
         if not isinstance(answer, str) or not answer:
             raise SystemExit(f"{self.name}: unexpected answer {answer!r}")
+        forked = type(self.runner(tenant)._worker.proc).__name__ == "ForkedProcess"
+        if forked != (self.name == "template"):  # a side measuring the other side's kind of worker is no result
+            raise SystemExit(f"{self.name}: the worker of {tenant} was {'' if forked else 'not '}forked from a "
+                             "template; the log above says why")
         self.uids.add(self.runner(tenant).uid)
         return took
 
@@ -179,6 +184,8 @@ if __name__ == "__main__":
     parser.add_argument("--first-rounds", type=int, default=4)
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("erp_plugins.sandbox").setLevel(logging.INFO)  # why a template could not be used
     if options.tenants < 2:
         raise SystemExit("--tenants must be at least 2")
     out = asyncio.run(main(options))

@@ -259,6 +259,30 @@ async def test_a_template_whose_preload_starts_a_thread_ends_and_its_plugin_star
             break
         await asyncio.sleep(0.05)
     assert template.dead and "thread" in (template.failure or "")
-    assert await attack("harmless", {}) == "harmless"  # its worker ended with it; this one started afresh
+    old = runners["acme"]._worker
+    if old is not None:  # its worker ends with it (the host sees it end)
+        await asyncio.wait_for(old.finished.wait(), 10)
+    assert await attack("harmless", {}) == "harmless"  # this one started afresh
     assert type(runners["acme"]._worker.proc).__name__ != "ForkedProcess"
     assert fleet.templates.running() == []  # and no new template is started for the plugin
+
+
+async def test_a_preload_that_joins_its_threads_keeps_the_template(tenants, plugin_site: Path,  # noqa: F811
+                                                                   runtime_dir: Path) -> None:  # noqa: F811
+    fleet, runners = tenants
+    [template] = fleet.templates.running()
+    assert await runners["acme"].hook_function("ai_request", "attack")("import:sbx_hostile.joiner", {}) == "imported"
+    for _ in range(100):
+        if template.taught:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # the template imports between forks
+    later = await forked(fleet, plugin_site, runtime_dir, "initech")
+    try:
+        modules = await later._call(later._worker, "modules", {}, what="modules", seconds=5.0)
+        assert not template.dead and template.failure is None, template.failure
+        assert "sbx_hostile.joiner" in modules
+        assert fleet.templates.running() == [template]
+    finally:
+        await later.close()
+

@@ -32,6 +32,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def main() -> None:
     _libc = ctypes.CDLL(None, use_errno=True)
     worker.rpc = worker._load_rpc()
     error = _preload(loop_kind, module, attr)
-    threads = len(os.listdir("/proc/self/task"))
+    threads = _threads()
     if error is None and threads != 1:
         error = (f"importing {module} started {threads - 1} thread(s); a template forks, so it must stay "
                  "single-threaded")
@@ -107,6 +108,18 @@ def main() -> None:
     _send(ctl, {"t": "ready"} if error is None else {"t": "error", "message": error[:2000]})
     if error is None:
         _serve(ctl, site, loop_kind)
+
+
+def _threads(wait: float = 1.0) -> int:
+    """How many threads this process has, once those already finished are gone: a thread that was joined can
+    linger in the kernel a moment after `join()` returns (an SDK that ran something in an executor it shut
+    down). Waits up to `wait` seconds for the count to fall to one."""
+    deadline = time.monotonic() + wait
+    while True:
+        count = len(os.listdir("/proc/self/task"))
+        if count == 1 or time.monotonic() >= deadline:
+            return count
+        time.sleep(0.002)
 
 
 def _preload(loop_kind: str, module: str, attr: str) -> str | None:
@@ -207,7 +220,7 @@ def _preload_more(ctl: socket.socket, modules: list[str]) -> None:
                 importlib.import_module(name)
             except BaseException:  # noqa: S112 - a module this process cannot import is simply not shared
                 continue
-    threads = len(os.listdir("/proc/self/task"))
+    threads = _threads()
     if threads != 1:
         _send(ctl, {"t": "error", "message": f"preloading started {threads - 1} thread(s)"})
         os._exit(0)
