@@ -77,12 +77,16 @@ class Side:
         took = _perf() - start
         if not isinstance(answer, str) or not answer:
             raise SystemExit(f"{self.name}: unexpected answer {answer!r}")
-        forked = type(self.runner(tenant)._worker.proc).__name__ == "ForkedProcess"
-        if forked != (self.name == "template"):  # a side measuring the other side's kind of worker is no result
-            raise SystemExit(f"{self.name}: the worker of {tenant} was {'' if forked else 'not '}forked from a "
-                             "template; the log above says why")
+        self.check_kind(tenant)
         self.uids.add(self.runner(tenant).uid)
         return took
+
+    def check_kind(self, tenant: str) -> None:
+        """A side measuring the other side's kind of worker gives no result: stop, saying so."""
+        forked = type(self.runner(tenant)._worker.proc).__name__ == "ForkedProcess"
+        if forked != (self.name == "template"):
+            raise SystemExit(f"{self.name}: the worker of {tenant} was {'' if forked else 'not '}forked from a "
+                             "template; the log above says why")
 
     async def reap(self, tenant: str) -> None:
         """Stop the tenant's worker as the fleet stops an idle one (deactivate, cleanup, end)."""
@@ -153,6 +157,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     start = _perf()
                     await host.enable(PLUGIN, tenant=f"first-{r}", config=config)
                     firsts[name].append(_perf() - start)
+                    Side(name, host, [f"first-{r}"]).check_kind(f"first-{r}")
         for name in SIDES:
             result[f"{name}_first_start_s"] = statistics.median(firsts[name])
     result["first_start_ratio"] = result["template_first_start_s"] / result["fresh_first_start_s"]

@@ -91,3 +91,5 @@ def test_writing_a_plugin_guide_names_real_things():
     for command in ("erp-plugins new", "erp-plugins check", "erp-plugins enable", "erp-plugins call"):
         assert command in text
     assert "manifest.md" in text and "hooks.md" in text
+    assert "Module-level code runs once per plugin, before any tenant exists" in text
+    assert (DOCS.parent / "erp_plugin_openai/src/erp_plugin_openai/_rehearsal.py").is_file()  # the example it names

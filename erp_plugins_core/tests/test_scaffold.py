@@ -85,6 +85,9 @@ def test_every_type_is_consistent(plugin_type):
         assert perm is None or perm in manifest.permissions
         assert f"def {hook.method}(" in files["src/erp_plugin_invoice_ocr/plugin.py"]
     assert "class InvoiceOcrPlugin(" in files["src/erp_plugin_invoice_ocr/plugin.py"]
+    # the one rule of worker templates, where the author starts writing
+    assert "Module-level code runs once per plugin, before any tenant exists" in \
+        files["src/erp_plugin_invoice_ocr/plugin.py"]
     for rel, text in files.items():
         if rel.endswith(".py"):
             compile(text, rel, "exec")
