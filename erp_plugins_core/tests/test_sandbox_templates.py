@@ -81,6 +81,13 @@ async def test_two_tenants_workers_of_one_template_cannot_reach_each_other(tenan
                 assert outcome.startswith("refused"), (way, outcome, pid)
 
 
+async def test_a_forked_worker_collects_its_garbage_and_inherits_the_template_frozen(tenants) -> None:
+    """The template never collects (Python's advice for fork without exec) and freezes what it made before its
+    forks; each worker turns collection back on, or it would keep every reference cycle it ever made."""
+    for runner in tenants[1].values():
+        assert await runner.hook_function("ai_request", "attack")("gc", {}) == "True True"
+
+
 async def test_a_forked_worker_reads_its_runtime_site_as_a_plain_worker_does(tenants) -> None:
     # the folders above the site's mount are the template's; a tenant's uid must still traverse them to import
     # what the template did not (a lazy import)

@@ -86,6 +86,10 @@ def _send(ctl: socket.socket, msg: dict[str, Any]) -> None:
 def main() -> None:
     """Set up like a worker, import the plugin, report, then fork workers until the host closes the socket."""
     global _libc
+    # as Python's gc docs advise for fork without exec: no collection in the template (one would free "holes"
+    # in pages that every child's allocations then fill, copying them, and costs ≈ 80 ms with an SDK
+    # imported), everything frozen before the forks, collections back on in each worker
+    gc.disable()
     site, limits, loop_kind, module, attr = sys.argv[1:6]
     worker = sys.modules["_worker"]
     os.closerange(3, 1 << 16)
@@ -103,7 +107,6 @@ def main() -> None:
     if error is None and threads != 1:
         error = (f"importing {module} started {threads - 1} thread(s); a template forks, so it must stay "
                  "single-threaded")
-    gc.collect()
     gc.freeze()  # what the template made stays out of the children's collections: their pages stay shared
     _send(ctl, {"t": "ready"} if error is None else {"t": "error", "message": error[:2000]})
     if error is None:
@@ -224,7 +227,6 @@ def _preload_more(ctl: socket.socket, modules: list[str]) -> None:
     if threads != 1:
         _send(ctl, {"t": "error", "message": f"preloading started {threads - 1} thread(s)"})
         os._exit(0)
-    gc.collect()
     gc.freeze()
 
 
@@ -377,6 +379,7 @@ def _specialize(msg: dict[str, Any], fds: list[int], site: str, loop_kind: str) 
                 if fd > 2:
                     os.close(fd)
             sys.argv[1:] = [site, str(msg["limits"]), loop_kind]
+            gc.enable()
             sys.modules["_worker"].main()
         except BaseException as exc:
             _die(fds, f"erp-plugins template: the tenant's worker could not be started: {exc}")

@@ -113,6 +113,10 @@ class Plugin(PluginInterface):
                                "uid": os.getuid(), "target": _probe(int(arg))})
         if kind == "look":
             return _look_around()
+        if kind == "gc":  # whether this worker collects its own garbage, and what it inherited frozen
+            import gc
+
+            return f"{gc.isenabled()} {gc.get_freeze_count() > 0}"
         if kind == "import":  # a lazy import, as an SDK makes at its first call
             import importlib
 
