@@ -39,6 +39,7 @@ try:
     from . import _pg_sql as q
     from ._pg_relay import RELAY_BATCH, job_row, relay_once
     from ._pg_schema import NOTIFY_CHANNEL, create_schema
+    from ._pg_worker import Worker, refetch_when_done
 except ImportError as exc:  # pragma: no cover - depends on the installed extra
     raise StateError(
         f"a postgresql:// state needs the PostgreSQL extra ({exc.name} is missing); "
@@ -77,20 +78,6 @@ class BackoffWithJitter(_retry.BaseRetryStrategy):
         if runs >= attempt_limit(self.settings, job.task_kwargs.get("max_attempts")):
             return None
         return _retry.RetryDecision(retry_in={"seconds": backoff_delay(self.settings, runs)})
-
-
-async def _refetch_when_done(call_next: Any, context: Any, worker: Any) -> Any:
-    """Worker middleware: when a job's task ends (its status written), let the worker look for jobs again.
-
-    procrastinate looks again only on a NOTIFY or its polling interval; a job that waited behind this one's
-    lock (the same plugin's next event) would otherwise wait up to that interval. Uses the worker's wake-up
-    event, which procrastinate 3.x keeps as `_new_job_event`.
-    """
-    task = asyncio.current_task()
-    wake = getattr(worker, "_new_job_event", None)
-    if task is not None and wake is not None:
-        task.add_done_callback(lambda _t: wake.set())
-    return await call_next()
 
 
 async def _autocommit(conn: Any) -> None:
@@ -354,12 +341,12 @@ class PostgresEngine(JobEngine):
         await self.open()
         self._executor = executor
         lease = self.settings.lease_s
-        worker = asyncio.create_task(self.app.run_worker_async(
-            queues=[QUEUE], concurrency=concurrency, name=name or worker_name(), install_signal_handlers=False,
-            update_heartbeat_interval=lease / 3, stalled_worker_timeout=lease,
-            fetch_job_polling_interval=self.settings.poll_s, listen_notify=True,
-            worker_middleware=[_refetch_when_done],
-        ), name="erp-plugins-procrastinate")
+        runner = Worker(
+            app=self.app, queues=[QUEUE], concurrency=concurrency, name=name or worker_name(),
+            install_signal_handlers=False, update_heartbeat_interval=lease / 3, stalled_worker_timeout=lease,
+            fetch_job_polling_interval=self.settings.poll_s, listen_notify=True, worker_middleware=[refetch_when_done],
+        )
+        worker = asyncio.create_task(runner.run(), name="erp-plugins-procrastinate")
         keeper = asyncio.create_task(self._keep(), name="erp-plugins-requeue")
         relay = asyncio.create_task(self._relay(stop), name="erp-plugins-relay")
         log.info("event=worker_start engine=postgresql concurrency=%d", concurrency)
@@ -381,6 +368,7 @@ class PostgresEngine(JobEngine):
                 await keeper
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
+            runner.restore()
             self._executor = None
             log.info("event=worker_stop engine=postgresql")
 
