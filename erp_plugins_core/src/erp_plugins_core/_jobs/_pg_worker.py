@@ -22,10 +22,10 @@ class Worker(_worker.Worker):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         wake: asyncio.Event | None = getattr(self, "_new_job_event", None)
-        manager = self.app.job_manager
-        fetch = manager.fetch_job
         if wake is None:
             return
+        manager = self.app.job_manager
+        fetch = manager.fetch_job
 
         async def fetch_job(**kwargs: Any) -> Any:
             wake.clear()  # what procrastinate does after the fetch, done before it: a wake-up during it stays seen
