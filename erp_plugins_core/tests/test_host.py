@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import pytest
 
@@ -239,6 +240,31 @@ async def test_dependencies_gate_enable_and_disable(host) -> None:
         await host.disable("echo", tenant="acme")
     await host.disable("child", tenant="acme")
     await host.disable("echo", tenant="acme")
+    assert await host.call("ai_request", tenant="acme", prompt="x", context={}) == []
+
+
+async def test_a_row_read_before_this_hosts_disable_does_not_bring_the_plugin_back(host, monkeypatch) -> None:
+    """Following another process's change reads the plugin's row; if this host disables the plugin between that
+    read and its application, the stale (enabled) row must not start the plugin again."""
+    await host.enable("echo", tenant="acme", config={"api_key": SECRET}, trust=True)
+    assert [r.plugin for r in await host.call("ai_request", tenant="acme", prompt="x", context={})] == ["echo"]
+    store = host._require_store()
+    original, reading, go_on = store.get, threading.Event(), threading.Event()
+
+    def get_then_wait(*args, **kwargs):  # the follower's read, held open (in its worker thread)
+        row = original(*args, **kwargs)
+        reading.set()
+        go_on.wait(10)
+        return row
+
+    monkeypatch.setattr(store, "get", get_then_wait)
+    follow = asyncio.create_task(host._apply_plugin_change("acme", "echo"))
+    assert await asyncio.to_thread(reading.wait, 10)
+    monkeypatch.setattr(store, "get", original)
+    disabling = asyncio.create_task(host.disable("echo", tenant="acme"))
+    await asyncio.sleep(0.2)  # the disable runs now, or waits for the follower's lock
+    go_on.set()
+    await asyncio.gather(follow, disabling)
     assert await host.call("ai_request", tenant="acme", prompt="x", context={}) == []
 
 

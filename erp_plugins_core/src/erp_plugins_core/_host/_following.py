@@ -31,8 +31,10 @@ class FollowingMixin(HostBase):
         self._forget_targets(tenant)  # events and jobs pick their plugins from the state again
         if tenant not in self._started_tenants and tenant not in self._starting_tenants:
             return  # its plugins start from the store on its first call (one being started: wait for it below)
-        row = await self._db(self._require_store().get, tenant, name)
         async with self._lock(tenant):
+            # read under the lock this host's own enable/disable hold: a row read before this host changed it
+            # and applied after would undo that change (a plugin disabled here came back)
+            row = await self._db(self._require_store().get, tenant, name)
             token = applying.set(True)
             try:
                 inst = self._instances.get((tenant, name))
