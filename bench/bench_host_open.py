@@ -7,7 +7,7 @@ for `--tenants` - 1 more tenants written in one transaction. Each round then tim
 `async with` entry (open the store, discover, follow the change feed), counts the processes it left running
 besides the OpenAI fake, and closes it. Medians over `--rounds`.
 
-Run as root (sandboxed workers): `python bench/bench_host_open.py [--tenants N] [--rounds R] [--pg-url URL]`.
+Run as root (sandboxed workers): `python bench/bench_host_open.py [--tenants N] [--rounds R] [--pg-url URL] [--json]`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import statistics
 import sys
@@ -64,6 +65,7 @@ async def time_opens(location: str, rounds: int, fake_pid: int) -> tuple[float, 
 
 async def main(args: argparse.Namespace) -> None:
     os.environ[KEY_ENV] = API_KEY
+    result: dict[str, object] = {"tenants": args.tenants, "rounds": args.rounds}
     work = Path(tempfile.mkdtemp(prefix="erp-bench-open-"))
     with FakeProcess("openai_fake.py") as fake, databases(args.pg_url) as new_database:
         config = {"api_key": f"env:{KEY_ENV}", "base_url": fake.url, "model": OPENAI_MODEL, "max_retries": 0,
@@ -71,8 +73,12 @@ async def main(args: argparse.Namespace) -> None:
         for name, location in (("SQLite", str(work / "state.db")), ("PostgreSQL", new_database())):
             await fill(location, config, args.tenants)
             seconds, processes = await time_opens(location, args.rounds, fake.proc.pid)
-            print(f"{name}: opening a host over {args.tenants} tenants with sandboxed {PLUGIN}: "
-                  f"{seconds * 1e3:.1f} ms (target <= 1000 ms), {processes} worker processes started")
+            result[name.lower()] = {"open_s": seconds, "processes": processes}
+            if not args.json:
+                print(f"{name}: opening a host over {args.tenants} tenants with sandboxed {PLUGIN}: "
+                      f"{seconds * 1e3:.1f} ms (target <= 1000 ms), {processes} worker processes started")
+    if args.json:
+        print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
@@ -80,4 +86,5 @@ if __name__ == "__main__":
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--pg-url", default=None, help="a PostgreSQL server to make the database on")
+    parser.add_argument("--json", action="store_true")
     asyncio.run(main(parser.parse_args()))
