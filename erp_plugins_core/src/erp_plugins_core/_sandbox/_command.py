@@ -97,12 +97,10 @@ class WorkerCommand:
             plugin_data = self._data_root / self.record.name
             plugin_data.mkdir(parents=True, exist_ok=True)  # as `_data_dir` makes it: each tenant's inside is 0700
             argv += ["--bind", str(plugin_data), "/.data", "--perms", "0755", "--dir", "/data"]
-        # its children lower these to their own (a memory cgroup's worker has the looser address-space cap); it
-        # keeps the host's NPROC: every task of its tenants' user namespaces also counts against its own uid, so
-        # a worker's cap of 32 there would cap all its tenants' workers together (fork fails with EAGAIN)
-        limits = {k: v for k, v in self._limits(_cgroup.wanted()).items() if k != "NPROC"}
+        # its children lower these to their own (a memory cgroup's worker has the looser address-space cap)
         argv += [*self._environment(info_fd, seccomp_fd), "-c", _TEMPLATE_LAUNCH, SANDBOX_SITE,
-                 ",".join(f"{k}={v}" for k, v in limits.items()), worker_loop(), self.record.module, self.record.attr]
+                 self.limits_text(_cgroup.wanted(), template=True), worker_loop(), self.record.module,
+                 self.record.attr]
         return argv
 
     def template_key(self) -> tuple[object, ...]:
@@ -111,9 +109,14 @@ class WorkerCommand:
         return (self.record.name, self.record.dist_version, self.record.module, self.record.attr, self._runtime.site,
                 self.manifest.resources.network_access, self.limits_text(_cgroup.wanted()), str(self._data_root))
 
-    def limits_text(self, cgroup: bool = False) -> str:
-        """The worker's rlimits as its command line gives them: `NAME=soft[:hard],...`."""
-        return ",".join(f"{k}={v}" for k, v in self._limits(cgroup).items())
+    def limits_text(self, cgroup: bool = False, *, template: bool = False) -> str:
+        """The worker's rlimits as its command line gives them: `NAME=soft[:hard],...`. A template's keep the
+        host's NPROC: every task of its tenants' user namespaces also counts against the template's own uid, so
+        a worker's cap of 32 there would cap all its tenants' workers together (their forks fail with EAGAIN)."""
+        limits = self._limits(cgroup)
+        if template:
+            del limits["NPROC"]
+        return ",".join(f"{k}={v}" for k, v in limits.items())
 
     def _filesystem(self) -> list[str]:
         """What every worker and template sees of the file system: /usr, the runtime site, /proc, /dev, /tmp."""
