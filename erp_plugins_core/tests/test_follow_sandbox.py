@@ -16,6 +16,7 @@ from sandboxkit import build_site, reachable_dir, uid_of
 from test_follow import acli, eventually, sees
 
 from erp_plugins_core import PluginHost
+from erp_plugins_core._errors import ConfigError
 from erp_plugins_core._sandbox import sandbox_available
 
 HERE = Path(__file__).parent
@@ -81,6 +82,25 @@ async def test_opening_starts_no_worker_health_says_idle_and_warm_up_starts_them
         assert runner.worker_pids and alive(runner.worker_pids)
         [report] = await host.health("acme")
         assert report.healthy and not report.detail.startswith("idle")
+
+
+async def test_a_host_asked_to_warm_up_opens_at_once_and_starts_the_workers_in_the_background(
+        world, monkeypatch) -> None:
+    await acli(world, "enable", "sbx_fleet", "--tenant", "acme", "--config", "greeting=w")
+    monkeypatch.setenv("ERP_PLUGINS_WARM_UP", "1")
+    async with PluginHost(world["location"], health_loop=False) as host:
+        assert ("acme", "sbx_fleet") not in host._instances or not host._instances[
+            ("acme", "sbx_fleet")].runner.worker_pids  # opening waited for no worker
+
+        def running() -> bool:
+            inst = host._instances.get(("acme", "sbx_fleet"))
+            return inst is not None and bool(inst.runner.worker_pids) and alive(inst.runner.worker_pids)
+
+        await eventually(running)  # started without any call
+        assert await greeting(host) == [("sbx_fleet", "w")]
+    monkeypatch.setenv("ERP_PLUGINS_WARM_UP", "later")
+    with pytest.raises(ConfigError, match="ERP_PLUGINS_WARM_UP='later' is not understood"):
+        PluginHost(world["location"])
 
 
 def test_a_host_on_uvloop_runs_sandboxed_workers_as_their_own_uid(world) -> None:

@@ -7,6 +7,7 @@ by concern into mixins (see the package docstring); this class holds the state t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from ._instances import InstanceMixin
 from ._support import (
     Instance,
     default_host_name,
+    log,
+    warm_up_wanted,
 )
 
 
@@ -49,6 +52,8 @@ class PluginHost(InstanceMixin, AdminMixin, FollowingMixin, CallsMixin, EventsMi
     (default: ERP_PLUGINS_MAX_WORKERS, derived from memory, and ERP_PLUGINS_WORKER_IDLE, 600 s).
     `plugins_dirs`: folders of folder plugins (as `--plugins-dir`),
     searched before those of ERP_PLUGINS_PATH.
+    `warm_up` (default: ERP_PLUGINS_WARM_UP, off): once open, start every tenant's plugins in the background,
+    sandboxed workers included, so first calls are warm; opening itself still waits for none of it.
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class PluginHost(InstanceMixin, AdminMixin, FollowingMixin, CallsMixin, EventsMi
         host_name: str | None = None,
         max_workers: int | None = None,
         worker_idle: float | None = None,
+        warm_up: bool | None = None,
     ) -> None:
         self._state_arg = state
         self._plugins_dirs = plugins_dirs  # folders of folder plugins, searched before ERP_PLUGINS_PATH
@@ -85,6 +91,8 @@ class PluginHost(InstanceMixin, AdminMixin, FollowingMixin, CallsMixin, EventsMi
         self._starting_tenants: set[str] = set()
         self._tenant_locks: dict[str, asyncio.Lock] = {}
         self._health_task: asyncio.Task[None] | None = None
+        self._warm_up = warm_up_wanted() if warm_up is None else warm_up
+        self._warm_task: asyncio.Task[None] | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -117,13 +125,26 @@ class PluginHost(InstanceMixin, AdminMixin, FollowingMixin, CallsMixin, EventsMi
         if self._health_loop_enabled and self._health_task is None:
             self._health_task = asyncio.create_task(self._health_loop(), name="erp-plugins-health")
         await self._jobs().start()
+        if self._warm_up and self._warm_task is None:
+            self._warm_task = asyncio.create_task(self._warm_up_all(), name="erp-plugins-warm-up")
         return self
+
+    async def _warm_up_all(self) -> None:
+        try:
+            await self.warm_up()
+        except Exception as exc:  # a lost store, say: calls still start their plugins themselves
+            log.warning("warm-up after open stopped: %s", exc)
 
     async def close(self) -> None:
         """Deactivate and clean up every running plugin, stop workers, close the store."""
         if self._job_service is not None:  # first: the deliveries running here finish with their plugins up
             await self._job_service.close()
             self._job_service = None
+        if self._warm_task is not None:
+            self._warm_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warm_task
+            self._warm_task = None
         if self._health_task is not None:
             self._health_task.cancel()
             try:

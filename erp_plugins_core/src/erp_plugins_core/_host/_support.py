@@ -80,6 +80,20 @@ def default_host_name() -> str:
     return hostname_pid()
 
 
+WARM_UP_ENV = "ERP_PLUGINS_WARM_UP"
+
+
+def warm_up_wanted() -> bool:
+    """`$ERP_PLUGINS_WARM_UP`: whether hosts start every tenant's plugins in the background once open."""
+    value = os.environ.get(WARM_UP_ENV, "").strip().lower()
+    if value in ("", "0", "off", "no", "false"):
+        return False
+    if value in ("1", "on", "yes", "true"):
+        return True
+    raise ConfigError(f"{WARM_UP_ENV}={value[:40]!r} is not understood; set it to 1 (start every tenant's plugins "
+                      "in the background once a host opens) or 0 (start them on their first call, the default)")
+
+
 def unsafe_no_sandbox() -> bool:
     """True when the development-only opt-out runs sandboxed plugins in the host's process."""
     return os.environ.get(UNSAFE_NO_SANDBOX_ENV, "") == "1"
